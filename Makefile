@@ -1,0 +1,41 @@
+# The two commands of the README: `make demo` and `make test`. Both create .venv with
+# what Python needs when it is missing, build, and run.
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(CURDIR)/$(VENV)/bin/python
+STAMP := $(VENV)/.pixgate-deps
+export PIXGATE_PYTHON := $(VPY)
+# Generous bound on the whole test run; each test has its own timeouts too.
+TEST_TIMEOUT ?= 3000
+
+.PHONY: demo test venv build test-rust test-python lint bench clean
+
+demo: $(STAMP)
+	cargo build --release
+	./target/release/pixgate demo
+
+test: $(STAMP)
+	$(VPY) -m pip install --quiet --no-build-isolation --no-deps ./python-helper
+	cargo build --all-targets
+	timeout $(TEST_TIMEOUT) cargo test --all-targets
+	cd python-helper && timeout 900 $(VPY) -m pytest -q tests
+	@leaks=$$(ls /dev/shm | grep '^pxg-' || true); if [ -n "$$leaks" ]; then echo "leaked segments: $$leaks"; exit 1; fi
+
+venv: $(STAMP)
+
+$(STAMP): python-helper/pyproject.toml
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(VPY) -m pip install --quiet numpy pytest hypothesis execnet
+	touch $(STAMP)
+
+bench: $(STAMP)
+	cargo bench --bench roundtrip
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+clean:
+	rm -rf $(VENV) target

@@ -1,0 +1,766 @@
+"""The worker side of a gateway: read frames, run remote code, serve channels.
+
+The host starts the interpreter with the protocol pipes on file descriptors 3 (host to
+worker) and 4 (worker to host) and calls :func:`serve`. The wire is specified in
+``docs/PROTOCOL.md``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Channel", "serve", "PROTOCOL_VERSION"]
+
+import collections
+import linecache
+import os
+import queue
+import re
+import select
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Callable, Iterator
+
+from . import _wire
+from ._errors import (
+    Cancelled,
+    ChannelClosed,
+    DataFormatError,
+    DumpError,
+    LoadError,
+    ProtocolError,
+    RemoteError,
+    TimeoutError,
+)
+
+PROTOCOL_VERSION = 1
+
+# Message types: execnet's 0-7, pixgate's own from 32.
+STATUS = 0
+RECONFIGURE = 1
+GATEWAY_TERMINATE = 2
+CHANNEL_EXEC = 3
+CHANNEL_DATA = 4
+CHANNEL_CLOSE = 5
+CHANNEL_CLOSE_ERROR = 6
+CHANNEL_LAST_MESSAGE = 7
+HANDSHAKE = 32
+OUTPUT = 33
+CANCEL = 34
+EXEC_MAIN = 35
+
+_DEFAULT_MAX_FRAME = 256 * 1024 * 1024
+# How long the reading baton stays free before the background reader takes it.
+_BG_IDLE = 0.001
+_CHUNK = 65536
+
+_tls = threading.local()
+
+# Queue sentinels; never values a peer can send.
+_CLOSED = object()
+_WAKE = object()
+
+
+class _Failed:
+    """A queued item that raises instead of returning (undecodable payload)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class _Conn:
+    """The two protocol pipes: framed writes under a lock, buffered framed reads."""
+
+    def __init__(self, rfd: int, wfd: int, max_frame: int) -> None:
+        self.rfd = rfd
+        self.wfd = wfd
+        self.max_frame = max_frame
+        self._wlock = threading.Lock()
+        self._buf = bytearray()
+        self._pos = 0
+
+    def send(self, msgtype: int, channel: int, payload: bytes = b"") -> None:
+        head = _wire.HEADER.pack(msgtype, channel, len(payload))
+        if len(payload) < 65536:
+            chunks = [head + payload]
+        else:
+            chunks = [head, payload]
+        with self._wlock:
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    n = os.write(self.wfd, view)
+                    view = view[n:]
+
+    def _fill(self, need: int) -> bool:
+        """Read until ``need`` bytes are buffered; False on EOF before any byte."""
+        buf = self._buf
+        if self._pos and self._pos * 2 > len(buf):
+            del buf[: self._pos]
+            self._pos = 0
+        while len(buf) - self._pos < need:
+            chunk = os.read(self.rfd, max(_CHUNK, min(need, 1 << 24)))
+            if not chunk:
+                if len(buf) == self._pos:
+                    return False
+                raise ProtocolError(
+                    f"protocol pipe ended inside a frame ({len(buf) - self._pos} bytes of it received)"
+                )
+            buf += chunk
+        return True
+
+    def _take(self, n: int) -> bytes:
+        start = self._pos
+        self._pos += n
+        out = bytes(self._buf[start : self._pos])
+        if self._pos == len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+        return out
+
+    def has_frame(self) -> bool:
+        """True when a whole frame is buffered (reading it will not block)."""
+        avail = len(self._buf) - self._pos
+        if avail < 9:
+            return False
+        length = _wire.HEADER.unpack_from(self._buf, self._pos)[2]
+        return avail >= 9 + length
+
+    def read_frame(self) -> tuple[int, int, bytes | None, int] | None:
+        """Return ``(type, channel, payload, length)``; payload None if oversized."""
+        if not self._fill(9):
+            return None
+        msgtype, channel, length = _wire.unpack_header(self._take(9))
+        if length > self.max_frame:
+            left = length
+            while left:
+                if self._pos < len(self._buf):
+                    n = min(left, len(self._buf) - self._pos)
+                    self._take(n)
+                    left -= n
+                    continue
+                if not self._fill(1):
+                    raise ProtocolError("protocol pipe ended inside an oversized frame")
+            return msgtype, channel, None, length
+        if length and not self._fill(length):
+            raise ProtocolError("protocol pipe ended inside a frame")
+        return msgtype, channel, self._take(length), length
+
+
+class Channel:
+    """The worker's end of a channel, available to remote code as ``channel``.
+
+    The interface follows execnet's channels: :meth:`send`, :meth:`receive`,
+    iteration, :meth:`close`, :meth:`isclosed`, :meth:`waitclose`.
+    """
+
+    def __init__(self, gateway: _WorkerGateway, id: int) -> None:
+        self.id = id
+        self._gateway = gateway
+        self._items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._remote_closed = threading.Event()
+        self._remote_error: RemoteError | None = None
+        self._receive_done = False
+        self._local_closed = False
+        self._cancelled = False
+        self._pending: dict[int, list[str]] = {1: [], 2: []}
+
+    def __repr__(self) -> str:
+        state = "closed" if self._local_closed else "open"
+        return f"<pixgate Channel id={self.id} {state}>"
+
+    # -- remote-code API -------------------------------------------------
+
+    def send(self, item: object) -> None:
+        """Send ``item`` to the host.
+
+        Raises
+        ------
+        Cancelled
+            The host asked to cancel this execution (raised once per request).
+        ChannelClosed
+            This side already closed the channel.
+        DumpError
+            ``item`` holds a value the wire cannot carry.
+        """
+        self._check_cancel()
+        if self._local_closed:
+            raise ChannelClosed(f"channel {self.id} is closed for sending")
+        payload = _wire.dumps_payload(item)
+        if len(payload) > self._gateway.conn.max_frame:
+            raise DumpError(
+                f"item of {len(payload)} bytes exceeds the frame limit of "
+                f"{self._gateway.conn.max_frame} bytes"
+            )
+        self._flush_output()
+        self._gateway.conn.send(CHANNEL_DATA, self.id, payload)
+
+    def receive(self, timeout: float | None = None) -> Any:
+        """Return the next item the host sent, waiting up to ``timeout`` seconds.
+
+        Raises
+        ------
+        Cancelled
+            The host asked to cancel this execution.
+        ChannelClosed
+            The host closed the channel and every item was received (an ``EOFError``).
+        RemoteError
+            The host closed the channel with an error.
+        TimeoutError
+            Nothing arrived within ``timeout`` seconds.
+        LoadError
+            The item's bytes did not decode.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        gw = self._gateway
+        while True:
+            self._check_cancel()
+            if self._receive_done:
+                self._raise_closed()
+            try:
+                item = self._items.get_nowait()
+            except queue.Empty:
+                if gw.take_baton(self):
+                    gw.lead_until(self, deadline)
+                    continue
+                left = None if deadline is None else deadline - time.monotonic()
+                try:
+                    if left is not None and left <= 0:
+                        raise queue.Empty
+                    item = self._items.get(timeout=left)
+                except queue.Empty:
+                    gw.forget_waiter(self)
+                    raise TimeoutError(
+                        f"no item on channel {self.id} within {timeout} s"
+                    ) from None
+            if item is _WAKE:
+                continue
+            gw.pass_baton()
+            if item is _CLOSED:
+                self._receive_done = True
+                self._raise_closed()
+            if type(item) is _Failed:
+                raise item.error
+            return item
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return self.receive()
+        except ChannelClosed:
+            raise StopIteration from None
+
+    def close(self, error: object = None) -> None:
+        """Close the sending side; with ``error``, close with that error text."""
+        if self._local_closed:
+            return
+        self._flush_output()
+        self._local_closed = True
+        if error is None:
+            self._gateway.conn.send(CHANNEL_CLOSE, self.id)
+        else:
+            self._gateway.conn.send(
+                CHANNEL_CLOSE_ERROR, self.id, _wire.dumps_payload(str(error))
+            )
+        self._gateway.forget_if_done(self)
+
+    def isclosed(self) -> bool:
+        """True when either side closed the channel."""
+        return self._local_closed or self._remote_closed.is_set()
+
+    def waitclose(self, timeout: float | None = None) -> None:
+        """Wait until the host closes the channel.
+
+        Raises
+        ------
+        RemoteError
+            The host closed it with an error.
+        TimeoutError
+            It was not closed within ``timeout`` seconds.
+        """
+        if not self._remote_closed.wait(timeout):
+            raise TimeoutError(f"channel {self.id} not closed within {timeout} s")
+        if self._remote_error is not None:
+            raise self._remote_error
+
+    def is_cancelled(self) -> bool:
+        """True when the host asked to cancel and :class:`Cancelled` was not raised yet."""
+        return self._cancelled
+
+    # -- gateway side ----------------------------------------------------
+
+    def _check_cancel(self) -> None:
+        if self._cancelled:
+            self._cancelled = False
+            raise Cancelled(f"channel {self.id} was cancelled by the host")
+
+    def _raise_closed(self) -> None:
+        if self._remote_error is not None:
+            raise self._remote_error
+        raise ChannelClosed(f"channel {self.id} was closed by the host")
+
+    def _deliver(self, item: Any) -> None:
+        self._items.put(item)
+
+    def _remote_close(self, error: RemoteError | None) -> None:
+        self._remote_error = error
+        self._remote_closed.set()
+        self._items.put(_CLOSED)
+        self._gateway.forget_if_done(self)
+
+    def _cancel(self) -> None:
+        self._cancelled = True
+        self._items.put(_WAKE)
+
+    def _output(self, stream: int, text: str) -> None:
+        pending = self._pending[stream]
+        if "\n" not in text:
+            pending.append(text)
+            return
+        pending.append(text)
+        whole = "".join(pending)
+        head, _, tail = whole.rpartition("\n")
+        pending.clear()
+        if tail:
+            pending.append(tail)
+        self._send_output(stream, head + "\n")
+
+    def _flush_output(self) -> None:
+        for stream, pending in self._pending.items():
+            if pending:
+                text = "".join(pending)
+                pending.clear()
+                self._send_output(stream, text)
+
+    def _send_output(self, stream: int, text: str) -> None:
+        if self._local_closed:
+            _fallback(stream).write(text)
+            return
+        self._gateway.conn.send(OUTPUT, self.id, _wire.dumps_payload((stream, text)))
+
+
+_ORIGINAL_STREAMS: dict[int, Any] = {}
+
+
+def _fallback(stream: int) -> Any:
+    return _ORIGINAL_STREAMS.get(stream) or (sys.__stdout__ if stream == 1 else sys.__stderr__)
+
+
+class _ChannelWriter:
+    """``sys.stdout``/``sys.stderr`` replacement that attributes text to the channel
+    whose remote code runs on the current thread; other threads write to the fd."""
+
+    def __init__(self, stream: int, fallback: Any) -> None:
+        self._stream = stream
+        self._fallback = fallback
+
+    def write(self, text: str) -> int:
+        channel = getattr(_tls, "channel", None)
+        if channel is None:
+            return self._fallback.write(text)
+        channel._output(self._stream, text)
+        return len(text)
+
+    def flush(self) -> None:
+        channel = getattr(_tls, "channel", None)
+        if channel is not None:
+            channel._flush_output()
+        self._fallback.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fallback, name)
+
+
+class _WorkerGateway:
+    def __init__(self, conn: _Conn) -> None:
+        self.conn = conn
+        self._channels: dict[int, Channel] = {}
+        self._lock = threading.Lock()
+        self._main_tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._cleanup: list[Callable[[], None]] = []
+        self._exiting = False
+        # Leader/follower reading (see docs/ARCHITECTURE.md): the baton is the right to
+        # read the pipe. A thread that waits on a channel takes it when free and reads
+        # itself, so a reply wakes the thread that wants it with no hand-off.
+        self._baton = threading.Lock()
+        self._baton_free = True
+        self._free_since = time.monotonic()
+        self._waiters: collections.deque[Channel] = collections.deque()
+        self._bg_reading = False
+        self._bg_parked = False
+        self._bg_wake = threading.Event()
+        self._kick_r, self._kick_w = os.pipe()
+        os.set_blocking(self._kick_r, False)
+        self._kicked = False
+
+    def channel(self, id: int, create: bool = False) -> Channel | None:
+        with self._lock:
+            ch = self._channels.get(id)
+            if ch is None and create:
+                ch = self._channels[id] = Channel(self, id)
+            return ch
+
+    def forget_if_done(self, ch: Channel) -> None:
+        if ch._local_closed and ch._remote_closed.is_set():
+            with self._lock:
+                if self._channels.get(ch.id) is ch:
+                    del self._channels[ch.id]
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def shutdown(self, code: int) -> None:
+        """Run cleanup hooks and end the process at once."""
+        if self._exiting:
+            os._exit(code)
+        self._exiting = True
+        for hook in reversed(self._cleanup):
+            try:
+                hook()
+            except BaseException:  # noqa: BLE001 - exiting; report and go on
+                traceback.print_exc()
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except BaseException:  # noqa: BLE001
+            pass
+        os._exit(code)
+
+    # -- the reading baton ------------------------------------------------
+
+    def take_baton(self, ch: Channel) -> bool:
+        """Take the baton, or register ``ch`` to be woken when it comes free."""
+        with self._baton:
+            if self._baton_free:
+                self._baton_free = False
+                return True
+            if ch not in self._waiters:
+                self._waiters.append(ch)
+            if self._bg_reading and not self._kicked:
+                self._kicked = True
+                os.write(self._kick_w, b"k")
+            return False
+
+    def forget_waiter(self, ch: Channel) -> None:
+        with self._baton:
+            try:
+                self._waiters.remove(ch)
+            except ValueError:
+                pass
+        self.pass_baton()
+
+    def pass_baton(self) -> None:
+        """If the baton is free and someone waits for it, wake them (a thread that was
+        handed the baton may have found an item first and left)."""
+        if self._waiters and self._baton_free:
+            with self._baton:
+                if self._baton_free and self._waiters:
+                    self._waiters.popleft()._items.put(_WAKE)
+
+    def _release_baton(self) -> None:
+        with self._baton:
+            self._baton_free = True
+            if self._waiters:
+                self._waiters.popleft()._items.put(_WAKE)
+                return
+            self._free_since = time.monotonic()
+            if self._bg_parked:
+                self._bg_wake.set()
+
+    def _read_and_dispatch(self) -> None:
+        frame = self.conn.read_frame()
+        if frame is None or self.dispatch(*frame):
+            self.shutdown(0)
+
+    def lead_until(self, ch: Channel, deadline: float | None) -> None:
+        """Holding the baton, read and dispatch frames until ``ch`` has an item queued or
+        ``deadline`` passes; then release the baton."""
+        try:
+            items = ch._items
+            rfd = self.conn.rfd
+            while items.empty():
+                if deadline is not None and not self.conn.has_frame():
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not select.select([rfd], [], [], left)[0]:
+                        items.put(_WAKE)
+                        return
+                self._read_and_dispatch()
+        except BaseException:  # noqa: BLE001 - the host must learn why we stop
+            traceback.print_exc()
+            self.shutdown(70)
+        finally:
+            self._release_baton()
+
+    def reader_loop(self) -> None:
+        """The background reader: holds the baton while no channel waits for it."""
+        try:
+            self._background()
+        except BaseException:  # noqa: BLE001 - the host must learn why we stop
+            traceback.print_exc()
+            self.shutdown(70)
+
+    def _background(self) -> None:
+        rfd, kick = self.conn.rfd, self._kick_r
+        while True:
+            with self._baton:
+                wait: float | None = None
+                if not self._baton_free or self._waiters:
+                    self._bg_parked = True
+                    self._bg_wake.clear()
+                else:
+                    idle = time.monotonic() - self._free_since
+                    if idle < _BG_IDLE:
+                        wait = _BG_IDLE - idle
+                    else:
+                        self._baton_free = False
+                        self._bg_reading = True
+                if self._bg_parked or wait is not None:
+                    took = False
+                else:
+                    took = True
+            if not took:
+                self._bg_wake.wait(wait)
+                self._bg_parked = False
+                continue
+            try:
+                while True:
+                    if not self.conn.has_frame():
+                        ready = select.select([rfd, kick], [], [])[0]
+                        if kick in ready:
+                            break
+                    self._read_and_dispatch()
+                    if self._waiters:
+                        break
+            finally:
+                with self._baton:
+                    self._bg_reading = False
+                    if self._kicked:
+                        self._kicked = False
+                        try:
+                            os.read(kick, 64)
+                        except BlockingIOError:
+                            pass
+                self._release_baton()
+
+    def main_loop(self) -> None:
+        while True:
+            task = self._main_tasks.get()
+            if task is None:
+                return
+            task()
+
+    def dispatch(self, msgtype: int, chid: int, payload: bytes | None, length: int) -> bool:
+        """Handle one frame; True means stop serving."""
+        if payload is None:
+            ch = self.channel(chid)
+            err = LoadError(
+                f"frame of {length} bytes on channel {chid} exceeds the limit of "
+                f"{self.conn.max_frame} bytes"
+            )
+            if ch is not None:
+                ch._deliver(_Failed(err))
+            else:
+                _warn(str(err))
+            return False
+        if msgtype == CHANNEL_DATA or msgtype == CHANNEL_LAST_MESSAGE:
+            ch = self.channel(chid)
+            if ch is None:
+                return False
+            try:
+                item: Any = _wire.loads_payload(payload)
+            except DataFormatError as exc:
+                item = _Failed(exc)
+            ch._deliver(item)
+            if msgtype == CHANNEL_LAST_MESSAGE:
+                ch._remote_close(None)
+        elif msgtype == CHANNEL_EXEC or msgtype == EXEC_MAIN:
+            self.start_exec(chid, payload, main=msgtype == EXEC_MAIN)
+        elif msgtype == CHANNEL_CLOSE:
+            ch = self.channel(chid)
+            if ch is not None:
+                ch._remote_close(None)
+        elif msgtype == CHANNEL_CLOSE_ERROR:
+            ch = self.channel(chid)
+            if ch is not None:
+                try:
+                    text = str(_wire.loads_payload(payload))
+                except DataFormatError as exc:
+                    text = f"undecodable error text: {exc}"
+                ch._remote_close(RemoteError(text))
+        elif msgtype == CANCEL:
+            ch = self.channel(chid)
+            if ch is not None:
+                ch._cancel()
+        elif msgtype == GATEWAY_TERMINATE:
+            return True
+        elif msgtype == STATUS:
+            with self._lock:
+                n = len(self._channels)
+            status = {
+                "numchannels": n,
+                "numexecuting": threading.active_count() - 2,
+                "execmodel": "thread",
+            }
+            self.conn.send(CHANNEL_DATA, chid, _wire.dumps_payload(status))
+            self.conn.send(CHANNEL_CLOSE, chid)
+        elif msgtype == RECONFIGURE:
+            # Accepted for compatibility; only the default string handling exists.
+            pass
+        else:
+            _warn(f"unknown message type {msgtype} on channel {chid} ignored")
+        return False
+
+    def start_exec(self, chid: int, payload: bytes, main: bool) -> None:
+        ch = self.channel(chid, create=True)
+        assert ch is not None  # created above; not protocol data
+        try:
+            task = _wire.loads_payload(payload)
+            source, file_name, call_name, kwargs = task
+            if not isinstance(source, str):
+                raise LoadError(f"exec source must be str, got {type(source).__name__}")
+            if not isinstance(kwargs, dict):
+                raise LoadError(f"exec kwargs must be dict, got {type(kwargs).__name__}")
+        except (DataFormatError, ValueError, TypeError) as exc:
+            ch._local_closed = True
+            err = (type(exc).__name__, f"bad exec request: {exc}", "")
+            self.conn.send(CHANNEL_CLOSE_ERROR, chid, _wire.dumps_payload(err))
+            return
+
+        def run() -> None:
+            _execute(ch, source, file_name, call_name, kwargs)
+
+        if main:
+            self._main_tasks.put(run)
+        else:
+            threading.Thread(target=run, name=f"pixgate-exec-{chid}", daemon=True).start()
+
+
+def _execute(
+    ch: Channel,
+    source: str,
+    file_name: str | None,
+    call_name: str | None,
+    kwargs: dict[str, Any],
+) -> None:
+    filename = file_name or f"<remote exec {ch.id}>"
+    lines = (source + "\n").splitlines(True)
+    linecache.cache[filename] = (len(source), None, lines, filename)
+    _tls.channel = ch
+    try:
+        namespace: dict[str, Any] = {"channel": ch, "__name__": "__channelexec__"}
+        code = compile(source + "\n", filename, "exec")
+        exec(code, namespace)
+        if call_name:
+            namespace[call_name](ch, **kwargs)
+    except EOFError:
+        pass
+    except BaseException as exc:  # noqa: BLE001 - reported to the host
+        _tls.channel = None
+        ch._flush_output()
+        if not ch._local_closed:
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            ch._local_closed = True
+            err = (type(exc).__name__, str(exc), tb)
+            try:
+                ch._gateway.conn.send(CHANNEL_CLOSE_ERROR, ch.id, _wire.dumps_payload(err))
+            except OSError:
+                pass
+            ch._gateway.forget_if_done(ch)
+        return
+    finally:
+        _tls.channel = None
+        linecache.cache.pop(filename, None)
+    try:
+        ch.close()
+    except OSError:
+        pass
+
+
+def _warn(text: str) -> None:
+    try:
+        _fallback(2).write(f"pixgate worker: {text}\n")
+    except BaseException:  # noqa: BLE001
+        pass
+
+
+_VERSION_RE = re.compile(r"""^(?:full_)?version\s*(?::\s*str\s*)?=\s*['"]([^'"]+)['"]""", re.M)
+
+
+def _numpy_version() -> str | None:
+    """numpy's version without importing numpy (which costs tens of milliseconds)."""
+    mod = sys.modules.get("numpy")
+    if mod is not None:
+        return str(getattr(mod, "__version__", "unknown"))
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("numpy")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        try:
+            with open(os.path.join(folder, "version.py"), encoding="utf-8") as f:
+                m = _VERSION_RE.search(f.read())
+            if m:
+                return m.group(1)
+        except OSError:
+            continue
+    try:
+        from importlib.metadata import version
+
+        return version("numpy")
+    except Exception:  # noqa: BLE001 - any failure means unknown
+        return "unknown"
+
+
+def _helper_source() -> str:
+    pkg = sys.modules.get(__package__ or "pixgate")
+    return "installed" if getattr(pkg, "__file__", None) else "bootstrap"
+
+
+_gateway: _WorkerGateway | None = None
+
+
+def current_gateway() -> _WorkerGateway | None:
+    """The worker gateway of this process, when it is a pixgate worker."""
+    return _gateway
+
+
+def serve(rfd: int = 3, wfd: int = 4) -> None:
+    """Serve the host on the given pipe descriptors until it terminates or goes away."""
+    global _gateway
+    for fd in (rfd, wfd):
+        os.set_inheritable(fd, False)
+    max_frame = int(os.environ.pop("PIXGATE_MAX_FRAME", _DEFAULT_MAX_FRAME))
+    conn = _Conn(rfd, wfd, max_frame)
+    gw = _gateway = _WorkerGateway(conn)
+    from . import __version__
+
+    info = {
+        "protocol": PROTOCOL_VERSION,
+        "helper": __version__,
+        "helper_source": _helper_source(),
+        "python": sys.version.split()[0],
+        "numpy": _numpy_version(),
+        "pid": os.getpid(),
+        "executable": sys.executable,
+    }
+    conn.send(HANDSHAKE, 0, _wire.dumps_payload(info))
+
+    for stream, name in ((1, "stdout"), (2, "stderr")):
+        original = getattr(sys, name)
+        _ORIGINAL_STREAMS[stream] = original
+        setattr(sys, name, _ChannelWriter(stream, original))
+
+    def on_term(signum: int, frame: object) -> None:
+        gw.shutdown(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    threading.Thread(target=gw.reader_loop, name="pixgate-reader", daemon=True).start()
+    gw.main_loop()

@@ -1,0 +1,749 @@
+"""Tests of pixgate._wire: byte compatibility with execnet, and a decoder that survives
+hostile input."""
+
+from __future__ import annotations
+
+import collections
+import enum
+import fractions
+import io
+import math
+import mmap
+import struct
+import subprocess
+import sys
+import time
+import tracemalloc
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pixgate import _wire
+from pixgate._errors import DumpError, Error, LoadError, ProtocolError
+
+execnet = pytest.importorskip("execnet")
+gateway_base = pytest.importorskip("execnet.gateway_base")
+
+HELPER_DIR = Path(__file__).resolve().parents[1]
+
+I32_MIN = -(2**31)
+I32_MAX = 2**31 - 1
+
+
+def i32(n: int) -> bytes:
+    return struct.pack("!i", n)
+
+
+def v2(body: bytes) -> bytes:
+    """A public-form encoding: version byte, ``body``, STOP."""
+    return b"\x02" + body + b"Q"
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Deep equality that also compares types, float bits (NaN, -0.0) and dict order."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return struct.pack("!d", a) == struct.pack("!d", b) or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, complex):
+        return same_value(a.real, b.real) and same_value(a.imag, b.imag)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return len(a) == len(b) and all(
+            same_value(ka, kb) and same_value(va, vb)
+            for (ka, va), (kb, vb) in zip(a.items(), b.items())
+        )
+    if isinstance(a, (set, frozenset)):
+        if len(a) != len(b):
+            return False
+        unmatched = list(b)
+        for x in a:
+            for i, y in enumerate(unmatched):
+                if same_value(x, y):
+                    del unmatched[i]
+                    break
+            else:
+                return False
+        return True
+    return a == b
+
+
+# ---------------------------------------------------------------------------------------
+# Edge cases against execnet
+
+NAN = float("nan")
+
+EDGE_CASES: list[object] = [
+    None,
+    True,
+    False,
+    0,
+    1,
+    -1,
+    I32_MAX,
+    I32_MAX + 1,
+    I32_MIN,
+    2**100,
+    2**63,
+    0.0,
+    -0.0,
+    1.5,
+    NAN,
+    float("inf"),
+    float("-inf"),
+    5e-324,
+    1 + 2j,
+    complex(NAN, -0.0),
+    "",
+    "ascii",
+    "ä€😀",
+    "\x00",
+    "x" * 1000,
+    b"",
+    b"\x00\xff",
+    bytes(range(256)),
+    [],
+    [1, [2]],
+    [None, True, False, 1.5, "s", b"b", 2**40, [], {}, (), 1j],
+    (),
+    (1,),
+    (1, "two", 3.0, None),
+    {},
+    {"a": [1, (2,)]},
+    {1: "one", (1, 2): frozenset({3}), None: None, 2.5: b"x"},
+    set(),
+    {1, "a", (2, 3)},
+    frozenset(),
+    frozenset({1}),
+    frozenset({frozenset({1, 2}), (3, (4,))}),
+    [{"k": ({1: [2, {3}]},)}, ([], [[]], [[[]]])],
+    ("call", 3, {"a": 1.5, "b": "x"}, None),
+    {"args": (1, 2), "kwargs": {"x": [1, 2, 3]}, "id": 7},
+    list(range(100)),
+    [[i, str(i), float(i)] for i in range(20)],
+]
+
+
+@pytest.mark.parametrize("value", EDGE_CASES, ids=lambda v: repr(v)[:40])
+def test_dumps_matches_execnet_and_both_loaders_read_it(value: object) -> None:
+    ours = _wire.dumps(value)
+    assert ours == execnet.dumps(value)
+    assert same_value(execnet.loads(ours), value)
+    assert same_value(_wire.loads(ours), value)
+
+
+@pytest.mark.parametrize("value", EDGE_CASES, ids=lambda v: repr(v)[:40])
+def test_payload_form_matches_execnet_dumps_internal(value: object) -> None:
+    ours = _wire.dumps_payload(value)
+    assert ours == gateway_base.dumps_internal(value)
+    assert same_value(gateway_base.loads_internal(ours), value)
+    assert same_value(_wire.loads_payload(ours), value)
+
+
+@pytest.mark.parametrize("value", [I32_MIN - 1, -(2**63), -(2**100), -(10**4299)])
+def test_ints_below_i32_are_written_as_longint_that_execnet_reads(value: int) -> None:
+    data = _wire.dumps(value)
+    digits = str(value).encode()
+    assert data == b"\x02H" + i32(len(digits)) + digits + b"Q"
+    assert execnet.loads(data) == value
+    assert _wire.loads(data) == value
+
+
+def test_loads_accepts_all_of_execnets_opcode_spellings() -> None:
+    # G (LONG) and I (LONGLONG) are Python 2 leftovers; S is UNICODE.
+    for data, expected in [
+        (v2(b"G" + i32(-5)), -5),
+        (v2(b"I" + i32(3) + b"123"), 123),
+        (v2(b"H" + i32(2) + b"+7"), 7),
+        (v2(b"H" + i32(4) + b"-007"), -7),
+        (v2(b"S" + i32(2) + "é".encode()), "é"),
+        (v2(b"L" + b"@" + i32(1)), (None,)),
+    ]:
+        assert _wire.loads(data) == expected
+        assert execnet.loads(data) == expected
+
+
+def test_py2string_loads_as_bytes_publicly_and_as_latin1_text_in_payloads() -> None:
+    body = b"M" + i32(2) + b"\xe4x"
+    assert _wire.loads(v2(body)) == b"\xe4x"
+    assert execnet.loads(v2(body)) == b"\xe4x"
+    assert _wire.loads_payload(body + b"Q") == "äx"
+    assert gateway_base.loads_internal(body + b"Q") == "äx"
+
+
+def test_loads_reads_bytearray_and_memoryviews() -> None:
+    data = _wire.dumps({"a": [b"xyz", "é", 1]})
+    expected = {"a": [b"xyz", "é", 1]}
+    assert _wire.loads(bytearray(data)) == expected
+    assert _wire.loads(memoryview(data)) == expected
+    loaded = _wire.loads(memoryview(bytearray(data)))
+    assert loaded == expected
+    assert type(loaded["a"][0]) is bytes
+    strided = memoryview(bytes(b for pair in zip(data, data) for b in pair))[::2]
+    assert _wire.loads(strided) == expected
+    assert _wire.loads_payload(memoryview(data)[1:]) == expected
+
+
+def test_frame_helpers_match_execnets_message_framing() -> None:
+    out = io.BytesIO()
+    gateway_base.Message(4, 3, b"payload").to_io(out)
+    assert _wire.pack_frame(4, 3, b"payload") == out.getvalue()
+    assert _wire.unpack_header(out.getvalue()[:9]) == (4, 3, 7)
+
+
+# ---------------------------------------------------------------------------------------
+# Deliberate differences from execnet
+
+
+class Color(enum.IntEnum):
+    RED = 1
+
+
+class Name(str):
+    def __str__(self) -> str:
+        return "not this"
+
+
+Point = collections.namedtuple("Point", "x y")
+
+
+@pytest.mark.parametrize(
+    ("value", "plain"),
+    [
+        (Color.RED, 1),
+        (Name("abc"), "abc"),
+        (Point(1, 2), (1, 2)),
+        (collections.OrderedDict(a=1), {"a": 1}),
+        (collections.defaultdict(list, b=[2]), {"b": [2]}),
+        (bytearray(b"ab"), b"ab"),
+        (memoryview(b"ab"), b"ab"),
+        (memoryview(struct.pack("=2h", 1, 2)).cast("h"), struct.pack("=2h", 1, 2)),
+        (memoryview(b"abcdef")[::2], b"ace"),
+        (memoryview(b"abcdef").cast("B", (2, 3)), b"abcdef"),
+        (memoryview(bytearray(b"abcdef"))[1:3], b"bc"),
+        (fractions.Fraction(1, 4), 0.25),
+        ([Color.RED, {Name("k"): bytearray(b"v")}], [1, {"k": b"v"}]),
+    ],
+    ids=repr,
+)
+def test_subclasses_and_buffers_are_written_as_their_base_value(
+    value: object, plain: object
+) -> None:
+    assert _wire.dumps(value) == execnet.dumps(plain)
+    assert _wire.dumps_payload(value) == gateway_base.dumps_internal(plain)
+
+
+def test_ordered_dicts_are_written_in_their_own_order() -> None:
+    ordered = collections.OrderedDict(a=1, b=2, c=3)
+    ordered.move_to_end("a")
+    assert _wire.dumps(ordered) == execnet.dumps({"b": 2, "c": 3, "a": 1})
+
+
+def test_numpy_scalars_are_written_as_python_numbers() -> None:
+    np = pytest.importorskip("numpy")
+    for value, plain in [
+        (np.int64(-3), -3),
+        (np.uint8(200), 200),
+        (np.int64(2**40), 2**40),
+        (np.float64(1.5), 1.5),
+        (np.float32(0.5), 0.5),
+        (np.complex64(1 + 2j), 1 + 2j),
+        (np.bool_(True), True),
+        (np.bool_(False), False),
+        (np.str_("s"), "s"),
+        (np.bytes_(b"b"), b"b"),
+        ([np.int32(1), (np.float64(2.0),)], [1, (2.0,)]),
+    ]:
+        assert _wire.dumps(value) == execnet.dumps(plain), value
+    with pytest.raises(DumpError, match="numpy.ndarray"):
+        _wire.dumps(np.zeros(3))
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (object(), "type object"),
+        (Decimal("1.5"), "decimal.Decimal"),
+        ([1, {2: io.BytesIO()}], "_io.BytesIO"),
+        ("\ud800", "utf-8"),
+        (10**5000, "digits"),
+        (lambda: None, "function"),
+    ],
+    ids=["object", "decimal", "nested", "surrogate", "huge-int", "function"],
+)
+def test_unsupported_values_raise_dump_error_naming_the_problem(
+    value: object, message: str
+) -> None:
+    with pytest.raises(DumpError, match=message):
+        _wire.dumps(value)
+    with pytest.raises(DumpError, match=message):
+        _wire.dumps_payload(value)
+
+
+def test_dump_error_is_a_pixgate_error_and_a_value_error() -> None:
+    with pytest.raises(Error):
+        _wire.dumps(object())
+    with pytest.raises(ValueError):
+        _wire.dumps(object())
+
+
+def nested_lists(depth: int) -> list:
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def nested_tuples(depth: int) -> tuple:
+    value: tuple = ()
+    for _ in range(depth - 1):
+        value = (value,)
+    return value
+
+
+def test_nesting_up_to_max_depth_round_trips_and_deeper_is_a_dump_error() -> None:
+    for make in (nested_lists, nested_tuples):
+        deepest = make(_wire.MAX_DEPTH)
+        assert _wire.loads(_wire.dumps(deepest)) == deepest
+        with pytest.raises(DumpError, match="nested deeper"):
+            _wire.dumps(make(_wire.MAX_DEPTH + 1))
+    deep_dict: dict = {}
+    for _ in range(_wire.MAX_DEPTH):
+        deep_dict = {"k": deep_dict}
+    with pytest.raises(DumpError, match="nested deeper"):
+        _wire.dumps(deep_dict)
+
+
+def test_very_deep_values_fail_with_dump_error_not_recursion_error() -> None:
+    with pytest.raises(DumpError):
+        _wire.dumps(nested_lists(100_000))
+    cyclic: list = []
+    cyclic.append(cyclic)
+    with pytest.raises(DumpError):
+        _wire.dumps(cyclic)
+
+
+def test_a_list_that_shrinks_while_being_written_is_a_dump_error() -> None:
+    target: list = [0, 0, 0]
+
+    class Shrinker:
+        def __index__(self) -> int:
+            target.clear()
+            return 1
+
+    target[:] = [Shrinker(), [1], [2]]
+    with pytest.raises(DumpError, match="changed size"):
+        _wire.dumps(target)
+
+
+def test_lengths_past_i32_are_dump_errors_without_copying() -> None:
+    size = 2**31
+    try:
+        region = mmap.mmap(-1, size)
+    except (OSError, OverflowError, ValueError):
+        pytest.skip("cannot reserve 2 GiB of address space")
+    with region:
+        view = memoryview(region)
+        try:
+            with pytest.raises(DumpError, match="exceeds"):
+                _wire.dumps(view)
+            with pytest.raises(DumpError, match="exceeds"):
+                _wire.pack_frame(4, 1, view)
+        finally:
+            view.release()
+
+
+# ---------------------------------------------------------------------------------------
+# Property tests against execnet
+
+hashables = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=I32_MIN, max_value=2**200)
+    | st.floats()
+    | st.complex_numbers()
+    | st.text(max_size=10)
+    | st.binary(max_size=10),
+    lambda children: (
+        st.lists(children, max_size=4).map(tuple) | st.frozensets(children, max_size=4)
+    ),
+    max_leaves=8,
+)
+
+values = st.recursive(
+    hashables,
+    lambda children: (
+        st.lists(children, max_size=6)
+        | st.lists(children, max_size=6).map(tuple)
+        | st.dictionaries(hashables, children, max_size=5)
+        | st.sets(hashables, max_size=5)
+        | st.frozensets(hashables, max_size=5)
+    ),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values)
+def test_dumps_equals_execnet_and_both_loaders_agree(value: object) -> None:
+    ours = _wire.dumps(value)
+    theirs = execnet.dumps(value)
+    assert ours == theirs
+    assert same_value(_wire.loads(theirs), value)
+    assert same_value(_wire.loads(theirs), execnet.loads(theirs))
+    payload = _wire.dumps_payload(value)
+    assert payload == theirs[1:]
+    assert same_value(_wire.loads_payload(payload), gateway_base.loads_internal(payload))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(max_value=I32_MIN - 1, min_value=-(10**300)))
+def test_negative_big_ints_round_trip_through_both_loaders(value: int) -> None:
+    data = _wire.dumps(value)
+    assert _wire.loads(data) == value
+    assert execnet.loads(data) == value
+
+
+# ---------------------------------------------------------------------------------------
+# Hostile input
+
+RICH = [
+    None,
+    True,
+    -5,
+    2**80,
+    1.5,
+    1j,
+    "é",
+    b"xy",
+    [1, "a", [2.0, None], {"k": (3,)}],
+    {frozenset({1}): {4, 5}},
+    (),
+]
+
+
+def test_every_truncation_of_a_valid_encoding_is_a_load_error() -> None:
+    data = _wire.dumps(RICH)
+    for cut in range(len(data)):
+        with pytest.raises(LoadError):
+            _wire.loads(data[:cut])
+        with pytest.raises(LoadError):
+            _wire.loads_payload(data[1:cut])
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty input"),
+        (b"\x01LQ", "version 0x01 at offset 0, expected 0x02"),
+        (b"\x03LQ", "version 0x03"),
+        (b"LQ", "version 0x4c"),
+        (b"\x02", "missing stop"),
+        (b"\x02L", "missing stop"),
+        (b"\x02Q", "stop at offset 1 with 0 values"),
+        (b"\x02LLQ", "stop at offset 3 with 2 values"),
+        (b"\x02LQL", "1 trailing bytes after stop at offset 2"),
+        (_wire.dumps([1, 2]) + b"\x00", "trailing bytes"),
+        (b"\x02Z", "unknown opcode b'Z' at offset 1"),
+        (b"\x02\x00", "unknown opcode"),
+        (b"\x02\xff", "unknown opcode"),
+        (b"\x02U" + i32(0) + b"Q", "reserved opcode 'U'"),
+        (v2(b"B" + i32(1)), "channel references are not supported"),
+        # truncated fixed-size arguments
+        (b"\x02F\x00\x00", "truncated input: int at offset 1 needs 4 more bytes, 2 remain"),
+        (b"\x02D\x00", "truncated input: float"),
+        (b"\x02T" + bytes(15), "truncated input: complex"),
+        (b"\x02N" + i32(5) + b"abc", "truncated input: py3string"),
+        (b"\x02A" + i32(5) + b"abcQ", "truncated input: bytes"),
+        # negative lengths and counts
+        (v2(b"N" + i32(-1)), "py3string at offset 1 has length -1"),
+        (v2(b"S" + i32(-1)), "has length -1"),
+        (v2(b"A" + i32(-1)), "bytes at offset 1 has length -1"),
+        (v2(b"M" + i32(-1)), "has length -1"),
+        (v2(b"H" + i32(-1)), "has length -1"),
+        (v2(b"K" + i32(-1)), "newlist at offset 1 has length -1"),
+        (v2(b"L@" + i32(-1)), "buildtuple at offset 2 has length -1"),
+        (v2(b"LO" + i32(-2)), "has length -2"),
+        (v2(b"LE" + i32(-3)), "has length -3"),
+        # counts beyond the stack
+        (v2(b"L@" + i32(2)), "buildtuple at offset 2 takes 2 values, the stack holds 1"),
+        (v2(b"O" + i32(1)), "set at offset 1 takes 1 values, the stack holds 0"),
+        (v2(b"LLE" + i32(7)), "takes 7 values"),
+        # setitem misuse
+        (v2(b"LLP"), "setitem at offset 3 needs 3 values on the stack, found 2"),
+        (v2(b"F" + i32(1) + b"F" + i32(0) + b"LP"), "setitem at offset 12 into a int"),
+        (v2(b"L@" + i32(1) + b"F" + i32(0) + b"LP"), "into a tuple"),
+        (v2(b"K" + i32(2) + b"F" + i32(1) + b"LP" + b"F" + i32(0) + b"LP"), "list index 1"),
+        (
+            v2(b"K" + i32(1) + b"C" + b"N" + i32(2) + b"abP"),
+            "list index False in setitem at offset 14, expected 0",
+        ),
+        (v2(b"K" + i32(1) + b"N" + i32(1) + b"0LP"), "list index '0'"),
+        (v2(b"K" + i32(1) + b"D" + bytes(8) + b"LP"), "list index 0.0"),
+        (v2(b"K" + i32(1) + b"L@" + i32(1) + b"LP"), "list index of type tuple"),
+        (v2(b"K" + i32(1) + b"N" + i32(60) + b"9" * 60 + b"LP"), "list index '9999"),
+        (
+            v2(b"K" + i32(1) + b"F" + i32(0) + b"LP" + b"F" + i32(1) + b"LP"),
+            "into a list that already holds all 1 items",
+        ),
+        (v2(b"K" + i32(0) + b"F" + i32(0) + b"LP"), "already holds all 0 items"),
+        # lists used before they are complete
+        # (short bodies would trip the 7-bytes-per-item bound first, so strings pad them)
+        (
+            v2(b"K" + i32(2) + b"F" + i32(0) + b"N" + i32(3) + b"abcP"),
+            "list used at offset 20 holds 1 of its 2 items",
+        ),
+        (
+            v2(b"K" + i32(2) + b"F" + i32(0) + b"N" + i32(3) + b"abcP@" + i32(1)),
+            "list used at offset 20 holds 1 of its 2 items",
+        ),
+        (
+            v2(
+                b"K"
+                + i32(1)
+                + b"F"
+                + i32(0)
+                + b"K"
+                + i32(2)
+                + b"F"
+                + i32(0)
+                + b"N"
+                + i32(8)
+                + b"abcdefghPP"
+            ),
+            "list used at offset 35 holds 1 of its 2 items",
+        ),
+        (
+            v2(b"JN" + i32(1) + b"kK" + i32(2) + b"F" + i32(0) + b"N" + i32(8) + b"abcdefghPP"),
+            "list used at offset 32 holds 1 of its 2 items",
+        ),
+        (v2(b"K" + i32(1) + b"LL" + b"Q" * 4), "stop at offset 8 with 3 values"),
+        # unhashable keys and members
+        (v2(b"JK" + i32(0) + b"LP"), "unhashable dict key of type list in setitem at offset 8"),
+        (v2(b"JJLP"), "unhashable dict key of type dict"),
+        (v2(b"JK" + i32(0) + b"@" + i32(1) + b"LP"), "unhashable dict key of type tuple"),
+        (v2(b"K" + i32(0) + b"O" + i32(1)), "unhashable member in set at offset 6"),
+        (v2(b"JE" + i32(1)), "unhashable member in frozenset"),
+        # malformed strings and ints
+        (v2(b"N" + i32(2) + b"\xc3("), "invalid utf-8 in py3string at offset 6"),
+        (v2(b"S" + i32(1) + b"\xff"), "invalid utf-8 in unicode"),
+        (v2(b"N" + i32(3) + b"\xed\xa0\x80"), "invalid utf-8"),
+        (v2(b"K" + i32(1) + b"F" + i32(0) + b"N" + i32(1) + b"\xffP"), "invalid utf-8"),
+        (v2(b"H" + i32(0)), "longint at offset 1 is b''"),
+        (v2(b"H" + i32(1) + b"-"), "expected ascii decimal digits"),
+        (v2(b"H" + i32(5) + b"1_000"), "expected ascii decimal digits"),
+        (v2(b"H" + i32(2) + b" 1"), "expected ascii decimal digits"),
+        (v2(b"H" + i32(2) + b"1\n"), "expected ascii decimal digits"),
+        (v2(b"I" + i32(3) + b"0x1"), "longlong at offset 1"),
+        (v2(b"H" + i32(2) + "١".encode()), "expected ascii decimal digits"),
+        (v2(b"H" + i32(5000) + b"1" * 5000), "of 5000 characters"),
+        (v2(b"H" + i32(4301) + b"1" * 4301), "at most 4300 digits"),
+    ],
+    ids=repr,
+)
+def test_malformed_input_is_a_load_error_naming_what_is_wrong(data: bytes, message: str) -> None:
+    with pytest.raises(LoadError, match=_escape(message)):
+        _wire.loads(data)
+
+
+def _escape(message: str) -> str:
+    import re
+
+    return re.escape(message)
+
+
+def test_load_error_messages_are_lower_case() -> None:
+    for data in [b"", b"\x02Z", b"\x02K" + i32(9) + b"Q", v2(b"N" + i32(1) + b"\xff")]:
+        with pytest.raises(LoadError) as info:
+            _wire.loads(data)
+        text = str(info.value)
+        assert text[0].islower(), text
+
+
+def test_longint_limits_sit_at_max_int_digits() -> None:
+    digits = b"9" * _wire.MAX_INT_DIGITS
+    assert _wire.loads(v2(b"H" + i32(len(digits)) + digits)) == int(digits)
+    assert _wire.loads(v2(b"H" + i32(len(digits) + 1) + b"-" + digits)) == -int(digits)
+
+
+def test_payload_loader_rejects_the_same_malformed_input() -> None:
+    for data in [b"", b"L", b"LQL", b"Z", b"\x02LQ", b"K" + i32(1) + b"Q", b"U" + i32(0)]:
+        with pytest.raises(LoadError):
+            _wire.loads_payload(data)
+
+
+def test_a_huge_list_count_fails_fast_without_allocating() -> None:
+    data = b"\x02K\x7f\xff\xff\xff"
+    tracemalloc.start()
+    try:
+        start = time.perf_counter()
+        for tail in (b"", b"Q", b"L" * 1000):
+            with pytest.raises(LoadError, match="announces 2147483647 items"):
+                _wire.loads(data + tail)
+        elapsed = time.perf_counter() - start
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert elapsed < 1.0
+    assert peak < 1_000_000
+
+
+def test_list_count_is_bounded_by_seven_bytes_per_item() -> None:
+    items = b"".join(b"F" + i32(i) + b"LP" for i in range(3))
+    assert _wire.loads(v2(b"K" + i32(3) + items)) == [None] * 3
+    with pytest.raises(LoadError, match="announces 4 items"):
+        _wire.loads(v2(b"K" + i32(4) + items))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x02L" + b"@\x00\x00\x00\x01" * 100_000 + b"Q",
+        b"\x02L" + b"E\x00\x00\x00\x01" * 100_000 + b"Q",
+        b"\x02" + (b"K" + i32(1) + b"F" + i32(0)) * 100_000 + b"L" + b"P" * 100_000 + b"Q",
+        b"\x02" + (b"JL") * 100_000 + b"L" + b"P" * 100_000 + b"Q",
+        b"\x02" + b"J" + (b"L@" + i32(1) + b"J") * 100_000 + b"LL" + b"P" * 100_001 + b"Q",
+    ],
+    ids=["tuples", "frozensets", "lists", "dicts", "dict-keys"],
+)
+def test_nesting_a_hundred_thousand_deep_is_a_load_error(data: bytes) -> None:
+    with pytest.raises(LoadError, match="nested deeper than 512"):
+        _wire.loads(data)
+
+
+def test_nesting_at_max_depth_loads_and_one_more_does_not() -> None:
+    def tuples(depth: int) -> bytes:
+        return b"\x02L" + (b"@" + i32(1)) * depth + b"Q"
+
+    value = _wire.loads(tuples(_wire.MAX_DEPTH))
+    for _ in range(_wire.MAX_DEPTH):
+        value = value[0]
+    assert value is None
+    with pytest.raises(LoadError, match="nested deeper"):
+        _wire.loads(tuples(_wire.MAX_DEPTH + 1))
+
+
+def test_lists_mixing_plain_and_nested_items_load_like_execnet() -> None:
+    for value in [
+        [1, [2], 3, "x", (4,), None, {5: 6}, 7.5, True, b"b", 2**40, I32_MIN],
+        [[1]] * 3 + [1] * 3,
+        ["é" * 300, "", "\x00"],
+    ]:
+        data = execnet.dumps(value)
+        assert _wire.loads(data) == execnet.loads(data) == value
+
+
+def lenient_loads(data: bytes) -> object:
+    try:
+        return _wire.loads(data)
+    except LoadError:
+        return None
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(max_size=80))
+def test_arbitrary_bytes_load_or_raise_load_error(data: bytes) -> None:
+    lenient_loads(data)
+    lenient_loads(b"\x02" + data)
+    try:
+        _wire.loads_payload(data)
+    except LoadError:
+        pass
+
+
+OPCODE_SOUP = st.lists(
+    st.sampled_from(
+        [b"L", b"R", b"C", b"P", b"J", b"Q"]
+        + [op + i32(n) for op in (b"@", b"O", b"E", b"K", b"F") for n in (0, 1, 2, -1)]
+        + [b"N" + i32(1) + b"a", b"D" + bytes(8), b"H" + i32(1) + b"5", b"A" + i32(0)]
+    ),
+    max_size=40,
+).map(b"".join)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(OPCODE_SOUP)
+def test_well_formed_opcodes_in_any_order_load_or_raise_load_error(body: bytes) -> None:
+    lenient_loads(b"\x02" + body)
+    lenient_loads(b"\x02" + body + b"Q")
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values, st.data())
+def test_mutated_encodings_load_or_raise_load_error(value: object, data: st.DataObject) -> None:
+    encoded = bytearray(_wire.dumps(value))
+    for _ in range(data.draw(st.integers(1, 4))):
+        kind = data.draw(st.sampled_from(["replace", "insert", "delete"]))
+        at = data.draw(st.integers(0, len(encoded)))
+        if kind == "replace" and at < len(encoded):
+            encoded[at] = data.draw(st.integers(0, 255))
+        elif kind == "insert":
+            encoded[at:at] = bytes([data.draw(st.integers(0, 255))])
+        elif at < len(encoded):
+            del encoded[at]
+    lenient_loads(bytes(encoded))
+
+
+# ---------------------------------------------------------------------------------------
+# Framing
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(-128, 127), st.integers(I32_MIN, I32_MAX), st.binary(max_size=64))
+def test_frames_round_trip(msgtype: int, channel: int, payload: bytes) -> None:
+    frame = _wire.pack_frame(msgtype, channel, payload)
+    assert len(frame) == _wire.HEADER.size + len(payload)
+    assert _wire.unpack_header(frame[:9]) == (msgtype, channel, len(payload))
+    assert frame[9:] == payload
+
+
+def test_frame_header_with_negative_length_is_a_protocol_error() -> None:
+    header = struct.pack("!bii", 4, 1, -1)
+    with pytest.raises(ProtocolError, match="payload length -1"):
+        _wire.unpack_header(header)
+    with pytest.raises(OSError):
+        _wire.unpack_header(header)
+
+
+@pytest.mark.parametrize("size", [0, 8, 10])
+def test_frame_header_of_the_wrong_size_is_a_protocol_error(size: int) -> None:
+    with pytest.raises(ProtocolError, match=f"header of {size} bytes, expected 9"):
+        _wire.unpack_header(bytes(size))
+
+
+def test_pack_frame_rejects_fields_out_of_range() -> None:
+    with pytest.raises(DumpError, match="message type 128"):
+        _wire.pack_frame(128, 1)
+    with pytest.raises(DumpError, match="channel id"):
+        _wire.pack_frame(4, 2**31)
+    assert _wire.pack_frame(4, 1, memoryview(b"ab")) == struct.pack("!bii", 4, 1, 2) + b"ab"
+
+
+# ---------------------------------------------------------------------------------------
+# Standalone
+
+
+def test_module_imports_with_the_standard_library_alone() -> None:
+    script = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(HELPER_DIR)!r})\n"
+        "import pixgate._wire as w\n"
+        "assert w.loads(w.dumps([1, 'a', {2: (3.5,)}])) == [1, 'a', {2: (3.5,)}]\n"
+        "third = sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'execnet'))\n"
+        "print(third)\n"
+    )
+    # -I ignores the environment and the user's site directory; -S skips site-packages.
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,338 @@
+//! Channels: the host's end of a remote execution.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::codec::encode_payload;
+use crate::error::{Error, ErrorKind, Result};
+use crate::frame::{MsgType, build_frame};
+use crate::inbox::{Shared, Want};
+use crate::value::Value;
+
+/// Options for [`Gateway::remote_exec_with`](crate::Gateway::remote_exec_with).
+#[derive(Clone, Debug, Default)]
+pub struct ExecOptions {
+    /// Run on the worker's main thread (for GUI toolkits and other main-thread-bound
+    /// code); main-thread executions run one at a time, in order.
+    pub main_thread: bool,
+    /// File name shown in tracebacks (default `<remote exec N>`).
+    pub file_name: Option<String>,
+    /// After running the source, call this function with the channel and `kwargs`.
+    pub call_name: Option<String>,
+    /// Keyword arguments for `call_name`.
+    pub kwargs: Vec<(String, Value)>,
+}
+
+impl ExecOptions {
+    /// Run on the worker's main thread.
+    pub fn main_thread(mut self) -> Self {
+        self.main_thread = true;
+        self
+    }
+
+    /// The file name tracebacks show.
+    pub fn file_name(mut self, name: impl Into<String>) -> Self {
+        self.file_name = Some(name.into());
+        self
+    }
+
+    /// Call `name(channel, **kwargs)` after running the source.
+    pub fn call(mut self, name: impl Into<String>, kwargs: Vec<(String, Value)>) -> Self {
+        self.call_name = Some(name.into());
+        self.kwargs = kwargs;
+        self
+    }
+}
+
+/// The host's end of a channel to code running in the worker.
+///
+/// Items arrive in the order the remote code sent them. A receive returns
+/// [`ErrorKind::ChannelClosed`] once the remote side closed the channel and every item
+/// was taken, [`ErrorKind::Remote`] when the remote code raised, [`ErrorKind::Cancelled`]
+/// when it ended because of [`Channel::cancel`], and [`ErrorKind::WorkerDied`] when the
+/// worker went away. Dropping a channel closes the host's sending side.
+pub struct Channel {
+    shared: Arc<Shared>,
+    id: i32,
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("gateway", &self.shared.id)
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl Channel {
+    pub(crate) fn new(shared: Arc<Shared>, id: i32) -> Channel {
+        Channel { shared, id }
+    }
+
+    /// The channel id (odd: the host numbers its channels 1, 3, 5, …).
+    pub fn id(&self) -> i32 {
+        self.id
+    }
+
+    /// Id of the gateway this channel belongs to.
+    pub fn gateway_id(&self) -> &str {
+        &self.shared.id
+    }
+
+    /// Sends a value to the remote code.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::ChannelClosed`] after [`Channel::close`]; [`ErrorKind::Encode`] for a
+    /// value the wire cannot carry; [`ErrorKind::FrameTooLarge`] over the frame limit;
+    /// [`ErrorKind::WorkerDied`] or [`ErrorKind::GatewayClosed`] when the worker is gone.
+    /// Nothing is sent when an error is returned.
+    pub fn send(&self, value: impl Into<Value>) -> Result<()> {
+        self.send_value(&value.into())
+    }
+
+    /// Sends a value by reference.
+    ///
+    /// # Errors
+    ///
+    /// As [`Channel::send`].
+    pub fn send_value(&self, value: &Value) -> Result<()> {
+        let frame = build_frame(MsgType::ChannelData, self.id, |out| {
+            encode_payload(value, out)
+        })?;
+        self.check_open()?;
+        self.send_frame(frame)
+    }
+
+    /// Sends any `serde::Serialize` value, converted with [`to_value`](crate::to_value).
+    ///
+    /// # Errors
+    ///
+    /// As [`Channel::send`], and [`ErrorKind::Convert`] when the conversion fails.
+    pub fn send_serde<T: serde::Serialize + ?Sized>(&self, value: &T) -> Result<()> {
+        self.send_value(&crate::to_value(value)?)
+    }
+
+    /// Receives the next item, waiting as long as the worker lives.
+    ///
+    /// # Errors
+    ///
+    /// See the type's documentation.
+    pub fn receive(&self) -> Result<Value> {
+        self.shared.wait(self.id, Want::Item, None)
+    }
+
+    /// Receives the next item, waiting at most `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Timeout`] when nothing arrived in time (the channel stays usable);
+    /// otherwise as [`Channel::receive`].
+    pub fn receive_timeout(&self, timeout: Duration) -> Result<Value> {
+        self.shared
+            .wait(self.id, Want::Item, Some(Instant::now() + timeout))
+            .map_err(|e| with_timeout(e, timeout))
+    }
+
+    /// Receives the next item and converts it with [`from_value`](crate::from_value).
+    ///
+    /// # Errors
+    ///
+    /// As [`Channel::receive_timeout`] (or [`Channel::receive`] without a timeout), and
+    /// [`ErrorKind::Convert`] when the item does not fit `T`.
+    pub fn receive_as<T: serde::de::DeserializeOwned>(
+        &self,
+        timeout: Option<Duration>,
+    ) -> Result<T> {
+        let v = match timeout {
+            Some(t) => self.receive_timeout(t)?,
+            None => self.receive()?,
+        };
+        crate::from_value(v)
+    }
+
+    /// Iterates over received items until the remote side closes the channel. A failure
+    /// other than a clean close is yielded once as `Err`, then iteration ends.
+    pub fn iter(&self) -> Iter<'_> {
+        Iter {
+            channel: self,
+            done: false,
+        }
+    }
+
+    /// Closes the host's sending side; the remote code's receive then reports the end.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::WorkerDied`] or [`ErrorKind::GatewayClosed`] when the worker is gone.
+    pub fn close(&self) -> Result<()> {
+        self.close_frame(MsgType::ChannelClose, None)
+    }
+
+    /// Closes the host's sending side with an error: the remote code's receive raises
+    /// `pixgate.RemoteError` carrying `message`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Channel::close`].
+    pub fn close_with_error(&self, message: &str) -> Result<()> {
+        self.close_frame(MsgType::ChannelCloseError, Some(message))
+    }
+
+    /// Waits until the remote side closes the channel, leaving queued items in place.
+    ///
+    /// # Errors
+    ///
+    /// The remote error if it closed with one; [`ErrorKind::Timeout`] after `timeout`;
+    /// [`ErrorKind::WorkerDied`] when the worker dies first.
+    pub fn wait_close(&self, timeout: Option<Duration>) -> Result<()> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        self.shared
+            .wait(self.id, Want::Close, deadline)
+            .map(|_| ())
+            .map_err(|e| match timeout {
+                Some(t) => with_timeout(e, t),
+                None => e,
+            })
+    }
+
+    /// Asks the remote code to stop: it sees `pixgate.Cancelled` at its next channel
+    /// operation (once per request). If the exception ends the remote code, receives
+    /// report [`ErrorKind::Cancelled`]. For code that never touches its channel, use
+    /// [`Gateway::kill`](crate::Gateway::kill).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::WorkerDied`] or [`ErrorKind::GatewayClosed`] when the worker is gone.
+    pub fn cancel(&self) -> Result<()> {
+        if let Some(ch) = self.shared.lock().channels.get_mut(&self.id) {
+            ch.cancel_sent = true;
+        }
+        let frame = build_frame(MsgType::Cancel, self.id, |_| Ok::<_, Error>(()))?;
+        self.send_frame(frame)
+    }
+
+    /// True when the host closed its side or the remote side closed the channel.
+    pub fn is_closed(&self) -> bool {
+        let st = self.shared.lock();
+        match st.channels.get(&self.id) {
+            Some(ch) => ch.local_closed || ch.remote_closed(),
+            None => true,
+        }
+    }
+
+    fn check_open(&self) -> Result<()> {
+        let st = self.shared.lock();
+        match st.channels.get(&self.id) {
+            Some(ch) if !ch.local_closed => Ok(()),
+            _ => Err(Error::new(ErrorKind::ChannelClosed { id: self.id })),
+        }
+    }
+
+    fn close_frame(&self, t: MsgType, message: Option<&str>) -> Result<()> {
+        {
+            let mut st = self.shared.lock();
+            match st.channels.get_mut(&self.id) {
+                Some(ch) if !ch.local_closed => ch.local_closed = true,
+                _ => return Ok(()),
+            }
+        }
+        let frame = build_frame(t, self.id, |out| match message {
+            Some(m) => encode_payload(&Value::from(m), out),
+            None => Ok(()),
+        })?;
+        self.send_frame(frame)
+    }
+
+    pub(crate) fn send_frame(&self, frame: Vec<u8>) -> Result<()> {
+        let len = (frame.len() - crate::frame::HEADER_LEN) as u64;
+        if len > u64::from(self.shared.max_frame_len) {
+            return Err(Error::new(ErrorKind::FrameTooLarge {
+                channel: self.id,
+                len,
+                limit: u64::from(self.shared.max_frame_len),
+            }));
+        }
+        {
+            let st = self.shared.lock();
+            if st.closed_by_host || st.child_gone {
+                return Err(self.shared.gone_error(st));
+            }
+        }
+        self.shared.write_frame(&frame)
+    }
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        let send_close = {
+            let mut st = self.shared.lock();
+            let gone = st.closed_by_host || st.child_gone;
+            match st.channels.get_mut(&self.id) {
+                Some(ch) => {
+                    let send = !ch.local_closed && !gone;
+                    ch.local_closed = true;
+                    if ch.remote_closed() || gone {
+                        st.channels.remove(&self.id);
+                    } else {
+                        ch.mark_dropped();
+                    }
+                    send
+                }
+                None => false,
+            }
+        };
+        if send_close {
+            if let Ok(frame) = build_frame(MsgType::ChannelClose, self.id, |_| Ok::<_, Error>(())) {
+                let _ = self.shared.write_frame(&frame);
+            }
+        }
+    }
+}
+
+/// Iterator over a channel's items; see [`Channel::iter`].
+pub struct Iter<'a> {
+    channel: &'a Channel,
+    done: bool,
+}
+
+impl Iterator for Iter<'_> {
+    type Item = Result<Value>;
+
+    fn next(&mut self) -> Option<Result<Value>> {
+        if self.done {
+            return None;
+        }
+        match self.channel.receive() {
+            Ok(v) => Some(Ok(v)),
+            Err(e) if matches!(e.kind(), ErrorKind::ChannelClosed { .. }) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Channel {
+    type Item = Result<Value>;
+    type IntoIter = Iter<'a>;
+    fn into_iter(self) -> Iter<'a> {
+        self.iter()
+    }
+}
+
+/// Fills in the waited duration of a timeout error.
+fn with_timeout(e: Error, after: Duration) -> Error {
+    match e.kind() {
+        ErrorKind::Timeout { operation, .. } => Error::new(ErrorKind::Timeout {
+            operation: operation.clone(),
+            after,
+        }),
+        _ => e,
+    }
+}

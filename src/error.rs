@@ -1,0 +1,324 @@
+//! The crate's one error type.
+//!
+//! Every fallible public function returns [`Result<T>`](crate::Result), whose error is an
+//! [`Error`] carrying an [`ErrorKind`]. Messages are lower case, name what was involved
+//! and show expected and actual values where there are any.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::codec::{DecodeError, EncodeError};
+
+/// Shorthand for `std::result::Result<T, pixgate::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error from pixgate: what went wrong ([`Error::kind`]) and where.
+#[derive(Clone)]
+pub struct Error {
+    kind: Box<ErrorKind>,
+}
+
+impl Error {
+    /// Builds an error of the given kind.
+    pub fn new(kind: ErrorKind) -> Error {
+        Error {
+            kind: Box::new(kind),
+        }
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.kind
+    }
+
+    /// Consumes the error and returns its kind.
+    pub fn into_kind(self) -> ErrorKind {
+        *self.kind
+    }
+
+    /// The remote exception, when this error is one.
+    pub fn remote(&self) -> Option<&RemoteError> {
+        match &*self.kind {
+            ErrorKind::Remote(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// How the worker ended, when this error reports its death.
+    pub fn worker_exit(&self) -> Option<&WorkerExit> {
+        match &*self.kind {
+            ErrorKind::WorkerDied(w) => Some(w),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, err: std::io::Error) -> Error {
+        Error::new(ErrorKind::Io {
+            context: context.into(),
+            kind: err.kind(),
+            message: err.to_string(),
+        })
+    }
+
+    pub(crate) fn protocol(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Protocol(message.into()))
+    }
+}
+
+impl From<ErrorKind> for Error {
+    fn from(kind: ErrorKind) -> Error {
+        Error::new(kind)
+    }
+}
+
+impl From<DecodeError> for Error {
+    fn from(e: DecodeError) -> Error {
+        Error::new(ErrorKind::Decode(e))
+    }
+}
+
+impl From<EncodeError> for Error {
+    fn from(e: EncodeError) -> Error {
+        Error::new(ErrorKind::Encode(e))
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.kind, f)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.kind, f)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &*self.kind {
+            ErrorKind::Decode(e) => Some(e),
+            ErrorKind::Encode(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// The kinds of error pixgate reports.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A gateway spec string could not be parsed or names something unsupported.
+    #[error("gateway spec {spec:?}: {reason}")]
+    Spec {
+        /// The spec as given.
+        spec: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The interpreter named by the spec (or the default) does not exist or cannot run.
+    #[error("python interpreter {path:?} could not be started: {reason}")]
+    InterpreterNotFound {
+        /// The interpreter that was tried.
+        path: String,
+        /// Why it could not be started.
+        reason: String,
+    },
+    /// The worker did not complete the handshake.
+    #[error("handshake with worker pid {pid} failed: {reason}")]
+    Handshake {
+        /// The worker's process id.
+        pid: u32,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A blocking operation did not complete in time.
+    #[error("{operation} timed out after {after:?}")]
+    Timeout {
+        /// What was waited for.
+        operation: String,
+        /// How long it was waited for.
+        after: Duration,
+    },
+    /// The channel is closed: no more items will arrive, or it can no longer send.
+    #[error("channel {id} is closed")]
+    ChannelClosed {
+        /// The channel id.
+        id: i32,
+    },
+    /// The remote code raised an exception, which closed the channel.
+    #[error("{0}")]
+    Remote(RemoteError),
+    /// The remote code stopped because the host cancelled it.
+    #[error("channel {id} was cancelled")]
+    Cancelled {
+        /// The channel id.
+        id: i32,
+    },
+    /// The worker process ended while the operation needed it.
+    #[error("{0}")]
+    WorkerDied(WorkerExit),
+    /// The gateway was shut down by the host.
+    #[error("gateway {id} is closed")]
+    GatewayClosed {
+        /// The gateway id.
+        id: String,
+    },
+    /// Bytes did not decode as a value.
+    #[error("{0}")]
+    Decode(DecodeError),
+    /// A value could not be encoded.
+    #[error("{0}")]
+    Encode(EncodeError),
+    /// A frame is larger than the configured limit.
+    #[error("frame of {len} bytes on channel {channel} exceeds the limit of {limit} bytes")]
+    FrameTooLarge {
+        /// The channel the frame was for.
+        channel: i32,
+        /// The frame's payload length.
+        len: u64,
+        /// The limit in force.
+        limit: u64,
+    },
+    /// The peer broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// Conversion between a value and a Rust type failed.
+    #[error("value conversion: {0}")]
+    Convert(String),
+    /// An operating-system call failed.
+    #[error("{context}: {message}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The I/O error kind.
+        kind: std::io::ErrorKind,
+        /// The operating system's message.
+        message: String,
+    },
+}
+
+/// An exception raised by remote code, as the worker reported it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteError {
+    /// The exception's type name, such as `ZeroDivisionError`.
+    pub type_name: String,
+    /// The exception's message (`str(exc)`).
+    pub message: String,
+    /// The formatted traceback, as `traceback.format_exception` prints it.
+    pub traceback: String,
+}
+
+impl RemoteError {
+    /// Builds a remote error from execnet's format: a formatted traceback whose last
+    /// line reads `Type: message`.
+    pub fn from_traceback(text: &str) -> RemoteError {
+        let last = text.trim_end().lines().last().unwrap_or("");
+        let (type_name, message) = match last.split_once(": ") {
+            Some((t, m)) if !t.contains(' ') => (t.to_string(), m.to_string()),
+            _ if !last.contains(' ') && !last.is_empty() => (last.to_string(), String::new()),
+            _ => ("RemoteError".to_string(), last.to_string()),
+        };
+        RemoteError {
+            type_name,
+            message,
+            traceback: text.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "remote {}: {}", self.type_name, self.message)?;
+        if !self.traceback.is_empty() {
+            write!(f, "\n{}", self.traceback.trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+/// How a worker process ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerExit {
+    /// The gateway id.
+    pub gateway: String,
+    /// The worker's process id.
+    pub pid: u32,
+    /// The exit code, when it exited normally.
+    pub code: Option<i32>,
+    /// The signal that ended it, when one did.
+    pub signal: Option<i32>,
+    /// The last lines the worker wrote to its stderr.
+    pub stderr_tail: Vec<String>,
+}
+
+impl WorkerExit {
+    /// A short description of the exit: `exit code 3` or `signal 9 (SIGKILL)`.
+    pub fn status_text(&self) -> String {
+        match (self.code, self.signal) {
+            (_, Some(sig)) => {
+                let name = nix::sys::signal::Signal::try_from(sig)
+                    .map(|s| s.as_str())
+                    .unwrap_or("unknown");
+                format!("signal {sig} ({name})")
+            }
+            (Some(code), None) => format!("exit code {code}"),
+            (None, None) => "unknown status".to_string(),
+        }
+    }
+}
+
+impl fmt::Display for WorkerExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "worker {} (pid {}) died: {}",
+            self.gateway,
+            self.pid,
+            self.status_text()
+        )?;
+        if !self.stderr_tail.is_empty() {
+            write!(f, "; last stderr lines:")?;
+            for line in &self.stderr_tail {
+                write!(f, "\n  {line}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_error_parses_execnet_traceback() {
+        let tb = "Traceback (most recent call last):\n  File \"<remote exec>\", line 1, in <module>\nZeroDivisionError: division by zero\n";
+        let r = RemoteError::from_traceback(tb);
+        assert_eq!(r.type_name, "ZeroDivisionError");
+        assert_eq!(r.message, "division by zero");
+        assert_eq!(r.traceback, tb);
+    }
+
+    #[test]
+    fn remote_error_without_message_keeps_type() {
+        let r = RemoteError::from_traceback("Traceback...\nKeyboardInterrupt\n");
+        assert_eq!(r.type_name, "KeyboardInterrupt");
+        assert_eq!(r.message, "");
+    }
+
+    #[test]
+    fn worker_exit_names_the_signal() {
+        let w = WorkerExit {
+            gateway: "gw0".into(),
+            pid: 42,
+            code: None,
+            signal: Some(9),
+            stderr_tail: vec!["boom".into()],
+        };
+        let text = w.to_string();
+        assert!(text.contains("signal 9 (SIGKILL)"), "{text}");
+        assert!(text.contains("boom"), "{text}");
+    }
+}

@@ -1,0 +1,467 @@
+//! Frames: execnet's 9-byte header (message type, channel id, payload length) and a
+//! buffered reader that never trusts a length it has not received the bytes for.
+//!
+//! The byte layout is specified in `docs/PROTOCOL.md`.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+/// Length of a frame header in bytes.
+pub(crate) const HEADER_LEN: usize = 9;
+
+/// Default cap on a frame's payload (configurable per gateway).
+pub const DEFAULT_MAX_FRAME_LEN: u32 = 256 * 1024 * 1024;
+
+/// Message types: 0–7 are execnet's, 32 and up are pixgate's own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i8)]
+pub(crate) enum MsgType {
+    Status = 0,
+    Reconfigure = 1,
+    GatewayTerminate = 2,
+    ChannelExec = 3,
+    ChannelData = 4,
+    ChannelClose = 5,
+    ChannelCloseError = 6,
+    ChannelLastMessage = 7,
+    Handshake = 32,
+    Output = 33,
+    Cancel = 34,
+    ExecMain = 35,
+}
+
+impl MsgType {
+    pub(crate) fn from_i8(v: i8) -> Option<MsgType> {
+        use MsgType::*;
+        Some(match v {
+            0 => Status,
+            1 => Reconfigure,
+            2 => GatewayTerminate,
+            3 => ChannelExec,
+            4 => ChannelData,
+            5 => ChannelClose,
+            6 => ChannelCloseError,
+            7 => ChannelLastMessage,
+            32 => Handshake,
+            33 => Output,
+            34 => Cancel,
+            35 => ExecMain,
+            _ => return None,
+        })
+    }
+}
+
+/// A decoded frame header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub msgtype: i8,
+    pub channel: i32,
+    pub len: i32,
+}
+
+impl Header {
+    pub(crate) fn parse(b: &[u8; HEADER_LEN]) -> Header {
+        Header {
+            msgtype: b[0] as i8,
+            channel: i32::from_be_bytes([b[1], b[2], b[3], b[4]]),
+            len: i32::from_be_bytes([b[5], b[6], b[7], b[8]]),
+        }
+    }
+
+    pub(crate) fn write(msgtype: i8, channel: i32, len: u32, out: &mut [u8]) {
+        out[0] = msgtype as u8;
+        out[1..5].copy_from_slice(&channel.to_be_bytes());
+        out[5..9].copy_from_slice(&len.to_be_bytes());
+    }
+}
+
+/// A whole frame as read from the peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Frame {
+    pub msgtype: i8,
+    pub channel: i32,
+    pub payload: Vec<u8>,
+}
+
+/// What one call of [`FrameReader::next_event`] produced.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// A complete frame.
+    Frame(Frame),
+    /// A frame whose payload exceeded the limit; its bytes were read and dropped.
+    Oversized { msgtype: i8, channel: i32, len: u32 },
+    /// The peer closed its end.
+    Eof,
+    /// The deadline passed, or one of the wake descriptors became readable.
+    Idle,
+}
+
+/// A fatal framing error: the byte stream cannot be resynchronised.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    NegativeLength { msgtype: i8, channel: i32, len: i32 },
+    TruncatedAtEof { have: usize },
+    Io(io::Error),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::NegativeLength {
+                msgtype,
+                channel,
+                len,
+            } => write!(
+                f,
+                "frame of type {msgtype} on channel {channel} has negative length {len}"
+            ),
+            ReadError::TruncatedAtEof { have } => {
+                write!(
+                    f,
+                    "stream ended inside a frame ({have} bytes of it received)"
+                )
+            }
+            ReadError::Io(e) => write!(f, "reading the protocol pipe: {e}"),
+        }
+    }
+}
+
+const CHUNK: usize = 64 * 1024;
+
+/// Reads frames from a pipe with a deadline, keeping partial frames between calls.
+///
+/// Bytes are read only as the peer provides them: a header announcing a large payload
+/// causes no allocation beyond what actually arrives, and a payload over `max_len` is
+/// read and discarded in fixed-size chunks.
+pub(crate) struct FrameReader {
+    fd: OwnedFd,
+    buf: Vec<u8>,
+    start: usize,
+    /// Remaining bytes of an oversized payload still to discard, with its header.
+    discarding: Option<(Header, u64)>,
+    max_len: u32,
+}
+
+impl FrameReader {
+    pub(crate) fn new(fd: OwnedFd, max_len: u32) -> FrameReader {
+        FrameReader {
+            fd,
+            buf: Vec::with_capacity(CHUNK),
+            start: 0,
+            discarding: None,
+            max_len,
+        }
+    }
+
+    /// True when a complete frame (or discard result) can be produced without reading.
+    fn buffered_event(&mut self) -> Result<Option<Event>, ReadError> {
+        if let Some((h, left)) = self.discarding {
+            let avail = (self.buf.len() - self.start) as u64;
+            let take = avail.min(left);
+            self.start += take as usize;
+            if take == left {
+                self.discarding = None;
+                return Ok(Some(Event::Oversized {
+                    msgtype: h.msgtype,
+                    channel: h.channel,
+                    len: h.len as u32,
+                }));
+            }
+            self.discarding = Some((h, left - take));
+            return Ok(None);
+        }
+        let avail = &self.buf[self.start..];
+        if avail.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let h = Header::parse(avail[..HEADER_LEN].try_into().expect("9 bytes"));
+        if h.len < 0 {
+            return Err(ReadError::NegativeLength {
+                msgtype: h.msgtype,
+                channel: h.channel,
+                len: h.len,
+            });
+        }
+        let len = h.len as usize;
+        if h.len as u32 > self.max_len {
+            self.start += HEADER_LEN;
+            self.discarding = Some((h, len as u64));
+            return self.buffered_event();
+        }
+        if avail.len() < HEADER_LEN + len {
+            return Ok(None);
+        }
+        let payload = avail[HEADER_LEN..HEADER_LEN + len].to_vec();
+        self.start += HEADER_LEN + len;
+        Ok(Some(Event::Frame(Frame {
+            msgtype: h.msgtype,
+            channel: h.channel,
+            payload,
+        })))
+    }
+
+    /// Bytes the reader still wants for the frame in progress (at least one chunk).
+    fn want(&self) -> usize {
+        let avail = self.buf.len() - self.start;
+        if self.discarding.is_some() || avail < HEADER_LEN {
+            return CHUNK;
+        }
+        let h = Header::parse(
+            self.buf[self.start..self.start + HEADER_LEN]
+                .try_into()
+                .expect("9 bytes"),
+        );
+        let need = HEADER_LEN + h.len.max(0) as usize - avail;
+        // Grow by what the peer has actually sent, at most 1 MiB beyond a chunk at a time.
+        need.clamp(CHUNK, CHUNK + (1 << 20))
+    }
+
+    /// Produces the next event, waiting until `deadline` (forever if `None`) or until one
+    /// of `wake` becomes readable.
+    pub(crate) fn next_event(
+        &mut self,
+        deadline: Option<Instant>,
+        wake: &[BorrowedFd<'_>],
+    ) -> Result<Event, ReadError> {
+        loop {
+            if let Some(ev) = self.buffered_event()? {
+                self.compact();
+                return Ok(ev);
+            }
+            self.compact();
+            let timeout = match deadline {
+                None => PollTimeout::NONE,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    // Round up so that a short wait does not become a busy loop.
+                    let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128);
+                    PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::MAX)
+                }
+            };
+            let mut fds = Vec::with_capacity(1 + wake.len());
+            fds.push(PollFd::new(self.fd.as_fd(), PollFlags::POLLIN));
+            for w in wake {
+                fds.push(PollFd::new(*w, PollFlags::POLLIN));
+            }
+            match poll(&mut fds, timeout) {
+                Ok(0) => return Ok(Event::Idle),
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(ReadError::Io(e.into())),
+            }
+            let ready = fds[0].revents().is_some_and(|r| {
+                r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+            });
+            if !ready {
+                // A wake descriptor fired and the pipe has nothing for us.
+                return Ok(Event::Idle);
+            }
+            let want = self.want();
+            let old = self.buf.len();
+            self.buf.resize(old + want, 0);
+            let n = loop {
+                match nix::unistd::read(self.fd.as_fd(), &mut self.buf[old..]) {
+                    Ok(n) => break n,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => {
+                        self.buf.truncate(old);
+                        return Err(ReadError::Io(e.into()));
+                    }
+                }
+            };
+            self.buf.truncate(old + n);
+            if n == 0 {
+                let have = self.buf.len() - self.start;
+                if have > 0 || self.discarding.is_some() {
+                    return Err(ReadError::TruncatedAtEof { have });
+                }
+                return Ok(Event::Eof);
+            }
+        }
+    }
+
+    fn compact(&mut self) {
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+            if self.buf.capacity() > 4 * CHUNK {
+                self.buf.shrink_to(CHUNK);
+            }
+        } else if self.start > CHUNK && self.start * 2 > self.buf.len() {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+    }
+}
+
+/// Builds a frame in one buffer: header, then whatever `fill` appends as payload.
+pub(crate) fn build_frame<E>(
+    msgtype: MsgType,
+    channel: i32,
+    fill: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<Vec<u8>, E> {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(&[0u8; HEADER_LEN]);
+    fill(&mut out)?;
+    let len = (out.len() - HEADER_LEN) as u32;
+    Header::write(msgtype as i8, channel, len, &mut out[..HEADER_LEN]);
+    Ok(out)
+}
+
+/// Writes all of `bytes` to `fd`, retrying on EINTR and short writes.
+pub(crate) fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match nix::unistd::write(fd, bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::time::Duration;
+
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe")
+    }
+
+    fn frame_bytes(t: i8, ch: i32, payload: &[u8]) -> Vec<u8> {
+        let mut v = vec![0; HEADER_LEN];
+        Header::write(t, ch, payload.len() as u32, &mut v);
+        v.extend_from_slice(payload);
+        v
+    }
+
+    fn soon() -> Option<Instant> {
+        Some(Instant::now() + Duration::from_secs(5))
+    }
+
+    #[test]
+    fn header_matches_execnet_struct_layout() {
+        // struct.pack("!bii", 4, 3, 258) == b'\x04\x00\x00\x00\x03\x00\x00\x01\x02'
+        let v = frame_bytes(4, 3, &[0; 258]);
+        assert_eq!(&v[..9], b"\x04\x00\x00\x00\x03\x00\x00\x01\x02");
+        let h = Header::parse(v[..9].try_into().unwrap());
+        assert_eq!(
+            h,
+            Header {
+                msgtype: 4,
+                channel: 3,
+                len: 258
+            }
+        );
+    }
+
+    #[test]
+    fn reader_reassembles_frames_split_across_writes() {
+        let (r, w) = pipe();
+        let mut rd = FrameReader::new(r, 1024);
+        let mut bytes = frame_bytes(4, 1, b"hello");
+        bytes.extend(frame_bytes(5, 1, b""));
+        write_all(w.as_fd(), &bytes[..4]).unwrap();
+        assert_eq!(
+            rd.next_event(Some(Instant::now() + Duration::from_millis(20)), &[])
+                .unwrap(),
+            Event::Idle
+        );
+        write_all(w.as_fd(), &bytes[4..]).unwrap();
+        let ev = rd.next_event(soon(), &[]).unwrap();
+        assert_eq!(
+            ev,
+            Event::Frame(Frame {
+                msgtype: 4,
+                channel: 1,
+                payload: b"hello".to_vec()
+            })
+        );
+        let ev = rd.next_event(soon(), &[]).unwrap();
+        assert!(matches!(ev, Event::Frame(Frame { msgtype: 5, .. })));
+        drop(w);
+        assert_eq!(rd.next_event(soon(), &[]).unwrap(), Event::Eof);
+    }
+
+    #[test]
+    fn oversized_frame_is_skipped_and_stream_stays_in_sync() {
+        let (r, w) = pipe();
+        let mut rd = FrameReader::new(r, 16);
+        let big = vec![7u8; 200_000];
+        let writer = std::thread::spawn(move || {
+            let mut bytes = frame_bytes(4, 3, &big);
+            bytes.extend(frame_bytes(4, 5, b"after"));
+            write_all(w.as_fd(), &bytes).unwrap();
+        });
+        let ev = rd.next_event(soon(), &[]).unwrap();
+        assert_eq!(
+            ev,
+            Event::Oversized {
+                msgtype: 4,
+                channel: 3,
+                len: 200_000
+            }
+        );
+        let ev = rd.next_event(soon(), &[]).unwrap();
+        assert!(matches!(ev, Event::Frame(Frame { channel: 5, .. })));
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn negative_length_is_a_fatal_error() {
+        let (r, w) = pipe();
+        let mut rd = FrameReader::new(r, 16);
+        let mut v = vec![0; 9];
+        Header::write(4, 1, u32::MAX, &mut v);
+        write_all(w.as_fd(), &v).unwrap();
+        assert!(matches!(
+            rd.next_event(soon(), &[]),
+            Err(ReadError::NegativeLength { len: -1, .. })
+        ));
+    }
+
+    #[test]
+    fn eof_inside_a_frame_is_reported_as_truncation() {
+        let (r, w) = pipe();
+        let mut rd = FrameReader::new(r, 1024);
+        let v = frame_bytes(4, 1, b"abcdef");
+        write_all(w.as_fd(), &v[..12]).unwrap();
+        drop(w);
+        assert!(matches!(
+            rd.next_event(soon(), &[]),
+            Err(ReadError::TruncatedAtEof { have: 12 })
+        ));
+    }
+
+    #[test]
+    fn huge_announced_length_allocates_only_what_arrives() {
+        let (r, w) = pipe();
+        let mut rd = FrameReader::new(r, u32::MAX);
+        let mut v = vec![0; 9];
+        Header::write(4, 1, i32::MAX as u32, &mut v);
+        write_all(w.as_fd(), &v).unwrap();
+        drop(w);
+        assert!(matches!(
+            rd.next_event(soon(), &[]),
+            Err(ReadError::TruncatedAtEof { .. })
+        ));
+        assert!(rd.buf.capacity() < 4 << 20, "{}", rd.buf.capacity());
+    }
+
+    #[test]
+    fn wake_descriptor_interrupts_the_wait() {
+        let (r, _w) = pipe();
+        let (wr, ww) = pipe();
+        let mut rd = FrameReader::new(r, 1024);
+        write_all(ww.as_fd(), b"x").unwrap();
+        let t = Instant::now();
+        assert_eq!(rd.next_event(None, &[wr.as_fd()]).unwrap(), Event::Idle);
+        assert!(t.elapsed() < Duration::from_secs(1));
+    }
+}

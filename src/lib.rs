@@ -1,0 +1,45 @@
+//! pixgate: run Python in a separate CPython process and exchange values with it.
+//!
+//! A [`Gateway`] starts a worker interpreter, sends it the bundled helper over a pipe
+//! (the worker needs nothing installed) and runs code there; each
+//! [`Gateway::remote_exec`] returns a [`Channel`] to talk to that code. Values travel in
+//! execnet's wire format ([`dumps`], [`loads`], [`Value`]); Rust types travel through
+//! serde ([`to_value`], [`from_value`]).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use pixgate::Gateway;
+//!
+//! let gw = Gateway::spawn("popen//id=demo")?;
+//! let ch = gw.remote_exec("for x in channel:\n    channel.send(x * 2)")?;
+//! ch.send(21)?;
+//! assert_eq!(ch.receive_timeout(Duration::from_secs(5))?.as_i64(), Some(42));
+//! ch.close()?;
+//! gw.exit(Duration::from_secs(5))?;
+//! # Ok::<(), pixgate::Error>(())
+//! ```
+
+mod bootstrap;
+mod channel;
+pub mod codec;
+mod error;
+mod frame;
+mod gateway;
+mod inbox;
+mod output;
+mod serde_value;
+mod spec;
+mod value;
+
+pub use channel::{Channel, ExecOptions, Iter};
+pub use codec::{DecodeError, DecodeErrorKind, EncodeError, EncodeErrorKind, dumps, loads};
+pub use error::{Error, ErrorKind, RemoteError, Result, WorkerExit};
+pub use frame::DEFAULT_MAX_FRAME_LEN;
+pub use gateway::{
+    DEFAULT_EXIT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, Gateway, GatewayBuilder, HELPER_VERSION,
+    PROTOCOL_VERSION, WorkerInfo,
+};
+pub use output::{OutputCallback, OutputLine, OutputMode, Stream};
+pub use serde_value::{from_value, to_value};
+pub use spec::{HelperSource, Spec};
+pub use value::Value;

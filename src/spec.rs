@@ -1,0 +1,218 @@
+//! Gateway specs in execnet's syntax: `popen//python=PATH//chdir=DIR//env:NAME=VALUE//id=NAME`.
+
+use std::path::PathBuf;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Where the worker gets the helper package from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HelperSource {
+    /// The host sends the helper's source over the protocol pipe (the default): the
+    /// worker needs only a Python interpreter.
+    #[default]
+    Bootstrap,
+    /// The worker imports the `pixgate` package installed in its environment.
+    Installed,
+}
+
+/// A parsed gateway spec.
+///
+/// Keys (execnet's, plus `helper`):
+///
+/// | key | meaning |
+/// |---|---|
+/// | `popen` | start a local worker process (the only transport so far) |
+/// | `python=CMD` | interpreter command, split on whitespace (`python=python3 -X dev`) |
+/// | `chdir=DIR` | working directory of the worker |
+/// | `env:NAME=VALUE` | environment variable for the worker (repeatable) |
+/// | `id=NAME` | gateway id, used to prefix output and in errors |
+/// | `nice=N` | niceness increment of the worker |
+/// | `dont_write_bytecode` | run the worker with `-B` |
+/// | `helper=bootstrap\|installed` | where the helper package comes from |
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Spec {
+    /// Interpreter command and its arguments; empty means the default interpreter.
+    pub python: Vec<String>,
+    /// Working directory of the worker.
+    pub chdir: Option<PathBuf>,
+    /// Extra environment variables, in order.
+    pub env: Vec<(String, String)>,
+    /// Gateway id; a fresh `gwN` when absent.
+    pub id: Option<String>,
+    /// Niceness increment.
+    pub nice: Option<i32>,
+    /// Run the interpreter with `-B`.
+    pub dont_write_bytecode: bool,
+    /// Where the helper package comes from.
+    pub helper: HelperSource,
+}
+
+impl Spec {
+    /// Parses a spec string.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Spec`] for an unknown key, a missing or malformed value, a repeated
+    /// key, or a transport other than `popen`.
+    pub fn parse(spec: &str) -> Result<Spec> {
+        let err = |reason: String| {
+            Error::new(ErrorKind::Spec {
+                spec: spec.to_string(),
+                reason,
+            })
+        };
+        let mut out = Spec::default();
+        let mut transport = false;
+        let mut seen: Vec<&str> = Vec::new();
+        for part in spec.split("//") {
+            if part.is_empty() {
+                continue;
+            }
+            let (key, value) = match part.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (part, None),
+            };
+            if let Some(name) = key.strip_prefix("env:") {
+                if name.is_empty() || name.contains('\0') {
+                    return Err(err(format!("bad environment variable name {name:?}")));
+                }
+                let v = value.ok_or_else(|| err(format!("env:{name} needs a value")))?;
+                if v.contains('\0') {
+                    return Err(err(format!("env:{name} value contains a NUL byte")));
+                }
+                out.env.push((name.to_string(), v.to_string()));
+                continue;
+            }
+            if seen.contains(&key) {
+                return Err(err(format!("key {key:?} given twice")));
+            }
+            seen.push(key);
+            fn need<'a>(
+                v: Option<&'a str>,
+                key: &str,
+                err: impl Fn(String) -> Error,
+            ) -> Result<&'a str> {
+                v.filter(|v| !v.is_empty())
+                    .ok_or_else(|| err(format!("key {key:?} needs a value")))
+            }
+            match key {
+                "popen" => {
+                    if value.is_some() {
+                        return Err(err("popen takes no value".into()));
+                    }
+                    transport = true;
+                }
+                "ssh" | "socket" | "vagrant_ssh" => {
+                    return Err(err(format!(
+                        "{key} gateways are not supported; only popen is"
+                    )));
+                }
+                "python" => {
+                    let v = need(value, key, err)?;
+                    out.python = v.split_whitespace().map(str::to_string).collect();
+                }
+                "chdir" => out.chdir = Some(PathBuf::from(need(value, key, err)?)),
+                "id" => {
+                    let v = need(value, key, err)?;
+                    if v.chars().any(|c| c.is_control()) {
+                        return Err(err("id contains control characters".into()));
+                    }
+                    out.id = Some(v.to_string());
+                }
+                "nice" => {
+                    let v = need(value, key, err)?;
+                    out.nice = Some(
+                        v.parse()
+                            .map_err(|_| err(format!("nice={v:?} is not an integer")))?,
+                    );
+                }
+                "dont_write_bytecode" => {
+                    if value.is_some() {
+                        return Err(err("dont_write_bytecode takes no value".into()));
+                    }
+                    out.dont_write_bytecode = true;
+                }
+                "helper" => {
+                    out.helper = match need(value, key, err)? {
+                        "bootstrap" => HelperSource::Bootstrap,
+                        "installed" => HelperSource::Installed,
+                        other => {
+                            return Err(err(format!(
+                                "helper={other:?}: expected bootstrap or installed"
+                            )));
+                        }
+                    }
+                }
+                "execmodel" => match need(value, key, err)? {
+                    "thread" => {}
+                    other => {
+                        return Err(err(format!(
+                            "execmodel={other:?}: only thread is supported"
+                        )));
+                    }
+                },
+                other => return Err(err(format!("unknown key {other:?}"))),
+            }
+        }
+        if !transport && !spec.trim().is_empty() {
+            return Err(err("no transport: the spec must contain popen".into()));
+        }
+        Ok(out)
+    }
+}
+
+impl std::str::FromStr for Spec {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Spec> {
+        Spec::parse(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_key() {
+        let s = Spec::parse(
+            "popen//python=/usr/bin/python3 -X dev//chdir=/tmp//env:A=1//env:B=x=y//id=cam//nice=5//dont_write_bytecode//helper=installed//execmodel=thread",
+        )
+        .unwrap();
+        assert_eq!(s.python, ["/usr/bin/python3", "-X", "dev"]);
+        assert_eq!(s.chdir, Some(PathBuf::from("/tmp")));
+        assert_eq!(
+            s.env,
+            [("A".into(), "1".into()), ("B".into(), "x=y".into())]
+        );
+        assert_eq!(s.id.as_deref(), Some("cam"));
+        assert_eq!(s.nice, Some(5));
+        assert!(s.dont_write_bytecode);
+        assert_eq!(s.helper, HelperSource::Installed);
+    }
+
+    #[test]
+    fn empty_spec_and_bare_popen_mean_defaults() {
+        assert_eq!(Spec::parse("").unwrap(), Spec::default());
+        assert_eq!(Spec::parse("popen").unwrap(), Spec::default());
+    }
+
+    #[test]
+    fn rejects_bad_specs_with_a_reason() {
+        for (spec, needle) in [
+            ("popen//frobnicate=1", "unknown key"),
+            ("ssh=host", "not supported"),
+            ("popen//python=", "needs a value"),
+            ("popen//nice=high", "not an integer"),
+            ("popen//id=a//id=b", "given twice"),
+            ("python=python3", "no transport"),
+            ("popen//helper=pip", "expected bootstrap or installed"),
+            ("popen//env:=1", "bad environment variable"),
+            ("popen//env:A", "needs a value"),
+            ("popen//execmodel=eventlet", "only thread"),
+        ] {
+            let e = Spec::parse(spec).unwrap_err();
+            assert!(matches!(e.kind(), ErrorKind::Spec { .. }), "{spec}: {e:?}");
+            assert!(e.to_string().contains(needle), "{spec}: {e}");
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Shared helpers for the integration tests: the interpreter, timeouts, leak checks.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use pixgate::{Gateway, OutputMode};
+
+/// Every blocking call in the tests waits at most this long.
+pub const T: Duration = Duration::from_secs(20);
+
+/// The interpreter under test: `$PIXGATE_PYTHON`, else the project's venv, else python3.
+pub fn python() -> String {
+    if let Ok(p) = std::env::var("PIXGATE_PYTHON") {
+        if !p.is_empty() {
+            return p;
+        }
+    }
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+    if Path::new(venv).exists() {
+        return venv.to_string();
+    }
+    "python3".to_string()
+}
+
+/// A spec for the test interpreter with extra keys appended.
+pub fn spec(extra: &str) -> String {
+    let mut s = format!("popen//python={}", python());
+    if !extra.is_empty() {
+        s.push_str("//");
+        s.push_str(extra);
+    }
+    s
+}
+
+/// A gateway on the test interpreter whose output is captured.
+pub fn gateway() -> Gateway {
+    Gateway::builder(&spec(""))
+        .output(OutputMode::Capture)
+        .handshake_timeout(T)
+        .spawn()
+        .expect("spawn gateway")
+}
+
+/// True while a process with this pid exists (and is not a zombie we could reap).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Waits until `pid` is gone; returns how long that took, or None after `limit`.
+pub fn wait_gone(pid: u32, limit: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if !process_alive(pid) {
+            return Some(t.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    None
+}
+
+/// Fails if /dev/shm holds a pixgate segment created by this process.
+pub fn assert_no_segments() {
+    let prefix = format!("pxg-{:x}-", std::process::id());
+    let leaked: Vec<String> = std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(leaked.is_empty(), "leaked segments: {leaked:?}");
+}

@@ -1,0 +1,343 @@
+//! Gateways with real CPython workers: spawn, every spec key, handshake, lifecycle, death.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{T, gateway, process_alive, python, spec, wait_gone};
+use pixgate::{ErrorKind, Gateway, HelperSource, OutputMode, Value};
+
+fn ask(gw: &Gateway, source: &str) -> Value {
+    let ch = gw.remote_exec(source).expect("remote_exec");
+    ch.receive_timeout(T).expect("receive")
+}
+
+#[test]
+fn spawn_handshake_and_polite_exit() {
+    let gw = gateway();
+    let info = gw.info().clone();
+    assert_eq!(info.pid, gw.pid());
+    assert_eq!(info.protocol, pixgate::PROTOCOL_VERSION);
+    assert_eq!(info.helper_version, pixgate::HELPER_VERSION);
+    assert_eq!(info.helper_source, HelperSource::Bootstrap);
+    let v = ask(&gw, "import sys\nchannel.send(sys.version.split()[0])");
+    assert_eq!(v.as_str(), Some(info.python_version.as_str()));
+    let np = ask(
+        &gw,
+        "try:\n    import numpy\n    channel.send(numpy.__version__)\nexcept ImportError:\n    channel.send(None)",
+    );
+    assert_eq!(np.as_str(), info.numpy_version.as_deref());
+    let pid = gw.pid();
+    let exit = gw.exit(T).expect("exit");
+    assert_eq!(exit.code, Some(0), "{exit:?}");
+    assert_eq!(exit.signal, None);
+    assert!(!process_alive(pid));
+    // exit is idempotent and reports the same status.
+    assert_eq!(gw.exit(T).unwrap(), exit);
+    assert!(!gw.is_alive());
+}
+
+#[test]
+fn spec_keys_reach_the_worker() {
+    let dir = std::env::temp_dir().canonicalize().unwrap();
+    let gw = Gateway::builder(&spec(&format!(
+        "chdir={}//env:PXG_A=one//env:PXG_B=x=y//id=speckeys//nice=3//dont_write_bytecode",
+        dir.display()
+    )))
+    .output(OutputMode::Capture)
+    .spawn()
+    .unwrap();
+    assert_eq!(gw.id(), "speckeys");
+    let v = ask(
+        &gw,
+        "import os, sys\nchannel.send((os.getcwd(), os.environ['PXG_A'], os.environ['PXG_B'], os.nice(0), sys.dont_write_bytecode, os.environ.get('PIXGATE_GATEWAY_ID')))",
+    );
+    let t = v.as_seq().unwrap();
+    assert_eq!(t[0].as_str(), Some(dir.to_str().unwrap()));
+    assert_eq!(t[1].as_str(), Some("one"));
+    assert_eq!(t[2].as_str(), Some("x=y"));
+    assert!(t[3].as_i64().unwrap() >= 3, "nice {:?}", t[3]);
+    assert_eq!(t[4].as_bool(), Some(true));
+    assert_eq!(t[5].as_str(), Some("speckeys"));
+}
+
+#[test]
+fn python_key_takes_interpreter_arguments() {
+    let gw = Gateway::builder(&format!("popen//python={} -X dev", python()))
+        .output(OutputMode::Capture)
+        .spawn()
+        .unwrap();
+    let v = ask(&gw, "import sys\nchannel.send(sys.flags.dev_mode)");
+    assert_eq!(v.as_bool(), Some(true));
+}
+
+#[test]
+fn default_interpreter_comes_from_pixgate_python() {
+    // The test environment sets PIXGATE_PYTHON (see the Makefile); a spec without
+    // python= must use it.
+    let Ok(p) = std::env::var("PIXGATE_PYTHON") else {
+        eprintln!("skipped: PIXGATE_PYTHON is not set");
+        return;
+    };
+    let gw = Gateway::builder("popen")
+        .output(OutputMode::Capture)
+        .spawn()
+        .unwrap();
+    let exe = ask(&gw, "import sys\nchannel.send(sys.executable)");
+    assert_eq!(
+        std::fs::canonicalize(exe.as_str().unwrap()).unwrap(),
+        std::fs::canonicalize(p).unwrap()
+    );
+}
+
+const BATTERY: &str = r#"
+import pixgate, sys, threading
+values = [None, True, 1, -2**40, 2**70, 1.5, 2j, "ä", b"\x00", [1, (2,)], {"k": {1, 2}}, frozenset([3])]
+out = {
+    "version": pixgate.__version__,
+    "protocol": pixgate.PROTOCOL_VERSION,
+    "dumps": [pixgate.dumps(v) for v in values],
+    "roundtrip": pixgate.loads(pixgate.dumps(values)) == values,
+    "errors": [c.__name__ for c in (pixgate.Cancelled, pixgate.RemoteError, pixgate.LoadError, pixgate.TimeoutError)],
+    "bases": [issubclass(pixgate.LoadError, ValueError), issubclass(pixgate.TimeoutError, TimeoutError)],
+    "echo": channel.receive(timeout=10),
+}
+try:
+    pixgate.loads(b"\x02U")
+except pixgate.LoadError as e:
+    out["reserved"] = type(e).__name__
+channel.send(out)
+"#;
+
+#[test]
+fn bootstrapped_and_installed_helpers_behave_alike() {
+    let installed = Command::new(python())
+        .args([
+            "-c",
+            "import pixgate, sys; sys.exit(0 if getattr(pixgate, '__file__', None) else 1)",
+        ])
+        .env_remove("PYTHONPATH")
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        eprintln!(
+            "skipped: the pixgate package is not installed in {}",
+            python()
+        );
+        return;
+    }
+    let mut results = Vec::new();
+    for helper in ["bootstrap", "installed"] {
+        let gw = Gateway::builder(&spec(&format!("helper={helper}")))
+            .output(OutputMode::Capture)
+            .spawn()
+            .unwrap();
+        let expected = if helper == "installed" {
+            HelperSource::Installed
+        } else {
+            HelperSource::Bootstrap
+        };
+        assert_eq!(gw.info().helper_source, expected);
+        let origin = ask(
+            &gw,
+            "import pixgate\nchannel.send(getattr(pixgate, '__file__', None))",
+        );
+        assert_eq!(origin.is_none(), helper == "bootstrap", "{origin}");
+        let ch = gw.remote_exec(BATTERY).unwrap();
+        ch.send("ping").unwrap();
+        results.push(ch.receive_timeout(T).unwrap());
+    }
+    assert_eq!(results[0], results[1]);
+    assert_eq!(
+        results[0].get("roundtrip").and_then(Value::as_bool),
+        Some(true)
+    );
+    assert_eq!(results[0].get("echo").and_then(Value::as_str), Some("ping"));
+    assert_eq!(
+        results[0].get("reserved").and_then(Value::as_str),
+        Some("LoadError")
+    );
+}
+
+#[test]
+fn missing_interpreter_is_a_clear_error() {
+    let err = Gateway::spawn("popen//python=/nonexistent/python3.99").unwrap_err();
+    match err.kind() {
+        ErrorKind::InterpreterNotFound { path, .. } => assert_eq!(path, "/nonexistent/python3.99"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(err.to_string().contains("/nonexistent/python3.99"), "{err}");
+}
+
+fn script(name: &str, body: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("pixgate-test-{}-{name}", std::process::id()));
+    std::fs::write(&path, body).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[test]
+fn handshake_that_never_comes_times_out() {
+    let hang = script("hang.sh", "#!/bin/sh\nexec sleep 30\n");
+    let t = Instant::now();
+    let err = Gateway::builder(&format!("popen//python={}", hang.display()))
+        .handshake_timeout(Duration::from_millis(500))
+        .output(OutputMode::Discard)
+        .spawn()
+        .unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Timeout { .. }), "{err:?}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    std::fs::remove_file(hang).ok();
+}
+
+#[test]
+fn interpreter_that_dies_at_once_reports_its_status_and_stderr() {
+    let bad = script("bad.sh", "#!/bin/sh\necho 'not a python' >&2\nexit 7\n");
+    let err = Gateway::builder(&format!("popen//python={}", bad.display()))
+        .output(OutputMode::Discard)
+        .spawn()
+        .unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Handshake { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("exit code 7"), "{text}");
+    assert!(text.contains("not a python"), "{text}");
+    std::fs::remove_file(bad).ok();
+}
+
+#[test]
+fn drop_ends_the_worker() {
+    let gw = gateway();
+    let pid = gw.pid();
+    drop(gw);
+    assert!(wait_gone(pid, T).is_some());
+}
+
+#[test]
+fn exit_kills_a_worker_that_does_not_answer() {
+    let gw = gateway();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(gw.pid() as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    let t = Instant::now();
+    let exit = gw.exit(Duration::from_millis(300)).unwrap();
+    assert_eq!(exit.signal, Some(9), "{exit:?}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn worker_killed_mid_receive_names_the_signal() {
+    let gw = gateway();
+    let ch = gw.remote_exec("import time\ntime.sleep(30)").unwrap();
+    let pid = gw.pid();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    });
+    let err = ch.receive_timeout(T).unwrap_err();
+    killer.join().unwrap();
+    let exit = err.worker_exit().unwrap_or_else(|| panic!("{err:?}"));
+    assert_eq!(exit.signal, Some(9));
+    assert_eq!(exit.pid, pid);
+    assert!(err.to_string().contains("SIGKILL"), "{err}");
+    // Later operations fail the same way, at once.
+    let again = gw.remote_exec("pass").unwrap_err();
+    assert!(
+        matches!(again.kind(), ErrorKind::WorkerDied(_)),
+        "{again:?}"
+    );
+}
+
+#[test]
+fn worker_exit_carries_code_and_stderr_tail() {
+    let gw = gateway();
+    let ch = gw
+        .remote_exec("import os, sys\nos.write(2, b'first line\\nlast words\\n')\nos._exit(3)")
+        .unwrap();
+    let err = ch.receive_timeout(T).unwrap_err();
+    let exit = err.worker_exit().unwrap_or_else(|| panic!("{err:?}"));
+    assert_eq!(exit.code, Some(3));
+    assert_eq!(exit.stderr_tail, ["first line", "last words"]);
+    assert!(err.to_string().contains("last words"), "{err}");
+}
+
+#[test]
+fn hard_cancel_kills_the_worker_and_fails_pending_receives() {
+    let gw = gateway();
+    let ch = gw
+        .remote_exec("import time\nwhile True:\n    time.sleep(1)")
+        .unwrap();
+    let exit = gw.kill().unwrap();
+    assert_eq!(exit.signal, Some(9));
+    let err = ch.receive_timeout(T).unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::GatewayClosed { .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn worker_of_a_killed_host_exits_promptly() {
+    // The host is the pixgate binary running remote code that reports its pid and sleeps.
+    let mut host = Command::new(env!("CARGO_BIN_EXE_pixgate"))
+        .args([
+            "exec",
+            "--spec",
+            &spec("id=orphan"),
+            "import os, time\nchannel.send(os.getpid())\ntime.sleep(60)",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(host.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let worker: u32 = line.trim().parse().unwrap_or_else(|_| panic!("{line:?}"));
+    assert!(process_alive(worker));
+    host.kill().unwrap();
+    host.wait().unwrap();
+    let gone = wait_gone(worker, Duration::from_secs(5));
+    assert!(gone.is_some(), "worker {worker} outlived its host");
+    eprintln!(
+        "worker exited {:?} after its host was killed",
+        gone.unwrap()
+    );
+    assert!(gone.unwrap() < Duration::from_secs(1), "{gone:?}");
+}
+
+#[test]
+fn many_gateways_start_and_stop_in_parallel() {
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let gw = gateway();
+                let v = ask(&gw, &format!("channel.send({i} * 10)"));
+                assert_eq!(v.as_i64(), Some(i * 10));
+                gw.exit(T).unwrap().code
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), Some(0));
+    }
+}
+
+#[test]
+fn gateway_spawned_from_a_short_lived_thread_outlives_it() {
+    // Linux's parent-death signal follows the forking thread; the worker must not die
+    // when the thread that asked for it ends.
+    let gw = std::thread::spawn(gateway).join().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(gw.is_alive());
+    assert_eq!(ask(&gw, "channel.send(1)").as_i64(), Some(1));
+}
