@@ -43,3 +43,8 @@ pub use output::{OutputCallback, OutputLine, OutputMode, Stream};
 pub use serde_value::{from_value, to_value};
 pub use spec::{HelperSource, Spec};
 pub use value::Value;
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;

@@ -9,6 +9,7 @@ import fractions
 import io
 import math
 import mmap
+import re
 import struct
 import subprocess
 import sys
@@ -547,14 +548,8 @@ def test_every_truncation_of_a_valid_encoding_is_a_load_error() -> None:
     ids=repr,
 )
 def test_malformed_input_is_a_load_error_naming_what_is_wrong(data: bytes, message: str) -> None:
-    with pytest.raises(LoadError, match=_escape(message)):
+    with pytest.raises(LoadError, match=re.escape(message)):
         _wire.loads(data)
-
-
-def _escape(message: str) -> str:
-    import re
-
-    return re.escape(message)
 
 
 def test_load_error_messages_are_lower_case() -> None:

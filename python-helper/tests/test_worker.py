@@ -1,0 +1,260 @@
+"""The worker driven from a Python host over the raw protocol.
+
+These tests start ``python -c "import pixgate._worker; pixgate._worker.serve(3, 4)"``
+with the protocol pipes on descriptors 3 and 4, exactly as the Rust host does in
+installed mode, and speak the wire with ``pixgate._wire`` only.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from pixgate import _wire
+from pixgate._worker import (
+    CANCEL,
+    CHANNEL_CLOSE,
+    CHANNEL_CLOSE_ERROR,
+    CHANNEL_DATA,
+    CHANNEL_EXEC,
+    EXEC_MAIN,
+    GATEWAY_TERMINATE,
+    HANDSHAKE,
+    OUTPUT,
+    PROTOCOL_VERSION,
+    STATUS,
+)
+
+TIMEOUT = 20.0
+HELPER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Host:
+    """A minimal host: spawn, frame I/O with deadlines, terminate."""
+
+    def __init__(self, max_frame: int | None = None) -> None:
+        to_r, self.to_w = os.pipe()
+        self.from_r, from_w = os.pipe()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = HELPER_DIR + os.pathsep + env.get("PYTHONPATH", "")
+        env.pop("PIXGATE_BOOTSTRAP", None)
+        if max_frame is not None:
+            env["PIXGATE_MAX_FRAME"] = str(max_frame)
+
+        # Move the child's ends to 3 and 4 as the Rust host does (subprocess closes
+        # descriptors not in pass_fds after preexec_fn, so do it in the child itself).
+        boot = (
+            f"import os; os.dup2({to_r}, 3); os.dup2({from_w}, 4); "
+            f"os.close({to_r}); os.close({from_w}); "
+            "import pixgate._worker as w; w.serve(3, 4)"
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-u", "-c", boot],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=(to_r, from_w),
+            env=env,
+        )
+        os.close(to_r)
+        os.close(from_w)
+        self.buf = b""
+
+    def send(self, msgtype: int, channel: int, payload: bytes = b"") -> None:
+        os.write(self.to_w, _wire.pack_frame(msgtype, channel, payload))
+
+    def _fill(self, n: int, deadline: float) -> None:
+        while len(self.buf) < n:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.from_r], [], [], left)[0]:
+                raise TimeoutError("no frame from the worker in time")
+            chunk = os.read(self.from_r, 65536)
+            if not chunk:
+                raise EOFError("worker closed its pipe")
+            self.buf += chunk
+
+    def frame(self, timeout: float = TIMEOUT) -> tuple[int, int, bytes]:
+        deadline = time.monotonic() + timeout
+        self._fill(9, deadline)
+        t, ch, n = _wire.unpack_header(self.buf[:9])
+        self._fill(9 + n, deadline)
+        payload, self.buf = self.buf[9 : 9 + n], self.buf[9 + n :]
+        return t, ch, payload
+
+    def next_on(self, channel: int, skip_output: bool = True) -> tuple[int, Any]:
+        while True:
+            t, ch, payload = self.frame()
+            if skip_output and t == OUTPUT:
+                continue
+            assert ch == channel, (t, ch)
+            return t, (_wire.loads_payload(payload) if payload else None)
+
+    def exec(self, channel: int, source: str, main: bool = False) -> None:
+        task = _wire.dumps_payload((source, None, None, {}))
+        self.send(EXEC_MAIN if main else CHANNEL_EXEC, channel, task)
+
+    def close(self) -> int:
+        try:
+            self.send(GATEWAY_TERMINATE, 0)
+        except OSError:
+            pass
+        try:
+            return self.proc.wait(TIMEOUT)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(TIMEOUT)
+            for f in (self.proc.stdout, self.proc.stderr):
+                if f is not None:
+                    f.close()
+            os.close(self.to_w)
+            os.close(self.from_r)
+
+
+@pytest.fixture
+def host() -> Any:
+    h = Host()
+    t, ch, payload = h.frame()
+    assert (t, ch) == (HANDSHAKE, 0)
+    h.info = _wire.loads_payload(payload)
+    yield h
+    h.close()
+
+
+def test_handshake_reports_versions(host: Host) -> None:
+    info = host.info
+    assert info["protocol"] == PROTOCOL_VERSION
+    assert info["pid"] == host.proc.pid
+    assert info["helper_source"] == "installed"
+    assert info["python"] == sys.version.split()[0]
+    try:
+        import numpy
+    except ImportError:
+        assert info["numpy"] is None
+    else:
+        assert info["numpy"] == numpy.__version__
+
+
+def test_exec_data_and_close(host: Host) -> None:
+    host.exec(1, "for x in channel:\n    channel.send(x * 2)")
+    for v in (1, "ab", [1, 2]):
+        host.send(CHANNEL_DATA, 1, _wire.dumps_payload(v))
+        assert host.next_on(1) == (CHANNEL_DATA, v * 2)
+    host.send(CHANNEL_CLOSE, 1)
+    assert host.next_on(1) == (CHANNEL_CLOSE, None)
+
+
+def test_remote_exception_is_a_typed_tuple(host: Host) -> None:
+    host.exec(3, "raise KeyError('missing')")
+    t, err = host.next_on(3)
+    assert t == CHANNEL_CLOSE_ERROR
+    type_name, message, tb = err
+    assert (type_name, message) == ("KeyError", "'missing'")
+    assert "Traceback" in tb and "<remote exec 3>" in tb
+
+
+def test_host_close_error_raises_remote_error(host: Host) -> None:
+    host.exec(
+        5,
+        "import pixgate\ntry:\n    channel.receive(10)\n"
+        "except pixgate.RemoteError as e:\n    channel.send(str(e))",
+    )
+    host.send(CHANNEL_CLOSE_ERROR, 5, _wire.dumps_payload("stop now"))
+    assert host.next_on(5) == (CHANNEL_DATA, "stop now")
+
+
+def test_cancel_raises_once_at_the_next_operation(host: Host) -> None:
+    host.exec(
+        7,
+        "import pixgate\nchannel.send('ready')\ntry:\n    channel.receive(10)\n"
+        "except pixgate.Cancelled:\n    channel.send('cancelled')\nchannel.send('again')",
+    )
+    assert host.next_on(7) == (CHANNEL_DATA, "ready")
+    host.send(CANCEL, 7)
+    assert host.next_on(7) == (CHANNEL_DATA, "cancelled")
+    assert host.next_on(7) == (CHANNEL_DATA, "again")
+    assert host.next_on(7) == (CHANNEL_CLOSE, None)
+
+
+def test_output_is_attributed_and_ordered(host: Host) -> None:
+    host.exec(9, "print('one')\nprint('two', end='')\nchannel.send(1)")
+    t, payload = host.next_on(9, skip_output=False)
+    assert (t, payload) == (OUTPUT, (1, "one\n"))
+    t, payload = host.next_on(9, skip_output=False)
+    assert (t, payload) == (OUTPUT, (1, "two"))
+    assert host.next_on(9, skip_output=False) == (CHANNEL_DATA, 1)
+
+
+def test_main_thread_exec(host: Host) -> None:
+    src = "import threading\nchannel.send(threading.current_thread() is threading.main_thread())"
+    host.exec(11, src, main=True)
+    assert host.next_on(11) == (CHANNEL_DATA, True)
+    assert host.next_on(11) == (CHANNEL_CLOSE, None)
+    host.exec(13, src)
+    assert host.next_on(13) == (CHANNEL_DATA, False)
+
+
+def test_status_reply(host: Host) -> None:
+    host.send(STATUS, 15)
+    t, status = host.next_on(15)
+    assert t == CHANNEL_DATA and status["execmodel"] == "thread"
+    assert host.next_on(15) == (CHANNEL_CLOSE, None)
+
+
+def test_bad_exec_payload_closes_that_channel_only(host: Host) -> None:
+    host.send(CHANNEL_EXEC, 17, b"\x00garbage")
+    t, err = host.next_on(17)
+    assert t == CHANNEL_CLOSE_ERROR and err[0] == "LoadError"
+    host.exec(19, "channel.send('fine')")
+    assert host.next_on(19) == (CHANNEL_DATA, "fine")
+
+
+def test_undecodable_item_raises_in_remote_code_and_later_items_arrive(host: Host) -> None:
+    host.exec(
+        21,
+        "import pixgate\ntry:\n    channel.receive(10)\nexcept pixgate.LoadError:\n"
+        "    channel.send('bad item')\nchannel.send(channel.receive(10))",
+    )
+    host.send(CHANNEL_DATA, 21, b"Z")
+    host.send(CHANNEL_DATA, 21, _wire.dumps_payload(5))
+    assert host.next_on(21) == (CHANNEL_DATA, "bad item")
+    assert host.next_on(21) == (CHANNEL_DATA, 5)
+
+
+def test_terminate_exits_cleanly() -> None:
+    h = Host()
+    h.frame()
+    assert h.close() == 0
+
+
+def test_worker_exits_when_the_host_goes_away() -> None:
+    h = Host()
+    h.frame()
+    os.close(h.to_w)
+    t = time.monotonic()
+    code = h.proc.wait(TIMEOUT)
+    elapsed = time.monotonic() - t
+    assert code == 0
+    assert elapsed < 1.0, elapsed
+    h.to_w = os.open(os.devnull, os.O_WRONLY)  # let close() close something
+    h.close()
+
+
+def test_oversized_item_is_refused_in_the_worker() -> None:
+    h = Host(max_frame=300)
+    h.frame()
+    h.exec(1, "import pixgate\ntry:\n    channel.send(b'x' * 500)\nexcept pixgate.DumpError as e:\n    channel.send(str(e)[:20])")
+    assert h.next_on(1) == (CHANNEL_DATA, "item of 506 bytes ex")
+    assert h.next_on(1) == (CHANNEL_CLOSE, None)
+    # An oversized frame from the host is skipped; the stream stays in sync.
+    h.exec(3, "import pixgate\ntry:\n    channel.receive(10)\nexcept pixgate.LoadError:\n    channel.send(channel.receive(10))")
+    h.send(CHANNEL_DATA, 3, _wire.dumps_payload(b"y" * 500))
+    h.send(CHANNEL_DATA, 3, _wire.dumps_payload("after"))
+    assert h.next_on(3) == (CHANNEL_DATA, "after")
+    assert h.close() == 0
