@@ -508,13 +508,15 @@ impl Shared {
         if st.reader.is_none() {
             return;
         }
+        // Restart the idle clock even when waking a waiter: it may already hold its item
+        // and not take the baton.
+        st.baton_free_since = Instant::now();
         if st.waiting > 0 {
             if let Some(ch) = st.channels.values().find(|c| c.waiters > 0) {
                 ch.cond.notify_one();
                 return;
             }
         }
-        st.baton_free_since = Instant::now();
         if st.bg_parked {
             self.bg_cond.notify_one();
         }

@@ -464,10 +464,12 @@ class _WorkerGateway:
     def _release_baton(self) -> None:
         with self._baton:
             self._baton_free = True
+            # Restart the idle clock even when handing to a waiter: that waiter may
+            # already hold its item and not take the baton.
+            self._free_since = time.monotonic()
             if self._waiters:
                 self._waiters.popleft()._items.put(_WAKE)
                 return
-            self._free_since = time.monotonic()
             if self._bg_parked:
                 self._bg_wake.set()
 
@@ -507,10 +509,12 @@ class _WorkerGateway:
         rfd, kick = self.conn.rfd, self._kick_r
         while True:
             with self._baton:
+                # Cleared before every wait: a set() left over from an earlier wake-up
+                # would otherwise turn the timed wait into a busy loop.
+                self._bg_wake.clear()
                 wait: float | None = None
                 if not self._baton_free or self._waiters:
                     self._bg_parked = True
-                    self._bg_wake.clear()
                 else:
                     idle = time.monotonic() - self._free_since
                     if idle < _BG_IDLE:

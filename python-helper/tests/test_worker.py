@@ -49,9 +49,13 @@ class Host:
 
         # Move the child's ends to 3 and 4 as the Rust host does (subprocess closes
         # descriptors not in pass_fds after preexec_fn, so do it in the child itself).
+        # Through descriptors >= 10 first, so that neither end clobbers the other.
         boot = (
-            f"import os; os.dup2({to_r}, 3); os.dup2({from_w}, 4); "
+            "import os, fcntl; "
+            f"a = fcntl.fcntl({to_r}, fcntl.F_DUPFD, 10); "
+            f"b = fcntl.fcntl({from_w}, fcntl.F_DUPFD, 10); "
             f"os.close({to_r}); os.close({from_w}); "
+            "os.dup2(a, 3); os.dup2(b, 4); os.close(a); os.close(b); "
             "import pixgate._worker as w; w.serve(3, 4)"
         )
         self.proc = subprocess.Popen(

@@ -1,0 +1,210 @@
+//! Hostile bytes against the public `pixgate::loads`: the cases the unit tables in
+//! src/codec.rs leave out, and property tests whose inputs get past the version byte.
+
+use std::time::{Duration, Instant};
+
+use num_complex::Complex64;
+use pixgate::codec::{DUMPFORMAT_VERSION, MAX_DEPTH};
+use pixgate::{DecodeError, DecodeErrorKind as K, Value, dumps, loads};
+use proptest::prelude::*;
+
+/// The most one small input may take to decode (fastest of three runs).
+const PER_INPUT: Duration = Duration::from_millis(5);
+
+fn timed_loads(bytes: &[u8]) -> (Result<Value, DecodeError>, Duration) {
+    let mut best = Duration::MAX;
+    let mut out = None;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let r = loads(bytes);
+        best = best.min(t.elapsed());
+        out = Some(r);
+    }
+    (out.expect("ran"), best)
+}
+
+/// The version byte followed by `parts`.
+fn v(parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = vec![DUMPFORMAT_VERSION];
+    parts.iter().for_each(|p| out.extend_from_slice(p));
+    out
+}
+
+fn be(n: i32) -> [u8; 4] {
+    n.to_be_bytes()
+}
+
+fn sized(op: u8, body: &[u8]) -> Vec<u8> {
+    [&[op][..], &be(body.len() as i32), body].concat()
+}
+
+/// Inputs the unit tables in src/codec.rs leave out, each with its error and offset.
+#[rustfmt::skip]
+fn hostile_cases() -> Vec<(Vec<u8>, K, usize)> {
+    let list1 = [&b"K"[..], &be(1)].concat();
+    let index = |found: &str| K::ListIndex { expected: 0, found: found.into() };
+    let incomplete = K::ListIncomplete { len: 1, filled: 0 };
+    let nines = sized(b'H', &[b'9'; 50]);
+    let too_long = sized(b'H', &[&b"+"[..], &[b'1'; 4301]].concat());
+    let mut cases = vec![
+        (vec![0xff, b'L', b'Q'], K::BadVersion { found: 0xff, expected: 2 }, 0),
+        // An incomplete list in a set, a frozenset, as a dict key.
+        (v(&[&list1, b"O", &be(1), b"QQQ"]), incomplete.clone(), 6),
+        (v(&[&list1, b"E", &be(1), b"QQQ"]), incomplete.clone(), 6),
+        (v(&[b"J", &list1, b"LPQQQQQ"]), incomplete, 8),
+        // List indices that are negative, a bool, a long int.
+        (v(&[&list1, b"F", &be(-1), b"LPQ"]), index("-1"), 12),
+        (v(&[&list1, b"CLPQQQQ"]), index("of type bool"), 8),
+        (v(&[&list1, &nines, b"LPQ"]), index(&format!("{}… (50 digits)", "9".repeat(40))), 62),
+        (v(&[b"PQ"]), K::StackUnderflow { opcode: b'P', needed: 3, available: 0 }, 1),
+        (v(&[b"B", &be(-1), b"Q"]), K::ChannelRef(-1), 1),
+        // An overlong NUL; a code point past U+10FFFF.
+        (v(&[&sized(b'N', b"a\xc0\x80"), b"Q"]), K::InvalidUtf8, 7),
+        (v(&[&sized(b'S', b"\xf4\x90\x80\x80"), b"Q"]), K::InvalidUtf8, 6),
+        (v(&[&too_long, b"Q"]), K::IntTooLong { digits: 4301, limit: 4300 }, 1),
+        (v(&[b"LQ", &[b'Q'; 1000]]), K::TrailingBytes { count: 1000 }, 3),
+        (v(&[&[b'L'; 10_000], b"Q"]), K::StopStack { len: 10_000 }, 10_001),
+    ];
+    let fixed = [(b'F', 4), (b'G', 4), (b'D', 8), (b'T', 16)];
+    for (op, needed) in fixed.into_iter().chain("K@OEBANMHIS".bytes().map(|op| (op, 4))) {
+        cases.push((v(&[&[op, 0]]), K::Truncated { opcode: op, needed, remaining: 1 }, 1));
+    }
+    for op in "ANMHISK@OE".bytes() {
+        let len = i32::MIN;
+        cases.push((v(&[&[b'L', op], &be(len), b"Q"]), K::NegativeLength { opcode: op, len }, 2));
+    }
+    cases
+}
+
+#[test]
+fn hostile_inputs_fail_with_the_expected_kind_and_offset() {
+    for (bytes, kind, offset) in hostile_cases() {
+        let (got, took) = timed_loads(&bytes);
+        let err = got.expect_err(&format!("{kind:?} decoded"));
+        assert_eq!((err.kind(), err.offset()), (&kind, offset), "{err}");
+        let prefix = format!("value decode error at byte {offset}: ");
+        assert!(err.to_string().starts_with(&prefix), "{err}");
+        assert!(took < PER_INPUT, "{kind:?} took {took:?}");
+    }
+}
+
+/// `depth` containers, every kind in turn, the deep value sometimes a dict key.
+fn mixed(depth: usize) -> Value {
+    let mut v = Value::List(vec![]);
+    for d in 1..depth {
+        v = match d % 6 {
+            0 => Value::List(vec![v]),
+            1 => Value::Tuple(vec![v, Value::None]),
+            2 => Value::Dict(vec![(Value::None, v)]),
+            3 => Value::Dict(vec![(v, 1.into())]),
+            4 => Value::Set(vec![v]),
+            _ => Value::FrozenSet(vec![v]),
+        };
+    }
+    v
+}
+
+#[test]
+fn nesting_limit_counts_every_container_kind() {
+    let ok = mixed(MAX_DEPTH);
+    let bytes = dumps(&ok).expect("at the limit");
+    assert_eq!(loads(&bytes), Ok(ok));
+    // One tuple more, by hand (dumps refuses it).
+    let over = [&bytes[..bytes.len() - 1], b"@", &be(1), b"Q"].concat();
+    let err = loads(&over).unwrap_err();
+    assert_eq!(
+        (err.kind(), err.offset()),
+        (&K::TooDeep { limit: MAX_DEPTH }, bytes.len() - 1)
+    );
+}
+
+fn arb_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::None),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::Int),
+        any::<i128>().prop_map(Value::from),
+        any::<f64>().prop_map(Value::Float),
+        (any::<f64>(), any::<f64>()).prop_map(|(re, im)| Complex64::new(re, im).into()),
+        ".{0,8}".prop_map(Value::Str),
+        prop::collection::vec(any::<u8>(), 0..12).prop_map(Value::Bytes),
+    ];
+    leaf.prop_recursive(4, 48, 5, |inner| {
+        let items = prop::collection::vec(inner.clone(), 0..5);
+        prop_oneof![
+            items.clone().prop_map(Value::List),
+            items.clone().prop_map(Value::Tuple),
+            items.prop_map(Value::Set),
+            prop::collection::vec((inner.clone(), inner), 0..5).prop_map(Value::Dict),
+        ]
+    })
+}
+
+/// Fails the case unless `bytes` decode within [`PER_INPUT`], either to an error inside
+/// the input or to a value that `dumps` writes back and that re-decodes to the same bytes.
+fn check_clean(bytes: &[u8]) -> Result<(), TestCaseError> {
+    let (got, took) = timed_loads(bytes);
+    prop_assert!(took < PER_INPUT, "took {took:?}");
+    match got {
+        Err(e) => prop_assert!(e.offset() <= bytes.len(), "{e}"),
+        Ok(value) => {
+            let again = dumps(&value).expect("a decoded value encodes");
+            let back = loads(&again).expect("its encoding decodes");
+            prop_assert_eq!(dumps(&back).expect("encodes"), again);
+        }
+    }
+    Ok(())
+}
+
+const OPCODES: &[u8] = b"LRCFGHIDTNSMAKJP@OEBQU";
+
+proptest! {
+    #[test]
+    fn opcode_soup_after_the_version_byte_is_handled_cleanly(
+        body in prop::collection::vec(
+            prop_oneof![prop::sample::select(OPCODES), Just(0u8), Just(1u8), any::<u8>()],
+            0..256,
+        ),
+    ) {
+        check_clean(&v(&[&body]))?;
+    }
+
+    /// A proper prefix reads exactly as the whole input up to the cut, so the only way
+    /// it can fail is by running out of bytes.
+    #[test]
+    fn every_truncation_runs_out_of_input(value in arb_value()) {
+        let bytes = dumps(&value).expect("encodes");
+        for cut in 0..bytes.len() {
+            let (got, took) = timed_loads(&bytes[..cut]);
+            prop_assert!(took < PER_INPUT, "cut {cut} took {took:?}");
+            let Err(err) = got else {
+                return Err(TestCaseError::fail(format!("prefix of {cut} bytes decoded")));
+            };
+            prop_assert!(err.offset() <= cut, "cut {cut}: {err}");
+            let ran_out = matches!(
+                err.kind(),
+                K::Empty | K::MissingStop | K::Truncated { .. } | K::ListTooLong { .. }
+            );
+            prop_assert!(ran_out, "cut {cut}: {err}");
+        }
+    }
+
+    #[test]
+    fn single_byte_edits_fail_cleanly_or_round_trip(
+        value in arb_value(),
+        at in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+    ) {
+        let bytes = dumps(&value).expect("encodes");
+        let i = at.index(bytes.len());
+        let mut changed = bytes.clone();
+        changed[i] = byte;
+        check_clean(&changed)?;
+        let mut removed = bytes.clone();
+        removed.remove(i);
+        check_clean(&removed)?;
+        let mut inserted = bytes;
+        inserted.insert(i, byte);
+        check_clean(&inserted)?;
+    }
+}
