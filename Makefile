@@ -6,6 +6,8 @@ VENV := .venv
 VPY := $(CURDIR)/$(VENV)/bin/python
 STAMP := $(VENV)/.pixgate-deps
 export PIXGATE_PYTHON := $(VPY)
+# Tests that would skip for a missing piece of the environment fail instead.
+export PIXGATE_TEST_STRICT := 1
 # Generous bound on the whole test run; each test has its own timeouts too.
 TEST_TIMEOUT ?= 3000
 

@@ -101,8 +101,7 @@ impl Channel {
         let frame = build_frame(MsgType::ChannelData, self.id, |out| {
             encode_payload(value, out)
         })?;
-        self.check_open()?;
-        self.send_frame(frame)
+        self.send_checked(frame, true)
     }
 
     /// Sends any `serde::Serialize` value, converted with [`to_value`](crate::to_value).
@@ -222,15 +221,13 @@ impl Channel {
         }
     }
 
-    fn check_open(&self) -> Result<()> {
-        let st = self.shared.lock();
-        match st.channels.get(&self.id) {
-            Some(ch) if !ch.local_closed => Ok(()),
-            _ => Err(Error::new(ErrorKind::ChannelClosed { id: self.id })),
-        }
-    }
-
     fn close_frame(&self, t: MsgType, message: Option<&str>) -> Result<()> {
+        // Build and check the frame first: a close that cannot be sent changes nothing.
+        let frame = build_frame(t, self.id, |out| match message {
+            Some(m) => encode_payload(&Value::from(m), out),
+            None => Ok(()),
+        })?;
+        self.check_frame_len(&frame)?;
         {
             let mut st = self.shared.lock();
             match st.channels.get_mut(&self.id) {
@@ -238,14 +235,10 @@ impl Channel {
                 _ => return Ok(()),
             }
         }
-        let frame = build_frame(t, self.id, |out| match message {
-            Some(m) => encode_payload(&Value::from(m), out),
-            None => Ok(()),
-        })?;
         self.send_frame(frame)
     }
 
-    pub(crate) fn send_frame(&self, frame: Vec<u8>) -> Result<()> {
+    fn check_frame_len(&self, frame: &[u8]) -> Result<()> {
         let len = (frame.len() - crate::frame::HEADER_LEN) as u64;
         if len > u64::from(self.shared.max_frame_len) {
             return Err(Error::new(ErrorKind::FrameTooLarge {
@@ -254,9 +247,23 @@ impl Channel {
                 limit: u64::from(self.shared.max_frame_len),
             }));
         }
+        Ok(())
+    }
+
+    pub(crate) fn send_frame(&self, frame: Vec<u8>) -> Result<()> {
+        self.send_checked(frame, false)
+    }
+
+    /// Sends a frame after checking, under one lock, that the worker is there and, with
+    /// `need_open`, that the host has not closed this channel.
+    fn send_checked(&self, frame: Vec<u8>, need_open: bool) -> Result<()> {
+        self.check_frame_len(&frame)?;
         {
             let st = self.shared.lock();
-            if st.closed_by_host || st.child_gone {
+            if need_open && st.channels.get(&self.id).is_none_or(|ch| ch.local_closed) {
+                return Err(Error::new(ErrorKind::ChannelClosed { id: self.id }));
+            }
+            if st.closed_by_host || st.child_gone || st.is_broken() {
                 return Err(self.shared.gone_error(st));
             }
         }

@@ -198,6 +198,15 @@ pub enum EncodeErrorKind {
         /// The limit, [`MAX_DEPTH`].
         limit: usize,
     },
+    /// A dict key or set member is a list, dict or set (or a tuple holding one), which a
+    /// Python peer cannot hash.
+    #[error("unhashable {found} as a {place}")]
+    Unhashable {
+        /// The Python type found.
+        found: &'static str,
+        /// `"dict key"` or `"set member"`.
+        place: &'static str,
+    },
 }
 
 /// Bytes did not decode as a value.
@@ -357,6 +366,15 @@ pub enum DecodeErrorKind {
         /// The limit, [`MAX_DEPTH`].
         limit: usize,
     },
+    /// A dict key or set member is unhashable in Python (a list, dict or set, or a
+    /// tuple holding one).
+    #[error("unhashable {found} as a {place}")]
+    Unhashable {
+        /// The Python type found.
+        found: &'static str,
+        /// `"dict key"` or `"set member"`.
+        place: &'static str,
+    },
 }
 
 /// Shows an opcode as `'A'` or, when it is not printable ASCII, as `0x05`.
@@ -419,14 +437,41 @@ fn encode_value(value: &Value, depth: usize, out: &mut Vec<u8>) -> Result<(), En
             let depth = enter(depth)?;
             out.push(OP_NEWDICT);
             for (key, item) in entries {
+                check_hashable(key, "dict key")?;
                 encode_value(key, depth, out)?;
                 encode_value(item, depth, out)?;
                 out.push(OP_SETITEM);
             }
         }
         Value::Tuple(items) => encode_collection(OP_BUILDTUPLE, "tuple", items, depth, out)?,
-        Value::Set(items) => encode_collection(OP_SET, "set", items, depth, out)?,
-        Value::FrozenSet(items) => encode_collection(OP_FROZENSET, "frozenset", items, depth, out)?,
+        Value::Set(items) | Value::FrozenSet(items) => {
+            for item in items {
+                check_hashable(item, "set member")?;
+            }
+            match value {
+                Value::Set(_) => encode_collection(OP_SET, "set", items, depth, out)?,
+                _ => encode_collection(OP_FROZENSET, "frozenset", items, depth, out)?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Python can hash scalars, frozensets and tuples of hashable items. Iterative, so a
+/// deeply nested tuple cannot exhaust the stack.
+fn check_hashable(value: &Value, place: &'static str) -> Result<(), EncodeError> {
+    let mut todo = vec![value];
+    while let Some(v) = todo.pop() {
+        match v {
+            Value::List(_) | Value::Dict(_) | Value::Set(_) => {
+                return Err(EncodeError::new(EncodeErrorKind::Unhashable {
+                    found: v.type_name(),
+                    place,
+                }));
+            }
+            Value::Tuple(items) => todo.extend(items),
+            _ => {}
+        }
     }
     Ok(())
 }
@@ -532,6 +577,8 @@ struct Entry {
     depth: u32,
     /// For a list, how many announced items have not arrived yet; else 0.
     missing: u32,
+    /// Whether Python could hash the value (a dict key or set member must be hashable).
+    hashable: bool,
 }
 
 impl Entry {
@@ -540,6 +587,7 @@ impl Entry {
             value,
             depth: 0,
             missing: 0,
+            hashable: true,
         }
     }
 }
@@ -628,6 +676,7 @@ impl<'a> Decoder<'a> {
                     value: Value::Dict(Vec::new()),
                     depth: 1,
                     missing: 0,
+                    hashable: false,
                 }),
                 OP_SETITEM => self.set_item(at)?,
                 OP_BUILDTUPLE | OP_SET | OP_FROZENSET => self.build(op, at)?,
@@ -713,6 +762,7 @@ impl<'a> Decoder<'a> {
             depth: 1,
             // `count` came from an `i32`.
             missing: count as u32,
+            hashable: false,
         });
         Ok(())
     }
@@ -764,6 +814,15 @@ impl<'a> Decoder<'a> {
                 item.depth
             }
             Value::Dict(entries) => {
+                if !key.hashable {
+                    return Err(DecodeError::new(
+                        DecodeErrorKind::Unhashable {
+                            found: key.value.type_name(),
+                            place: "dict key",
+                        },
+                        at,
+                    ));
+                }
                 entries.push((key.value, item.value));
                 key.depth.max(item.depth)
             }
@@ -797,9 +856,20 @@ impl<'a> Decoder<'a> {
         }
         let start = self.stack.len() - count;
         let mut depth = 0;
+        let mut hashable = true;
         for entry in &self.stack[start..] {
             check_complete(entry, at)?;
             depth = depth.max(entry.depth);
+            if !entry.hashable && op != OP_BUILDTUPLE {
+                return Err(DecodeError::new(
+                    DecodeErrorKind::Unhashable {
+                        found: entry.value.type_name(),
+                        place: "set member",
+                    },
+                    at,
+                ));
+            }
+            hashable &= entry.hashable;
         }
         let depth = depth + 1;
         if depth as usize > MAX_DEPTH {
@@ -811,10 +881,16 @@ impl<'a> Decoder<'a> {
             OP_SET => Value::Set(items),
             _ => Value::FrozenSet(items),
         };
+        let hashable = match op {
+            OP_BUILDTUPLE => hashable,
+            OP_SET => false,
+            _ => true,
+        };
         self.stack.push(Entry {
             value,
             depth,
             missing: 0,
+            hashable,
         });
         Ok(())
     }
@@ -1723,14 +1799,21 @@ for _ in range(500):
             any::<String>().prop_map(Value::Str),
             prop::collection::vec(any::<u8>(), 0..24).prop_map(Value::Bytes),
         ];
-        leaf.prop_recursive(4, 64, 6, |inner| {
+        let leaf = leaf.boxed();
+        // Dict keys and set members must be hashable in Python: scalars and tuples.
+        let key = prop_oneof![
+            leaf.clone(),
+            prop::collection::vec(leaf.clone(), 0..3).prop_map(Value::Tuple)
+        ];
+        leaf.prop_recursive(4, 64, 6, move |inner| {
             let items = prop::collection::vec(inner.clone(), 0..6);
+            let members = prop::collection::vec(key.clone(), 0..6);
             prop_oneof![
                 items.clone().prop_map(Value::List),
-                items.clone().prop_map(Value::Tuple),
-                items.clone().prop_map(Value::Set),
-                items.prop_map(Value::FrozenSet),
-                prop::collection::vec((inner.clone(), inner), 0..6).prop_map(Value::Dict),
+                items.prop_map(Value::Tuple),
+                members.clone().prop_map(Value::Set),
+                members.prop_map(Value::FrozenSet),
+                prop::collection::vec((key.clone(), inner), 0..6).prop_map(Value::Dict),
             ]
         })
     }
@@ -1770,6 +1853,40 @@ for _ in range(500):
             if let Err(e) = loads(&bytes) {
                 prop_assert!(e.offset() <= bytes.len());
             }
+        }
+    }
+
+    #[test]
+    fn unhashable_keys_and_members_are_refused_both_ways() {
+        let list = Value::List(vec![]);
+        for v in [
+            Value::Dict(vec![(list.clone(), Value::None)]),
+            Value::Set(vec![Value::Tuple(vec![Value::Int(1), list.clone()])]),
+            Value::FrozenSet(vec![Value::Set(vec![])]),
+        ] {
+            let e = dumps(&v).unwrap_err();
+            assert!(
+                matches!(e.kind(), EncodeErrorKind::Unhashable { .. }),
+                "{v}: {e}"
+            );
+        }
+        // Hashable containers are fine: tuples of scalars, frozensets.
+        let ok = Value::Dict(vec![(
+            Value::Tuple(vec![Value::Int(1), Value::FrozenSet(vec![Value::Int(2)])]),
+            list.clone(),
+        )]);
+        assert_eq!(loads(&dumps(&ok).unwrap()).unwrap(), ok);
+        // Hand-built encodings: {[]: None}, {([],)}, frozenset({{}}).
+        for bytes in [
+            &b"\x02JK\x00\x00\x00\x00LPQ"[..],
+            &b"\x02K\x00\x00\x00\x00@\x00\x00\x00\x01O\x00\x00\x00\x01Q"[..],
+            &b"\x02JE\x00\x00\x00\x01Q"[..],
+        ] {
+            let e = loads(bytes).unwrap_err();
+            assert!(
+                matches!(e.kind(), DecodeErrorKind::Unhashable { .. }),
+                "{bytes:?}: {e}"
+            );
         }
     }
 }

@@ -170,16 +170,17 @@ impl Gateway {
         cmd.args(["-u", "-c", bootstrap::LOADER])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .env("PIXGATE_GATEWAY_ID", &id)
+            .stderr(Stdio::piped());
+        // The spec's variables first: pixgate's own must not be overridden by them.
+        for (k, v) in &spec.env {
+            cmd.env(k, v);
+        }
+        cmd.env("PIXGATE_GATEWAY_ID", &id)
             .env("PIXGATE_MAX_FRAME", b.max_frame_len.to_string());
         match spec.helper {
             HelperSource::Bootstrap => cmd.env("PIXGATE_BOOTSTRAP", "1"),
             HelperSource::Installed => cmd.env_remove("PIXGATE_BOOTSTRAP"),
         };
-        for (k, v) in &spec.env {
-            cmd.env(k, v);
-        }
         if let Some(dir) = &spec.chdir {
             cmd.current_dir(dir);
         }
@@ -314,7 +315,7 @@ impl Gateway {
         };
         let id = {
             let mut st = self.shared.lock();
-            if st.closed_by_host || st.child_gone {
+            if st.closed_by_host || st.child_gone || st.is_broken() {
                 return Err(self.shared.gone_error(st));
             }
             let id = st.next_id;
@@ -403,7 +404,7 @@ fn handshake(shared: &Shared, timeout: Duration) -> Result<WorkerInfo> {
     let pid = shared.pid;
     let deadline = Instant::now() + timeout;
     let bad = |reason: String| Error::new(ErrorKind::Handshake { pid, reason });
-    let frame = match shared.read_handshake(deadline)? {
+    let frame = match shared.read_handshake(deadline).map_err(&bad)? {
         Some(f) => f,
         None => {
             let st = shared.lock();
@@ -422,10 +423,10 @@ fn handshake(shared: &Shared, timeout: Duration) -> Result<WorkerInfo> {
             return Err(bad(reason));
         }
     };
-    if frame.msgtype != MsgType::Handshake as i8 {
+    if frame.msgtype != MsgType::Handshake as i8 || frame.channel != 0 {
         return Err(bad(format!(
-            "expected a handshake, got message type {}",
-            frame.msgtype
+            "expected a handshake on channel 0, got message type {} on channel {}",
+            frame.msgtype, frame.channel
         )));
     }
     let v = decode_payload(&frame.payload).map_err(|e| bad(e.to_string()))?;
@@ -451,7 +452,7 @@ fn handshake(shared: &Shared, timeout: Duration) -> Result<WorkerInfo> {
             .get("pid")
             .and_then(Value::as_i64)
             .and_then(|p| u32::try_from(p).ok())
-            .ok_or_else(|| bad("handshake lacks \"pid\"".into()))?,
+            .ok_or_else(|| bad("handshake lacks a valid \"pid\"".into()))?,
         executable: text("executable")?,
     })
 }

@@ -85,6 +85,13 @@ pub(crate) struct State {
     pub(crate) closed_by_host: bool,
 }
 
+impl State {
+    /// The stream from the worker broke beyond repair.
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken.is_some()
+    }
+}
+
 /// Everything the gateway handle, its channels and its threads share.
 pub(crate) struct Shared {
     pub(crate) id: String,
@@ -153,7 +160,11 @@ impl Shared {
     }
 
     /// Reads frames on the calling thread until the handshake arrives or `deadline`.
-    pub(crate) fn read_handshake(&self, deadline: Instant) -> Result<Option<Frame>> {
+    /// Errors are framing failures, described for the caller to wrap.
+    pub(crate) fn read_handshake(
+        &self,
+        deadline: Instant,
+    ) -> std::result::Result<Option<Frame>, String> {
         let mut reader = self.lock().reader.take().expect("reader free before start");
         let dead = self.dead_r.as_fd();
         let out = loop {
@@ -165,11 +176,12 @@ impl Shared {
                 Ok(Event::Idle) if Instant::now() < deadline && !self.lock().child_gone => {}
                 Ok(Event::Idle | Event::Eof) => break Ok(None),
                 Ok(Event::Oversized { len, .. }) => {
-                    break Err(Error::protocol(format!(
-                        "handshake frame of {len} bytes exceeds the limit"
-                    )));
+                    break Err(format!(
+                        "handshake frame of {len} bytes exceeds the limit of {} bytes",
+                        self.max_frame_len
+                    ));
                 }
-                Err(e) => break Err(Error::protocol(e.to_string())),
+                Err(e) => break Err(e.to_string()),
             }
         };
         self.lock().reader = Some(reader);
@@ -365,12 +377,14 @@ impl Shared {
                     );
                 };
                 match t {
-                    MsgType::ChannelData | MsgType::ChannelLastMessage => Prepared::Data {
+                    MsgType::ChannelData => Prepared::Data {
                         channel: f.channel,
                         item: decode_payload(&f.payload).map_err(Error::from),
-                        last: t == MsgType::ChannelLastMessage,
                     },
-                    MsgType::ChannelClose => Prepared::Close(f.channel, None),
+                    // execnet's "the peer will send nothing more" (no payload).
+                    MsgType::ChannelClose | MsgType::ChannelLastMessage => {
+                        Prepared::Close(f.channel, None)
+                    }
                     MsgType::ChannelCloseError => {
                         Prepared::Close(f.channel, Some(remote_error(&f.payload)))
                     }
@@ -387,15 +401,27 @@ impl Shared {
             Ok(Event::Oversized {
                 channel,
                 len,
-                msgtype: _,
-            }) => Prepared::Failed(
-                channel,
-                Error::new(ErrorKind::FrameTooLarge {
+                msgtype,
+            }) => {
+                let err = Error::new(ErrorKind::FrameTooLarge {
                     channel,
                     len: u64::from(len),
                     limit: u64::from(self.max_frame_len),
-                }),
-            ),
+                });
+                match MsgType::from_i8(msgtype) {
+                    // The close must not be lost with its payload.
+                    Some(MsgType::ChannelCloseError) => Prepared::Close(channel, Some(Err(err))),
+                    Some(MsgType::Output) => {
+                        self.sink.emit_text(
+                            (channel != 0).then_some(channel),
+                            Stream::Stderr,
+                            &format!("pixgate: {err}; output dropped"),
+                        );
+                        Prepared::Nothing
+                    }
+                    _ => Prepared::Failed(channel, err),
+                }
+            }
             Ok(Event::Eof) => Prepared::Eof,
             Ok(Event::Idle) => Prepared::Nothing,
             Err(e) => Prepared::Broken(Error::protocol(format!(
@@ -407,41 +433,44 @@ impl Shared {
 
     fn emit_output(&self, f: &Frame) {
         let chan = (f.channel != 0).then_some(f.channel);
-        match decode_payload(&f.payload) {
+        let problem = match decode_payload(&f.payload) {
             Ok(Value::Tuple(t)) if t.len() == 2 => {
-                let stream = if t[0].as_i64() == Some(2) {
-                    Stream::Stderr
-                } else {
-                    Stream::Stdout
+                let stream = match t[0].as_i64() {
+                    Some(1) => Some(Stream::Stdout),
+                    Some(2) => Some(Stream::Stderr),
+                    _ => None,
                 };
-                if let Some(text) = t[1].as_str() {
-                    self.sink.emit_text(chan, stream, text);
+                match (stream, t[1].as_str()) {
+                    (Some(stream), Some(text)) => {
+                        self.sink.emit_text(chan, stream, text);
+                        return;
+                    }
+                    _ => format!(
+                        "expected (1 or 2, str), got ({}, {})",
+                        t[0],
+                        t[1].type_name()
+                    ),
                 }
             }
-            _ => self.sink.emit_text(
-                chan,
-                Stream::Stderr,
-                "pixgate: malformed output message from worker",
-            ),
-        }
+            Ok(other) => format!("expected a 2-tuple, got {}", other.type_name()),
+            Err(e) => e.to_string(),
+        };
+        self.sink.emit_text(
+            chan,
+            Stream::Stderr,
+            &format!("pixgate: malformed output message from worker: {problem}"),
+        );
     }
 
     fn apply(&self, st: &mut State, ev: Prepared) {
         let target = match ev {
             Prepared::Nothing => return,
-            Prepared::Data {
-                channel,
-                item,
-                last,
-            } => {
+            Prepared::Data { channel, item } => {
                 let Some(ch) = st.channels.get_mut(&channel) else {
                     return;
                 };
                 if !ch.dropped {
                     ch.items.push_back(item);
-                }
-                if last {
-                    ch.remote_closed = true;
                 }
                 channel
             }
@@ -450,12 +479,12 @@ impl Shared {
                     return;
                 };
                 ch.remote_closed = true;
-                ch.remote_error = err.map(|r| {
-                    if ch.cancel_sent && r.type_name == "Cancelled" {
+                ch.remote_error = err.map(|r| match r {
+                    Ok(r) if ch.cancel_sent && r.type_name == "Cancelled" => {
                         Error::new(ErrorKind::Cancelled { id: channel })
-                    } else {
-                        Error::new(ErrorKind::Remote(r))
                     }
+                    Ok(r) => Error::new(ErrorKind::Remote(r)),
+                    Err(e) => e,
                 });
                 channel
             }
@@ -570,9 +599,9 @@ enum Prepared {
     Data {
         channel: i32,
         item: Result<Value>,
-        last: bool,
     },
-    Close(i32, Option<RemoteError>),
+    /// A close, with the remote error (or why its report could not be read).
+    Close(i32, Option<Result<RemoteError>>),
     Failed(i32, Error),
     Bad(i32, String),
     Eof,
@@ -581,26 +610,21 @@ enum Prepared {
 
 /// Decodes a CHANNEL_CLOSE_ERROR payload: execnet's formatted traceback (a str), or
 /// pixgate's `(type name, message, traceback)` tuple.
-fn remote_error(payload: &[u8]) -> RemoteError {
-    match decode_payload(payload) {
-        Ok(Value::Str(s)) => RemoteError::from_traceback(&s),
-        Ok(Value::Tuple(t)) if t.len() == 3 && t.iter().all(|v| v.as_str().is_some()) => {
-            RemoteError {
-                type_name: t[0].as_str().unwrap_or_default().to_string(),
-                message: t[1].as_str().unwrap_or_default().to_string(),
-                traceback: t[2].as_str().unwrap_or_default().to_string(),
-            }
+fn remote_error(payload: &[u8]) -> Result<RemoteError> {
+    match decode_payload(payload)? {
+        Value::Str(s) => Ok(RemoteError::from_traceback(&s)),
+        Value::Tuple(t) if t.len() == 3 && t.iter().all(|v| v.as_str().is_some()) => {
+            let text = |i: usize| t[i].as_str().unwrap_or_default().to_string();
+            Ok(RemoteError {
+                type_name: text(0),
+                message: text(1),
+                traceback: text(2),
+            })
         }
-        Ok(other) => RemoteError {
-            type_name: "ProtocolError".into(),
-            message: format!("close-error payload is a {}", other.type_name()),
-            traceback: String::new(),
-        },
-        Err(e) => RemoteError {
-            type_name: "ProtocolError".into(),
-            message: format!("undecodable close-error payload: {e}"),
-            traceback: String::new(),
-        },
+        other => Err(Error::protocol(format!(
+            "close-error payload must be a str or a (str, str, str) tuple, got {}",
+            other.type_name()
+        ))),
     }
 }
 

@@ -353,6 +353,13 @@ fn oversized_frames_are_refused_in_both_directions() {
         matches!(err.kind(), ErrorKind::FrameTooLarge { len, limit: 1024, .. } if *len > 2000),
         "{err:?}"
     );
+    // A close whose message is over the limit changes nothing either.
+    let err = ch.close_with_error(&"e".repeat(2000)).unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::FrameTooLarge { .. }),
+        "{err:?}"
+    );
+    assert!(!ch.is_closed());
     // Nothing was sent; the channel still works.
     ch.send(1).unwrap();
     assert_eq!(ch.receive_timeout(T).unwrap().as_i64(), Some(1));

@@ -88,17 +88,27 @@ fn hostile_inputs_fail_with_the_expected_kind_and_offset() {
     }
 }
 
-/// `depth` containers, every kind in turn, the deep value sometimes a dict key.
+/// A value nested `depth` deep that uses every container kind. Dict keys and set members
+/// must be hashable (tuples and frozensets only), so the inner half is built of those and
+/// sits both in a set and as a dict key; the outer half wraps lists, dict values and tuples.
 fn mixed(depth: usize) -> Value {
-    let mut v = Value::List(vec![]);
-    for d in 1..depth {
-        v = match d % 6 {
+    let inner = depth / 2;
+    let mut h = Value::Tuple(vec![]);
+    for d in 1..inner {
+        h = match d % 2 {
+            0 => Value::Tuple(vec![h, Value::None]),
+            _ => Value::FrozenSet(vec![h]),
+        };
+    }
+    let mut v = Value::Tuple(vec![
+        Value::Set(vec![h.clone()]),
+        Value::Dict(vec![(h, 1.into())]),
+    ]);
+    for d in inner + 2..depth {
+        v = match d % 3 {
             0 => Value::List(vec![v]),
-            1 => Value::Tuple(vec![v, Value::None]),
-            2 => Value::Dict(vec![(Value::None, v)]),
-            3 => Value::Dict(vec![(v, 1.into())]),
-            4 => Value::Set(vec![v]),
-            _ => Value::FrozenSet(vec![v]),
+            1 => Value::Dict(vec![(Value::None, v)]),
+            _ => Value::Tuple(vec![v, Value::None]),
         };
     }
     v
@@ -129,13 +139,19 @@ fn arb_value() -> impl Strategy<Value = Value> {
         ".{0,8}".prop_map(Value::Str),
         prop::collection::vec(any::<u8>(), 0..12).prop_map(Value::Bytes),
     ];
-    leaf.prop_recursive(4, 48, 5, |inner| {
+    let leaf = leaf.boxed();
+    // Dict keys and set members must be hashable in Python: scalars and tuples of them.
+    let key = prop_oneof![
+        leaf.clone(),
+        prop::collection::vec(leaf.clone(), 0..3).prop_map(Value::Tuple)
+    ];
+    leaf.prop_recursive(4, 48, 5, move |inner| {
         let items = prop::collection::vec(inner.clone(), 0..5);
         prop_oneof![
             items.clone().prop_map(Value::List),
-            items.clone().prop_map(Value::Tuple),
-            items.prop_map(Value::Set),
-            prop::collection::vec((inner.clone(), inner), 0..5).prop_map(Value::Dict),
+            items.prop_map(Value::Tuple),
+            prop::collection::vec(key.clone(), 0..5).prop_map(Value::Set),
+            prop::collection::vec((key.clone(), inner), 0..5).prop_map(Value::Dict),
         ]
     })
 }

@@ -131,6 +131,17 @@ class _Conn:
 
     def read_frame(self) -> tuple[int, int, bytes | None, int] | None:
         """Return ``(type, channel, payload, length)``; payload None if oversized."""
+        if self._pos == len(self._buf):
+            # Nothing buffered: one read usually brings exactly one frame.
+            chunk = os.read(self.rfd, _CHUNK)
+            if not chunk:
+                return None
+            if len(chunk) >= 9:
+                msgtype, channel, length = _wire.HEADER.unpack_from(chunk)
+                if len(chunk) == 9 + length and 0 <= length <= self.max_frame:
+                    return msgtype, channel, chunk[9:], length
+            self._buf = bytearray(chunk)
+            self._pos = 0
         if not self._fill(9):
             return None
         msgtype, channel, length = _wire.unpack_header(self._take(9))
@@ -167,6 +178,7 @@ class Channel:
         self._local_closed = False
         self._cancelled = False
         self._pending: dict[int, list[str]] = {1: [], 2: []}
+        self._has_pending = False
 
     def __repr__(self) -> str:
         state = "closed" if self._local_closed else "open"
@@ -186,7 +198,8 @@ class Channel:
         DumpError
             ``item`` holds a value the wire cannot carry.
         """
-        self._check_cancel()
+        if self._cancelled:
+            self._check_cancel()
         if self._local_closed:
             raise ChannelClosed(f"channel {self.id} is closed for sending")
         payload = _wire.dumps_payload(item)
@@ -216,12 +229,16 @@ class Channel:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         gw = self._gateway
+        items = self._items
         while True:
-            self._check_cancel()
+            if self._cancelled:
+                self._check_cancel()
             if self._receive_done:
                 self._raise_closed()
             try:
-                item = self._items.get_nowait()
+                if items.empty():  # cheaper than the exception get_nowait raises
+                    raise queue.Empty
+                item = items.get_nowait()
             except queue.Empty:
                 if gw.take_baton(self):
                     gw.lead_until(self, deadline)
@@ -230,7 +247,7 @@ class Channel:
                 try:
                     if left is not None and left <= 0:
                         raise queue.Empty
-                    item = self._items.get(timeout=left)
+                    item = items.get(timeout=left)
                 except queue.Empty:
                     gw.forget_waiter(self)
                     raise TimeoutError(
@@ -260,13 +277,13 @@ class Channel:
         if self._local_closed:
             return
         self._flush_output()
-        self._local_closed = True
         if error is None:
-            self._gateway.conn.send(CHANNEL_CLOSE, self.id)
+            msgtype, payload = CHANNEL_CLOSE, b""
         else:
-            self._gateway.conn.send(
-                CHANNEL_CLOSE_ERROR, self.id, _wire.dumps_payload(str(error))
-            )
+            text = _fit(_safe_text(str(error)), self._gateway.conn.max_frame - 64)
+            msgtype, payload = CHANNEL_CLOSE_ERROR, _wire.dumps_payload(text)
+        self._local_closed = True
+        self._gateway.conn.send(msgtype, self.id, payload)
         self._gateway.forget_if_done(self)
 
     def isclosed(self) -> bool:
@@ -319,6 +336,7 @@ class Channel:
 
     def _output(self, stream: int, text: str) -> None:
         pending = self._pending[stream]
+        self._has_pending = True
         if "\n" not in text:
             pending.append(text)
             return
@@ -331,6 +349,9 @@ class Channel:
         self._send_output(stream, head + "\n")
 
     def _flush_output(self) -> None:
+        if not self._has_pending:
+            return
+        self._has_pending = False
         for stream, pending in self._pending.items():
             if pending:
                 text = "".join(pending)
@@ -341,7 +362,12 @@ class Channel:
         if self._local_closed:
             _fallback(stream).write(text)
             return
-        self._gateway.conn.send(OUTPUT, self.id, _wire.dumps_payload((stream, text)))
+        text = _safe_text(text)
+        # Chunks of characters whose UTF-8 form stays within the frame limit.
+        step = max(1, (self._gateway.conn.max_frame - 64) // 4)
+        for start in range(0, len(text), step):
+            payload = _wire.dumps_payload((stream, text[start : start + step]))
+            self._gateway.conn.send(OUTPUT, self.id, payload)
 
 
 _ORIGINAL_STREAMS: dict[int, Any] = {}
@@ -398,12 +424,9 @@ class _WorkerGateway:
         os.set_blocking(self._kick_r, False)
         self._kicked = False
 
-    def channel(self, id: int, create: bool = False) -> Channel | None:
-        with self._lock:
-            ch = self._channels.get(id)
-            if ch is None and create:
-                ch = self._channels[id] = Channel(self, id)
-            return ch
+    def channel(self, id: int) -> Channel | None:
+        # A single dict lookup is atomic; writers hold the lock.
+        return self._channels.get(id)
 
     def forget_if_done(self, ch: Channel) -> None:
         if ch._local_closed and ch._remote_closed.is_set():
@@ -418,6 +441,13 @@ class _WorkerGateway:
         if self._exiting:
             os._exit(code)
         self._exiting = True
+        with self._lock:
+            channels = list(self._channels.values())
+        for ch in channels:
+            for stream, pending in ch._pending.items():
+                if pending:
+                    _fallback(stream).write("".join(pending))
+                    pending.clear()
         for hook in reversed(self._cleanup):
             try:
                 hook()
@@ -570,7 +600,7 @@ class _WorkerGateway:
             else:
                 _warn(str(err))
             return False
-        if msgtype == CHANNEL_DATA or msgtype == CHANNEL_LAST_MESSAGE:
+        if msgtype == CHANNEL_DATA:
             ch = self.channel(chid)
             if ch is None:
                 return False
@@ -579,11 +609,10 @@ class _WorkerGateway:
             except DataFormatError as exc:
                 item = _Failed(exc)
             ch._deliver(item)
-            if msgtype == CHANNEL_LAST_MESSAGE:
-                ch._remote_close(None)
         elif msgtype == CHANNEL_EXEC or msgtype == EXEC_MAIN:
             self.start_exec(chid, payload, main=msgtype == EXEC_MAIN)
-        elif msgtype == CHANNEL_CLOSE:
+        elif msgtype == CHANNEL_CLOSE or msgtype == CHANNEL_LAST_MESSAGE:
+            # LAST_MESSAGE is execnet's "the peer will send nothing more" (no payload).
             ch = self.channel(chid)
             if ch is not None:
                 ch._remote_close(None)
@@ -619,8 +648,11 @@ class _WorkerGateway:
         return False
 
     def start_exec(self, chid: int, payload: bytes, main: bool) -> None:
-        ch = self.channel(chid, create=True)
-        assert ch is not None  # created above; not protocol data
+        with self._lock:
+            if chid in self._channels:
+                _warn(f"execution request for channel {chid}, which is in use, ignored")
+                return
+            ch = self._channels[chid] = Channel(self, chid)
         try:
             task = _wire.loads_payload(payload)
             source, file_name, call_name, kwargs = task
@@ -629,9 +661,7 @@ class _WorkerGateway:
             if not isinstance(kwargs, dict):
                 raise LoadError(f"exec kwargs must be dict, got {type(kwargs).__name__}")
         except (DataFormatError, ValueError, TypeError) as exc:
-            ch._local_closed = True
-            err = (type(exc).__name__, f"bad exec request: {exc}", "")
-            self.conn.send(CHANNEL_CLOSE_ERROR, chid, _wire.dumps_payload(err))
+            _report_error(ch, type(exc).__name__, f"bad exec request: {exc}", "")
             return
 
         def run() -> None:
@@ -664,24 +694,56 @@ def _execute(
         pass
     except BaseException as exc:  # noqa: BLE001 - reported to the host
         _tls.channel = None
-        ch._flush_output()
-        if not ch._local_closed:
-            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            ch._local_closed = True
-            err = (type(exc).__name__, str(exc), tb)
-            try:
-                ch._gateway.conn.send(CHANNEL_CLOSE_ERROR, ch.id, _wire.dumps_payload(err))
-            except OSError:
-                pass
-            ch._gateway.forget_if_done(ch)
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        _report_error(ch, type(exc).__name__, str(exc), tb)
         return
     finally:
         _tls.channel = None
         linecache.cache.pop(filename, None)
+        ch._flush_output()
     try:
         ch.close()
     except OSError:
         pass
+
+
+def _safe_text(text: str) -> str:
+    """``text`` with anything UTF-8 cannot encode (lone surrogates) escaped."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _fit(text: str, limit: int) -> str:
+    """``text`` cut from the front to at most ``limit`` UTF-8 bytes (tails of
+    tracebacks say the most)."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    keep = max(0, limit - 40)
+    return "[... earlier text cut ...]\n" + data[len(data) - keep :].decode("utf-8", "ignore")
+
+
+def _report_error(ch: Channel, type_name: str, message: str, tb: str) -> None:
+    """Close ``ch`` with an error the host can always read; if the channel is already
+    closed, write the report to stderr instead."""
+    ch._flush_output()
+    if ch._local_closed:
+        _fallback(2).write(tb or f"{type_name}: {message}\n")
+        return
+    budget = ch._gateway.conn.max_frame - 256
+    message = _fit(_safe_text(message), budget // 4)
+    tb = _fit(_safe_text(tb), budget - len(message.encode("utf-8")) - len(type_name))
+    ch._local_closed = True
+    try:
+        ch._gateway.conn.send(
+            CHANNEL_CLOSE_ERROR, ch.id, _wire.dumps_payload((_safe_text(type_name), message, tb))
+        )
+    except OSError:
+        pass
+    ch._gateway.forget_if_done(ch)
 
 
 def _warn(text: str) -> None:

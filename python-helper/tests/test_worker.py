@@ -23,6 +23,7 @@ from pixgate._worker import (
     CHANNEL_CLOSE_ERROR,
     CHANNEL_DATA,
     CHANNEL_EXEC,
+    CHANNEL_LAST_MESSAGE,
     EXEC_MAIN,
     GATEWAY_TERMINATE,
     HANDSHAKE,
@@ -114,6 +115,8 @@ class Host:
             if self.proc.poll() is None:
                 self.proc.kill()
                 self.proc.wait(TIMEOUT)
+            self.stdout_text = self.proc.stdout.read().decode() if self.proc.stdout else ""
+            self.stderr_text = self.proc.stderr.read().decode() if self.proc.stderr else ""
             for f in (self.proc.stdout, self.proc.stderr):
                 if f is not None:
                     f.close()
@@ -262,3 +265,44 @@ def test_oversized_item_is_refused_in_the_worker() -> None:
     h.send(CHANNEL_DATA, 3, _wire.dumps_payload("after"))
     assert h.next_on(3) == (CHANNEL_DATA, "after")
     assert h.close() == 0
+
+
+def test_unencodable_error_text_still_closes_the_channel(host: Host) -> None:
+    host.exec(23, "raise ValueError('bad \\udc80 surrogate')")
+    t, err = host.next_on(23)
+    assert t == CHANNEL_CLOSE_ERROR
+    assert err[0] == "ValueError" and "\\udc80" in err[1]
+
+
+def test_last_message_ends_remote_iteration(host: Host) -> None:
+    host.exec(25, "n = 0\nfor x in channel:\n    n += x\nchannel.send(n)")
+    host.send(CHANNEL_DATA, 25, _wire.dumps_payload(4))
+    host.send(CHANNEL_LAST_MESSAGE, 25)
+    assert host.next_on(25) == (CHANNEL_DATA, 4)
+
+
+def test_exec_on_a_channel_in_use_is_ignored(host: Host) -> None:
+    host.exec(27, "channel.send(channel.receive(10))")
+    host.exec(27, "channel.send('second')")
+    host.send(CHANNEL_DATA, 27, _wire.dumps_payload("first"))
+    assert host.next_on(27) == (CHANNEL_DATA, "first")
+    assert host.next_on(27) == (CHANNEL_CLOSE, None)
+
+
+def test_error_after_the_code_closed_its_channel_goes_to_stderr() -> None:
+    h = Host()
+    h.frame()
+    h.exec(1, "channel.close()\nprint('late', end='')\nraise RuntimeError('after close')")
+    assert h.next_on(1) == (CHANNEL_CLOSE, None)
+    # Wait (via STATUS) until the execution has finished, then terminate the worker.
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        h.send(STATUS, 3)
+        status = h.next_on(3)[1]
+        assert h.next_on(3) == (CHANNEL_CLOSE, None)
+        if status["numexecuting"] <= 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    assert h.close() == 0
+    assert "RuntimeError: after close" in h.stderr_text
+    assert "late" in h.stdout_text
