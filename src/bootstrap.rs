@@ -5,7 +5,8 @@
 //! environment, the loader reads a bundle from descriptor 3 — `b"PXGB"`, a module count,
 //! then per module a name and its source, every length a 32-bit big-endian unsigned — and
 //! installs a meta-path finder that serves those modules under their own names, ahead of
-//! any installed copy. Then it imports `pixgate._worker` and serves. Without the variable
+//! any installed copy (and their sources to tracebacks, through `get_source`). Then it
+//! imports `pixgate._worker` and serves. Without the variable
 //! it imports the installed package. See `docs/PROTOCOL.md` §2.
 
 /// The helper's modules, in the order they are sent.
@@ -48,7 +49,6 @@ def _pixgate_boot():
         for _ in range(rdn()):
             name = rd(rdn()).decode()
             src[name] = rd(rdn()).decode()
-        import linecache
         from importlib.machinery import ModuleSpec
         class Finder:
             def find_spec(self, name, path=None, target=None):
@@ -56,11 +56,11 @@ def _pixgate_boot():
                     return ModuleSpec(name, self, origin="<pixgate>", is_package=name == "pixgate")
             def create_module(self, spec):
                 return None
+            def get_source(self, name):
+                return src.get(name)
             def exec_module(self, mod):
                 fn = "<pixgate>/" + mod.__name__.replace(".", "/") + ".py"
-                text = src[mod.__name__]
-                linecache.cache[fn] = (len(text), None, text.splitlines(True), fn)
-                exec(compile(text, fn, "exec"), mod.__dict__)
+                exec(compile(src[mod.__name__], fn, "exec"), mod.__dict__)
         sys.meta_path.insert(0, Finder())
     import pixgate._worker
     pixgate._worker.serve(3, 4)

@@ -93,7 +93,11 @@ __all__ = [
 ]
 
 import struct
-from typing import TYPE_CHECKING, Any
+# `typing` costs ~15 ms to import; annotations are strings here, so only type
+# checkers need it.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 from ._errors import DumpError, LoadError, ProtocolError
 

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 __all__ = ["Channel", "serve", "PROTOCOL_VERSION"]
 
-import collections
-import linecache
+# Start-up time matters (every gateway pays it), so heavy pure-Python modules are
+# avoided: the C cores of queue and collections are used directly, `traceback` and
+# `linecache` (which pulls in tokenize and re) are imported when an error is reported,
+# and `typing` only by type checkers.
+import _signal
 import os
-import queue
-import re
 import select
-import signal
 import sys
 import threading
 import time
-import traceback
-from typing import Any, Callable, Iterator
+from _collections import deque
+from _queue import Empty, SimpleQueue
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Iterator
 
 from . import _wire
 from ._errors import (
@@ -171,7 +175,7 @@ class Channel:
     def __init__(self, gateway: _WorkerGateway, id: int) -> None:
         self.id = id
         self._gateway = gateway
-        self._items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._items: SimpleQueue[Any] = SimpleQueue()
         self._remote_closed = threading.Event()
         self._remote_error: RemoteError | None = None
         self._receive_done = False
@@ -237,18 +241,18 @@ class Channel:
                 self._raise_closed()
             try:
                 if items.empty():  # cheaper than the exception get_nowait raises
-                    raise queue.Empty
+                    raise Empty
                 item = items.get_nowait()
-            except queue.Empty:
+            except Empty:
                 if gw.take_baton(self):
                     gw.lead_until(self, deadline)
                     continue
                 left = None if deadline is None else deadline - time.monotonic()
                 try:
                     if left is not None and left <= 0:
-                        raise queue.Empty
+                        raise Empty
                     item = items.get(timeout=left)
-                except queue.Empty:
+                except Empty:
                     gw.forget_waiter(self)
                     raise TimeoutError(
                         f"no item on channel {self.id} within {timeout} s"
@@ -407,7 +411,7 @@ class _WorkerGateway:
         self.conn = conn
         self._channels: dict[int, Channel] = {}
         self._lock = threading.Lock()
-        self._main_tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._main_tasks: SimpleQueue[Callable[[], None] | None] = SimpleQueue()
         self._cleanup: list[Callable[[], None]] = []
         self._exiting = False
         # Leader/follower reading (see docs/ARCHITECTURE.md): the baton is the right to
@@ -416,7 +420,7 @@ class _WorkerGateway:
         self._baton = threading.Lock()
         self._baton_free = True
         self._free_since = time.monotonic()
-        self._waiters: collections.deque[Channel] = collections.deque()
+        self._waiters: deque[Channel] = deque()
         self._bg_reading = False
         self._bg_parked = False
         self._bg_wake = threading.Event()
@@ -452,7 +456,7 @@ class _WorkerGateway:
             try:
                 hook()
             except BaseException:  # noqa: BLE001 - exiting; report and go on
-                traceback.print_exc()
+                _print_exc()
         try:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -522,7 +526,7 @@ class _WorkerGateway:
                         return
                 self._read_and_dispatch()
         except BaseException:  # noqa: BLE001 - the host must learn why we stop
-            traceback.print_exc()
+            _print_exc()
             self.shutdown(70)
         finally:
             self._release_baton()
@@ -532,7 +536,7 @@ class _WorkerGateway:
         try:
             self._background()
         except BaseException:  # noqa: BLE001 - the host must learn why we stop
-            traceback.print_exc()
+            _print_exc()
             self.shutdown(70)
 
     def _background(self) -> None:
@@ -681,8 +685,7 @@ def _execute(
     kwargs: dict[str, Any],
 ) -> None:
     filename = file_name or f"<remote exec {ch.id}>"
-    lines = (source + "\n").splitlines(True)
-    linecache.cache[filename] = (len(source), None, lines, filename)
+    _register_source(filename, source)
     _tls.channel = ch
     try:
         namespace: dict[str, Any] = {"channel": ch, "__name__": "__channelexec__"}
@@ -694,12 +697,12 @@ def _execute(
         pass
     except BaseException as exc:  # noqa: BLE001 - reported to the host
         _tls.channel = None
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        tb = _format_exception(exc)
         _report_error(ch, type(exc).__name__, str(exc), tb)
         return
     finally:
         _tls.channel = None
-        linecache.cache.pop(filename, None)
+        _forget_source(filename)
         ch._flush_output()
     try:
         ch.close()
@@ -753,7 +756,55 @@ def _warn(text: str) -> None:
         pass
 
 
-_VERSION_RE = re.compile(r"""^(?:full_)?version\s*(?::\s*str\s*)?=\s*['"]([^'"]+)['"]""", re.M)
+def _version_from(text: str) -> str | None:
+    """The value of a ``version = "X"`` (or ``version: str = "X"``) line."""
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        name = name.split(":")[0].strip()
+        if sep and name in ("version", "full_version"):
+            value = value.strip()
+            if len(value) >= 2 and value[0] in "'\"" and value[-1] == value[0]:
+                return value[1:-1]
+    return None
+
+
+def _print_exc() -> None:
+    import traceback
+
+    _sync_linecache()
+    traceback.print_exc()
+
+
+# Sources of running remote executions, for tracebacks. Put into linecache only when
+# one is formatted (or at once, if something else already imported linecache).
+_SOURCES: dict[str, str] = {}
+
+
+def _register_source(filename: str, source: str) -> None:
+    _SOURCES[filename] = source
+    if "linecache" in sys.modules:
+        _sync_linecache()
+
+
+def _forget_source(filename: str) -> None:
+    _SOURCES.pop(filename, None)
+    cache = getattr(sys.modules.get("linecache"), "cache", None)
+    if cache is not None:
+        cache.pop(filename, None)
+
+
+def _sync_linecache() -> None:
+    import linecache
+
+    for name, text in list(_SOURCES.items()):
+        linecache.cache[name] = (len(text), None, (text + "\n").splitlines(True), name)
+
+
+def _format_exception(exc: BaseException) -> str:
+    import traceback
+
+    _sync_linecache()
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
 def _numpy_version() -> str | None:
@@ -772,9 +823,9 @@ def _numpy_version() -> str | None:
     for folder in spec.submodule_search_locations:
         try:
             with open(os.path.join(folder, "version.py"), encoding="utf-8") as f:
-                m = _VERSION_RE.search(f.read())
-            if m:
-                return m.group(1)
+                found = _version_from(f.read())
+            if found:
+                return found
         except OSError:
             continue
     try:
@@ -827,6 +878,6 @@ def serve(rfd: int = 3, wfd: int = 4) -> None:
     def on_term(signum: int, frame: object) -> None:
         gw.shutdown(128 + signum)
 
-    signal.signal(signal.SIGTERM, on_term)
+    _signal.signal(_signal.SIGTERM, on_term)
     threading.Thread(target=gw.reader_loop, name="pixgate-reader", daemon=True).start()
     gw.main_loop()
