@@ -1,0 +1,112 @@
+//! The `pixgate` command line, run as a user would run it.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{python, spec};
+
+/// Runs the binary with a deadline; kills it if it overruns.
+fn run(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pixgate"))
+        .args(args)
+        .env("PIXGATE_PYTHON", python())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start pixgate");
+    let t = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if t.elapsed() > Duration::from_secs(60) {
+            child.kill().ok();
+            panic!("pixgate {args:?} ran past 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("output")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn doctor_reports_interpreter_numpy_shm_and_huge_pages() {
+    let out = run(&["doctor", "--spec", &spec("")]);
+    let stdout = text(&out.stdout);
+    for key in ["interpreter", "python", "numpy", "/dev/shm", "huge pages"] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(key)),
+            "{key} missing:\n{stdout}"
+        );
+    }
+    let exe = std::fs::canonicalize(python()).unwrap();
+    let reported = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("interpreter"))
+        .unwrap()
+        .trim();
+    assert_eq!(std::fs::canonicalize(reported).unwrap(), exe);
+    assert!(stdout.contains("free"), "{stdout}");
+}
+
+#[test]
+fn doctor_fails_clearly_without_an_interpreter() {
+    let out = run(&["doctor", "--spec", "popen//python=/nonexistent/python"]);
+    assert!(!out.status.success());
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("unusable"), "{stdout}");
+    assert!(stdout.contains("/nonexistent/python"), "{stdout}");
+}
+
+#[test]
+fn demo_runs_and_prints_its_timings() {
+    let out = run(&["demo", "--spec", &spec("id=demo"), "--round-trips", "50"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    for needle in [
+        "spawn + bootstrap + handshake",
+        "remote_exec to first answer",
+        "small-value round trip, median of 50",
+        "worker ended with exit code 0",
+        "'count': 9592",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} missing:\n{stdout}");
+    }
+    // The remote prints reach the host's stderr, attributed to their channel.
+    assert!(
+        text(&out.stderr).contains("[demo:1] 9592 primes below 100000"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn exec_prints_values_and_reports_remote_errors() {
+    let out = run(&[
+        "exec",
+        "--spec",
+        &spec(""),
+        "channel.send([1, 'two', (3.0, None)])",
+    ]);
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout), "[1, 'two', (3.0, None)]\n");
+
+    let out = run(&["exec", "--spec", &spec(""), "1 / 0"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("ZeroDivisionError"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_bad_spec_is_reported_without_a_panic() {
+    let out = run(&["exec", "--spec", "popen//bogus=1", "pass"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("unknown key \"bogus\""), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
