@@ -96,7 +96,9 @@ fn many_channels_run_concurrently_on_one_gateway() {
                     )
                     .unwrap();
                 let mut names = Vec::new();
-                for k in 0..50 {
+                // Different lengths, so executions end while others still wait: a
+                // baton handed to a channel that has stopped waiting must not be lost.
+                for k in 0..(10 + i * 4) {
                     ch.send(i * 1000 + k).unwrap();
                     let v = ch.receive_timeout(T).unwrap();
                     let t = v.as_seq().unwrap();

@@ -234,38 +234,44 @@ class Channel:
         deadline = None if timeout is None else time.monotonic() + timeout
         gw = self._gateway
         items = self._items
-        while True:
-            if self._cancelled:
-                self._check_cancel()
-            if self._receive_done:
-                self._raise_closed()
-            try:
-                if items.empty():  # cheaper than the exception get_nowait raises
-                    raise Empty
-                item = items.get_nowait()
-            except Empty:
-                if gw.take_baton(self):
-                    gw.lead_until(self, deadline)
-                    continue
-                left = None if deadline is None else deadline - time.monotonic()
+        waited = False
+        try:
+            while True:
+                if self._cancelled:
+                    self._check_cancel()
+                if self._receive_done:
+                    self._raise_closed()
                 try:
-                    if left is not None and left <= 0:
+                    if items.empty():  # cheaper than the exception get_nowait raises
                         raise Empty
-                    item = items.get(timeout=left)
+                    item = items.get_nowait()
                 except Empty:
-                    gw.forget_waiter(self)
-                    raise TimeoutError(
-                        f"no item on channel {self.id} within {timeout} s"
-                    ) from None
-            if item is _WAKE:
-                continue
-            gw.pass_baton()
-            if item is _CLOSED:
-                self._receive_done = True
-                self._raise_closed()
-            if type(item) is _Failed:
-                raise item.error
-            return item
+                    if gw.take_baton(self):
+                        gw.lead_until(self, deadline)
+                        continue
+                    waited = True
+                    left = None if deadline is None else deadline - time.monotonic()
+                    try:
+                        if left is not None and left <= 0:
+                            raise Empty
+                        item = items.get(timeout=left)
+                    except Empty:
+                        raise TimeoutError(
+                            f"no item on channel {self.id} within {timeout} s"
+                        ) from None
+                if item is _WAKE:
+                    continue
+                if item is _CLOSED:
+                    self._receive_done = True
+                    self._raise_closed()
+                if type(item) is _Failed:
+                    raise item.error
+                return item
+        finally:
+            if waited:
+                # However this receive ends, it must not stay registered: a baton
+                # handed to a channel that no longer waits would be lost.
+                gw.leave(self)
 
     def __iter__(self) -> Iterator[Any]:
         return self
@@ -479,21 +485,17 @@ class _WorkerGateway:
                 os.write(self._kick_w, b"k")
             return False
 
-    def forget_waiter(self, ch: Channel) -> None:
+    def leave(self, ch: Channel) -> None:
+        """``ch`` stops waiting: deregister it, and if the baton lies free, hand it to
+        the next waiter or let the background reader know."""
         with self._baton:
-            try:
+            if ch in self._waiters:
                 self._waiters.remove(ch)
-            except ValueError:
-                pass
-        self.pass_baton()
-
-    def pass_baton(self) -> None:
-        """If the baton is free and someone waits for it, wake them (a thread that was
-        handed the baton may have found an item first and left)."""
-        if self._waiters and self._baton_free:
-            with self._baton:
-                if self._baton_free and self._waiters:
+            if self._baton_free:
+                if self._waiters:
                     self._waiters.popleft()._items.put(_WAKE)
+                elif self._bg_parked:
+                    self._bg_wake.set()
 
     def _release_baton(self) -> None:
         with self._baton:
