@@ -53,7 +53,7 @@ use std::io::Write as _;
 use num_bigint::BigInt;
 use num_traits::ToPrimitive;
 
-use crate::value::Value;
+use crate::value::{Access, ArrayRef, Value};
 
 /// The version byte that starts the output of [`dumps`].
 pub const DUMPFORMAT_VERSION: u8 = 2;
@@ -88,9 +88,13 @@ const OP_STOP: u8 = b'Q';
 const OP_TRUE: u8 = b'R';
 const OP_UNICODE: u8 = b'S';
 const OP_COMPLEX: u8 = b'T';
-/// Reserved for references to shared arrays; decoders reject it with
-/// [`DecodeErrorKind::Reserved`].
+/// A reference to an array in a shared-memory segment: `U`, the segment name as an
+/// `i32`-length-prefixed UTF-8 string, the generation as a big-endian `u64`, the access
+/// as one byte (0 shared, 1 lent, 2 moved).
 pub(crate) const OP_ARRAY: u8 = b'U';
+
+/// The longest segment name an array reference may carry.
+pub const MAX_ARRAY_NAME: usize = 255;
 
 /// The fewest bytes one list item takes: index (`F` + 4), value (1), `P` (1).
 const MIN_LIST_ITEM_BYTES: usize = 7;
@@ -265,8 +269,12 @@ pub enum DecodeErrorKind {
         opcode: u8,
     },
     /// The opcode reserved for array references, which this decoder does not accept.
-    #[error("opcode {} is reserved for array references", OpName(OP_ARRAY))]
-    Reserved,
+    /// An array reference is malformed.
+    #[error("bad array reference: {reason}")]
+    BadArrayRef {
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A reference to an execnet channel, which pixgate does not support.
     #[error("channel references are not supported (channel {0})")]
     ChannelRef(i32),
@@ -444,6 +452,19 @@ fn encode_value(value: &Value, depth: usize, out: &mut Vec<u8>) -> Result<(), En
             }
         }
         Value::Tuple(items) => encode_collection(OP_BUILDTUPLE, "tuple", items, depth, out)?,
+        Value::Array(a) => {
+            if a.name.is_empty() || a.name.len() > MAX_ARRAY_NAME {
+                return Err(EncodeError::new(EncodeErrorKind::TooLong {
+                    what: "array name",
+                    len: a.name.len(),
+                }));
+            }
+            out.push(OP_ARRAY);
+            out.extend_from_slice(&encode_len("array name", a.name.len())?);
+            out.extend_from_slice(a.name.as_bytes());
+            out.extend_from_slice(&a.generation.to_be_bytes());
+            out.push(a.access as u8);
+        }
         Value::Set(items) | Value::FrozenSet(items) => {
             for item in items {
                 check_hashable(item, "set member")?;
@@ -463,7 +484,7 @@ fn check_hashable(value: &Value, place: &'static str) -> Result<(), EncodeError>
     let mut todo = vec![value];
     while let Some(v) = todo.pop() {
         match v {
-            Value::List(_) | Value::Dict(_) | Value::Set(_) => {
+            Value::List(_) | Value::Dict(_) | Value::Set(_) | Value::Array(_) => {
                 return Err(EncodeError::new(EncodeErrorKind::Unhashable {
                     found: v.type_name(),
                     place,
@@ -685,7 +706,15 @@ impl<'a> Decoder<'a> {
                     let id = self.read_i32(op, at)?;
                     return Err(fail(DecodeErrorKind::ChannelRef(id)));
                 }
-                OP_ARRAY => return Err(fail(DecodeErrorKind::Reserved)),
+                OP_ARRAY => {
+                    let value = self.array_ref(at)?;
+                    self.stack.push(Entry {
+                        value,
+                        depth: 0,
+                        missing: 0,
+                        hashable: false,
+                    });
+                }
                 _ => return Err(fail(DecodeErrorKind::UnknownOpcode { opcode: op })),
             }
         }
@@ -693,6 +722,29 @@ impl<'a> Decoder<'a> {
 
     fn remaining(&self) -> usize {
         self.input.len() - self.pos
+    }
+
+    fn array_ref(&mut self, at: usize) -> Step<Value> {
+        let bad = |reason: String| DecodeError::new(DecodeErrorKind::BadArrayRef { reason }, at);
+        let raw = self.read_sized(OP_ARRAY, at)?;
+        if raw.is_empty() || raw.len() > MAX_ARRAY_NAME {
+            return Err(bad(format!(
+                "name of {} bytes, expected 1 to {MAX_ARRAY_NAME}",
+                raw.len()
+            )));
+        }
+        let name = std::str::from_utf8(raw)
+            .map_err(|_| bad("name is not UTF-8".into()))?
+            .to_owned();
+        let generation = u64::from_be_bytes(self.read_array::<8>(OP_ARRAY, at)?);
+        let [access] = self.read_array::<1>(OP_ARRAY, at)?;
+        let access = Access::from_u8(access)
+            .ok_or_else(|| bad(format!("access byte {access}, expected 0, 1 or 2")))?;
+        Ok(Value::Array(ArrayRef {
+            name,
+            generation,
+            access,
+        }))
     }
 
     fn read_array<const N: usize>(&mut self, opcode: u8, at: usize) -> Step<[u8; N]> {
@@ -1350,14 +1402,50 @@ mod tests {
     }
 
     #[test]
-    fn array_opcode_is_reserved() {
-        let err = decode_err(&[DUMPFORMAT_VERSION, OP_ARRAY, 0, 0, 0, 0, OP_STOP]);
-        assert_eq!(err.kind(), &DecodeErrorKind::Reserved);
-        assert_eq!(err.offset(), 1);
+    fn array_references_round_trip_and_bad_ones_fail() {
+        let r = Value::Array(ArrayRef {
+            name: "/pxg-1a2b-0123456789abcdef".into(),
+            generation: 7,
+            access: Access::Lent,
+        });
+        let v = Value::List(vec![r.clone(), Value::Tuple(vec![r.clone()])]);
+        let bytes = dumps(&v).unwrap();
+        assert_eq!(loads(&bytes).unwrap(), v);
+        let mut one = Vec::new();
+        encode_payload(&r, &mut one).unwrap();
         assert_eq!(
-            decode_payload(&[OP_ARRAY]).unwrap_err().kind(),
-            &DecodeErrorKind::Reserved
+            to_hex(&one),
+            format!(
+                "55{:08x}{}{:016x}0151",
+                26,
+                to_hex(b"/pxg-1a2b-0123456789abcdef"),
+                7
+            )
         );
+        // Truncated at every byte, bad access byte, empty and overlong names.
+        for cut in 1..one.len() - 1 {
+            assert!(decode_payload(&one[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut bad = one.clone();
+        let n = bad.len();
+        bad[n - 2] = 3;
+        assert!(matches!(
+            decode_payload(&bad).unwrap_err().kind(),
+            DecodeErrorKind::BadArrayRef { .. }
+        ));
+        for name_len in [0usize, MAX_ARRAY_NAME + 1] {
+            let mut b = vec![OP_ARRAY];
+            b.extend_from_slice(&(name_len as i32).to_be_bytes());
+            b.extend(std::iter::repeat_n(b'a', name_len));
+            b.extend_from_slice(&[0; 9]);
+            b.push(OP_STOP);
+            assert!(matches!(
+                decode_payload(&b).unwrap_err().kind(),
+                DecodeErrorKind::BadArrayRef { .. }
+            ));
+        }
+        // Arrays are not hashable: no dict key, no set member.
+        assert!(dumps(&Value::Set(vec![r])).is_err());
     }
 
     #[test]

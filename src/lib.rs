@@ -42,7 +42,7 @@ pub use gateway::{
 pub use output::{OutputCallback, OutputLine, OutputMode, Stream};
 pub use serde_value::{from_value, to_value};
 pub use spec::{HelperSource, Spec};
-pub use value::Value;
+pub use value::{Access, ArrayRef, Value};
 
 /// The README's example, compiled and run as a doctest.
 #[cfg(doctest)]

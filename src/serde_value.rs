@@ -436,6 +436,10 @@ impl<'de> de::Deserializer<'de> for Des {
             | Value::Set(items)
             | Value::FrozenSet(items) => visit_seq(items, visitor),
             Value::Dict(entries) => visit_map(entries, visitor),
+            Value::Array(a) => Err(de::Error::custom(format!(
+                "the array {} cannot become a plain Rust value; take it as a shared array",
+                a.name
+            ))),
         }
     }
 

@@ -46,6 +46,9 @@ pub enum Value {
     Set(Vec<Value>),
     /// A `frozenset`.
     FrozenSet(Vec<Value>),
+    /// A reference to an array in a shared-memory segment (see `docs/PROTOCOL.md` and
+    /// `docs/SEGMENT_FORMAT.md`). Python peers see a numpy array.
+    Array(ArrayRef),
 }
 
 impl Value {
@@ -169,8 +172,46 @@ impl Value {
             Value::Dict(_) => "dict",
             Value::Set(_) => "set",
             Value::FrozenSet(_) => "frozenset",
+            Value::Array(_) => "ndarray",
         }
     }
+}
+
+/// How the receiver of an [`ArrayRef`] may use the array.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Access {
+    /// Read-only share: the receiver maps it read-only; the sender keeps ownership and
+    /// may keep reading. The receiver releases it when done.
+    Shared = 0,
+    /// Writable lend: the receiver may write; the sender neither reads nor writes until
+    /// the receiver releases it.
+    Lent = 1,
+    /// Move: ownership passes to the receiver, who unlinks the segment when done.
+    Moved = 2,
+}
+
+impl Access {
+    /// The wire byte's meaning, if it has one.
+    pub fn from_u8(b: u8) -> Option<Access> {
+        match b {
+            0 => Some(Access::Shared),
+            1 => Some(Access::Lent),
+            2 => Some(Access::Moved),
+            _ => None,
+        }
+    }
+}
+
+/// A reference to an array in a named shared-memory segment, as it travels in a value.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ArrayRef {
+    /// The segment's name, with its leading slash (`/pxg-…`).
+    pub name: String,
+    /// The segment's generation when the reference was made; a stale one is refused.
+    pub generation: u64,
+    /// What the receiver may do with it.
+    pub access: Access,
 }
 
 impl From<bool> for Value {
@@ -287,6 +328,11 @@ impl fmt::Display for Value {
             Value::Float(x) => write_float(f, *x, true),
             Value::Complex(c) => write_complex(f, *c),
             Value::Str(s) => write_str_repr(f, s),
+            Value::Array(a) => write!(
+                f,
+                "<array {} generation {} {:?}>",
+                a.name, a.generation, a.access
+            ),
             Value::Bytes(b) => write_bytes_repr(f, b),
             Value::List(items) => write_items(f, "[", items, "]"),
             Value::Tuple(items) if items.len() == 1 => write!(f, "({},)", items[0]),

@@ -97,7 +97,7 @@ import struct
 # checkers need it.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Callable
 
 from ._errors import DumpError, LoadError, ProtocolError
 
@@ -115,10 +115,67 @@ MAX_LENGTH = 0x7FFFFFFF
 
 #: Reserved for array references; the decoder rejects it.
 OP_ARRAY = b"U"
+MAX_ARRAY_NAME = 255
+
+SHARED, LENT, MOVED = 0, 1, 2
+_ACCESS_NAMES = {SHARED: "shared", LENT: "lent", MOVED: "moved"}
+
+
+class ArrayRef:
+    """A reference to an array in a named shared-memory segment, as it travels.
+
+    Parameters
+    ----------
+    name : str
+        The segment's name, with its leading slash.
+    generation : int
+        The segment's generation when the reference was made.
+    access : int
+        ``SHARED`` (0, read-only), ``LENT`` (1, writable until released) or ``MOVED``
+        (2, ownership passes to the receiver).
+    """
+
+    __slots__ = ("name", "generation", "access")
+    __hash__ = None  # type: ignore[assignment]  # arrays are not hashable in Python
+
+    def __init__(self, name: str, generation: int, access: int) -> None:
+        self.name = name
+        self.generation = generation
+        self.access = access
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            type(other) is ArrayRef
+            and self.name == other.name
+            and self.generation == other.generation
+            and self.access == other.access
+        )
+
+    def __repr__(self) -> str:
+        access = _ACCESS_NAMES.get(self.access, str(self.access))
+        return f"ArrayRef({self.name!r}, generation={self.generation}, {access})"
+
+
+# Installed by the array layer: ``export(obj) -> ArrayRef | None`` turns an object the
+# codec does not know (a numpy array) into a reference; ``import_(ref) -> object`` turns
+# a received reference into an array. Without them, references load as ArrayRef.
+_array_export: Callable[[object], ArrayRef | None] | None = None
+_array_import: Callable[[ArrayRef], object] | None = None
+
+
+def set_array_hooks(
+    export: Callable[[object], ArrayRef | None] | None,
+    import_: Callable[[ArrayRef], object] | None,
+) -> None:
+    """Install (or, with None, remove) the array layer's conversion hooks."""
+    global _array_export, _array_import
+    _array_export = export
+    _array_import = import_
 
 #: Frame header: message type (i8), channel id (i32), payload length (i32), big-endian.
 HEADER = struct.Struct("!bii")
 _INT4 = struct.Struct("!i")
+_ARRAY_TAIL = struct.Struct("!QB")
 
 _I32_MIN = -0x80000000
 _I32_MAX = 0x7FFFFFFF
@@ -142,10 +199,10 @@ _EMPTY_FROZENSET = b"E\x00\x00\x00\x00"
 
 # Opcode byte -> name, for error messages.
 # fmt: off
-_NAMES = dict(zip(b"@ABCDEFGHIJKLMNOPQRST", (
+_NAMES = dict(zip(b"@ABCDEFGHIJKLMNOPQRSTU", (
     "buildtuple", "bytes", "channel", "false", "float", "frozenset", "int", "long", "longint",
     "longlong", "newdict", "newlist", "none", "py2string", "py3string", "set", "setitem",
-    "stop", "true", "unicode", "complex",
+    "stop", "true", "unicode", "complex", "array",
 )))
 # fmt: on
 
@@ -316,7 +373,14 @@ def _encode(obj: Any, parts: list[Any]) -> None:
                 append(_pack_op_c128(b"T", obj.real, obj.imag))
             elif isinstance(obj, (bytearray, memoryview)):
                 _encode_buffer(obj, append)
+            elif tp is ArrayRef:
+                _encode_array_ref(obj, append)
             else:
+                if _array_export is not None:
+                    ref = _array_export(obj)
+                    if ref is not None:
+                        obj = ref
+                        continue
                 obj = _coerce(obj)
                 continue
             # The value is written: resume the innermost open container.
@@ -468,6 +532,20 @@ def _encode_buffer(obj: bytearray | memoryview, append: Callable[[Any], None]) -
         append(view.cast("B") if view.format != "B" or view.ndim != 1 else view)
     else:
         append(view.tobytes())
+
+
+def _encode_array_ref(ref: ArrayRef, append: Callable[[Any], None]) -> None:
+    try:
+        raw = ref.name.encode("utf-8")
+    except (AttributeError, UnicodeEncodeError):
+        raise DumpError(f"array reference with a bad name: {ref.name!r}") from None
+    if not 0 < len(raw) <= MAX_ARRAY_NAME:
+        raise DumpError(f"array name of {len(raw)} bytes, expected 1 to {MAX_ARRAY_NAME}")
+    if ref.access not in _ACCESS_NAMES or not 0 <= ref.generation < 1 << 64:
+        raise DumpError(f"bad array reference {ref!r}")
+    append(_pack_op_i32(b"U", len(raw)))
+    append(raw)
+    append(_ARRAY_TAIL.pack(ref.generation, ref.access))
 
 
 def _encode_longint(i: int, append: Callable[[bytes], None]) -> None:
@@ -842,7 +920,29 @@ def _decode(buf: bytes | bytearray | memoryview, pos: int, py2string_as_bytes: b
         elif op == 66:  # B CHANNEL
             raise LoadError(f"channel references are not supported (opcode 'B' at offset {pos})")
         elif op == 85:  # U ARRAY
-            raise LoadError(f"reserved opcode 'U' (array reference) at offset {pos}")
+            if end - pos < 5:
+                raise _truncated(op, pos, 4, end)
+            n = _INT4.unpack_from(buf, pos + 1)[0]
+            if not 0 < n <= MAX_ARRAY_NAME:
+                raise LoadError(
+                    f"bad array reference at offset {pos}: name of {n} bytes, "
+                    f"expected 1 to {MAX_ARRAY_NAME}"
+                )
+            if end - pos < 5 + n + 9:
+                raise _truncated(op, pos, 4 + n + 9, end)
+            try:
+                name = bytes(buf[pos + 5 : pos + 5 + n]).decode("utf-8")
+            except UnicodeDecodeError:
+                raise LoadError(f"bad array reference at offset {pos}: name is not UTF-8") from None
+            generation, access = _ARRAY_TAIL.unpack_from(buf, pos + 5 + n)
+            if access not in _ACCESS_NAMES:
+                raise LoadError(
+                    f"bad array reference at offset {pos}: access byte {access}, "
+                    "expected 0, 1 or 2"
+                )
+            ref = ArrayRef(name, generation, access)
+            push(_array_import(ref) if _array_import is not None else ref)
+            pos += 5 + n + 9
         else:
             raise LoadError(f"unknown opcode {bytes((op,))!r} at offset {pos}")
     raise LoadError(

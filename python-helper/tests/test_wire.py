@@ -453,7 +453,13 @@ def test_every_truncation_of_a_valid_encoding_is_a_load_error() -> None:
         (b"\x02Z", "unknown opcode b'Z' at offset 1"),
         (b"\x02\x00", "unknown opcode"),
         (b"\x02\xff", "unknown opcode"),
-        (b"\x02U" + i32(0) + b"Q", "reserved opcode 'U'"),
+        (b"\x02U" + i32(0) + b"Q", "bad array reference at offset 1: name of 0 bytes"),
+        (b"\x02U" + i32(256) + b"a" * 256 + bytes(9) + b"Q", "name of 256 bytes"),
+        (b"\x02U" + i32(1) + b"a" + bytes(8) + b"\x03Q", "access byte 3"),
+        (b"\x02U" + i32(1) + b"\xffQ" + bytes(8) + b"\x00Q", "not UTF-8"),
+        (b"\x02U" + i32(5) + b"ab", "truncated input: array"),
+        (b"\x02U" + i32(1) + b"a" + bytes(9) + b"U" + i32(1) + b"b" + bytes(9) + b"O" + i32(2) + b"Q",
+         "unhashable"),
         (v2(b"B" + i32(1)), "channel references are not supported"),
         # truncated fixed-size arguments
         (b"\x02F\x00\x00", "truncated input: int at offset 1 needs 4 more bytes, 2 remain"),
@@ -742,3 +748,45 @@ def test_module_imports_with_the_standard_library_alone() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_array_references_round_trip_and_match_the_rust_encoding() -> None:
+    ref = _wire.ArrayRef("/pxg-1a2b-0123456789abcdef", 7, _wire.LENT)
+    value = [ref, (ref,), {"a": ref}]
+    assert _wire.loads(_wire.dumps(value)) == value
+    payload = _wire.dumps_payload(ref)
+    # The same bytes the Rust encoder writes (see src/codec.rs).
+    name = b"/pxg-1a2b-0123456789abcdef"
+    assert payload == b"U" + i32(len(name)) + name + (7).to_bytes(8, "big") + b"\x01Q"
+    with pytest.raises(TypeError):
+        hash(ref)
+    with pytest.raises(DumpError):
+        _wire.dumps(_wire.ArrayRef("", 0, _wire.SHARED))
+    with pytest.raises(DumpError):
+        _wire.dumps(_wire.ArrayRef("/x", 0, 9))
+
+
+def test_array_hooks_convert_both_ways() -> None:
+    class Fake:
+        pass
+
+    fake = Fake()
+    seen = []
+
+    def export(obj: object) -> "_wire.ArrayRef | None":
+        return _wire.ArrayRef("/pxg-1-00", 3, _wire.MOVED) if obj is fake else None
+
+    def import_(ref: "_wire.ArrayRef") -> object:
+        seen.append(ref)
+        return ("mapped", ref.name)
+
+    _wire.set_array_hooks(export, import_)
+    try:
+        data = _wire.dumps_payload([fake, 1])
+        assert _wire.loads_payload(data) == [("mapped", "/pxg-1-00"), 1]
+        assert seen == [_wire.ArrayRef("/pxg-1-00", 3, _wire.MOVED)]
+        with pytest.raises(DumpError):
+            _wire.dumps_payload(object())
+    finally:
+        _wire.set_array_hooks(None, None)
+    assert isinstance(_wire.loads_payload(data)[0], _wire.ArrayRef)
