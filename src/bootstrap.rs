@@ -16,8 +16,20 @@ pub(crate) const MODULES: &[(&str, &str)] = &[
         include_str!("../python-helper/pixgate/__init__.py"),
     ),
     (
+        "pixgate._array",
+        include_str!("../python-helper/pixgate/_array.py"),
+    ),
+    (
         "pixgate._errors",
         include_str!("../python-helper/pixgate/_errors.py"),
+    ),
+    (
+        "pixgate._segment",
+        include_str!("../python-helper/pixgate/_segment.py"),
+    ),
+    (
+        "pixgate._transfer",
+        include_str!("../python-helper/pixgate/_transfer.py"),
     ),
     (
         "pixgate._wire",

@@ -156,6 +156,10 @@ pub enum ErrorKind {
         /// The channel id.
         id: i32,
     },
+    /// An array is held by the peer in a way that forbids the operation (writing while
+    /// shared, anything while lent).
+    #[error("{0}")]
+    Busy(String),
     /// The worker process ended while the operation needed it.
     #[error("{0}")]
     WorkerDied(WorkerExit),
@@ -187,6 +191,16 @@ pub enum ErrorKind {
     /// Conversion between a value and a Rust type failed.
     #[error("value conversion: {0}")]
     Convert(String),
+    /// A shared-memory segment could not be created, opened or used: its header failed
+    /// validation, its owner or mode is wrong, the system is out of space, ….
+    #[error("segment {name}: {problem}")]
+    Segment {
+        /// The segment's name (`/pxg-…`), or `(new)` for a layout or metadata that
+        /// belongs to no segment yet.
+        name: String,
+        /// What is wrong.
+        problem: crate::segment::SegmentProblem,
+    },
     /// An operating-system call failed.
     #[error("{context}: {message}")]
     Io {

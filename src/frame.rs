@@ -31,6 +31,7 @@ pub(crate) enum MsgType {
     Output = 33,
     Cancel = 34,
     ExecMain = 35,
+    Release = 36,
 }
 
 impl MsgType {
@@ -49,6 +50,7 @@ impl MsgType {
             33 => Output,
             34 => Cancel,
             35 => ExecMain,
+            36 => Release,
             _ => return None,
         })
     }

@@ -18,7 +18,7 @@ use crate::codec::decode_payload;
 use crate::error::{Error, ErrorKind, RemoteError, Result, WorkerExit};
 use crate::frame::{Event, Frame, FrameReader, MsgType, ReadError, write_all};
 use crate::output::{OutputSink, Stream, lock};
-use crate::value::Value;
+use crate::value::{Access, Value};
 
 /// How long the baton stays free before the background reader takes it.
 const BG_IDLE: Duration = Duration::from_millis(1);
@@ -377,10 +377,23 @@ impl Shared {
                     );
                 };
                 match t {
-                    MsgType::ChannelData => Prepared::Data {
-                        channel: f.channel,
-                        item: decode_payload(&f.payload).map_err(Error::from),
-                    },
+                    MsgType::ChannelData => {
+                        let item = decode_payload(&f.payload).map_err(Error::from);
+                        if let Ok(v) = &item {
+                            // Only payloads holding the array opcode can carry arrays.
+                            if f.payload.contains(&crate::codec::OP_ARRAY) {
+                                returned_arrays(v);
+                            }
+                        }
+                        Prepared::Data {
+                            channel: f.channel,
+                            item,
+                        }
+                    }
+                    MsgType::Release => {
+                        self.release(&f.payload);
+                        Prepared::Nothing
+                    }
                     // execnet's "the peer will send nothing more" (no payload).
                     MsgType::ChannelClose | MsgType::ChannelLastMessage => {
                         Prepared::Close(f.channel, None)
@@ -428,6 +441,41 @@ impl Shared {
                 "stream from worker {} (pid {}) is corrupt: {e}",
                 self.id, self.pid
             ))),
+        }
+    }
+
+    /// A RELEASE message: the worker no longer uses an array it was shared or lent.
+    fn release(&self, payload: &[u8]) {
+        let parsed = match decode_payload(payload) {
+            Ok(Value::Tuple(t)) if t.len() == 3 => match (
+                t[0].as_str(),
+                t[1].as_bigint().and_then(|g| u64::try_from(g).ok()),
+                t[2].as_i64()
+                    .and_then(|a| u8::try_from(a).ok())
+                    .and_then(Access::from_u8),
+            ) {
+                (Some(name), Some(generation), Some(access)) => {
+                    Some((name.to_string(), generation, access))
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        match parsed {
+            Some((name, generation, access)) => {
+                if !crate::array::release(&name, generation, access) {
+                    self.sink.emit_text(
+                        None,
+                        Stream::Stderr,
+                        &format!("pixgate: release of {name} (generation {generation}, {access:?}) matches nothing held; ignored"),
+                    );
+                }
+            }
+            None => self.sink.emit_text(
+                None,
+                Stream::Stderr,
+                "pixgate: malformed release message from worker: expected (name, generation, access)",
+            ),
         }
     }
 
@@ -606,6 +654,30 @@ enum Prepared {
     Bad(i32, String),
     Eof,
     Broken(Error),
+}
+
+/// An array this process shared or lent that comes back in a value is released by that
+/// (once per reference): the worker gives it back instead of sending RELEASE later.
+fn returned_arrays(v: &Value) {
+    let mut todo = vec![v];
+    while let Some(v) = todo.pop() {
+        match v {
+            Value::Array(r) if r.access != Access::Moved => {
+                crate::array::release(&r.name, r.generation, r.access);
+            }
+            Value::List(items)
+            | Value::Tuple(items)
+            | Value::Set(items)
+            | Value::FrozenSet(items) => todo.extend(items),
+            Value::Dict(entries) => {
+                for (k, v) in entries {
+                    todo.push(k);
+                    todo.push(v);
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Decodes a CHANNEL_CLOSE_ERROR payload: execnet's formatted traceback (a str), or

@@ -19,18 +19,22 @@
 //! # Ok::<(), pixgate::Error>(())
 //! ```
 
+mod array;
 mod bootstrap;
 mod channel;
 pub mod codec;
 mod error;
 mod frame;
 mod gateway;
+mod header;
 mod inbox;
 mod output;
+pub mod segment;
 mod serde_value;
 mod spec;
 mod value;
 
+pub use array::{Element, SharedArray};
 pub use channel::{Channel, ExecOptions, Iter};
 pub use codec::{DecodeError, DecodeErrorKind, EncodeError, EncodeErrorKind, dumps, loads};
 pub use error::{Error, ErrorKind, RemoteError, Result, WorkerExit};
@@ -39,7 +43,9 @@ pub use gateway::{
     DEFAULT_EXIT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, Gateway, GatewayBuilder, HELPER_VERSION,
     PROTOCOL_VERSION, WorkerInfo,
 };
+pub use header::{DType, FLAG_C_CONTIGUOUS, FLAG_F_CONTIGUOUS, Layout, MAX_NDIM, Meta};
 pub use output::{OutputCallback, OutputLine, OutputMode, Stream};
+pub use segment::{SegmentInfo, SegmentProblem};
 pub use serde_value::{from_value, to_value};
 pub use spec::{HelperSource, Spec};
 pub use value::{Access, ArrayRef, Value};

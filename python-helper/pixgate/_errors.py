@@ -16,6 +16,10 @@ __all__ = [
     "TimeoutError",
     "Cancelled",
     "ChannelClosed",
+    "SegmentError",
+    "HeaderError",
+    "DTypeError",
+    "LayoutError",
 ]
 
 import builtins
@@ -71,3 +75,51 @@ class Cancelled(Error):
 
 class ChannelClosed(Error, EOFError):
     """The channel is closed: no more items will arrive, or it can no longer send."""
+
+
+class SegmentError(Error, OSError):
+    """A shared-memory segment could not be created, opened or used.
+
+    Parameters
+    ----------
+    message : str
+        What went wrong, naming the segment and the expected and actual values.
+    problem : str
+        A short, stable identifier of the failed check (``"not found"``, ``"mode"``,
+        ``"no space"``, ...), for code that handles particular failures.
+    segment : str, optional
+        The segment's name, with its leading slash.
+    errno : int, optional
+        The operating system's error number, when a system call failed.
+
+    Attributes
+    ----------
+    problem : str
+        As given.
+    segment : str or None
+        As given.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        problem: str,
+        segment: str | None = None,
+        errno: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.problem = problem
+        self.segment = segment
+        self.errno = errno
+
+
+class HeaderError(SegmentError, ValueError):
+    """A segment's header failed validation; :attr:`problem` names the failed check."""
+
+
+class DTypeError(Error, TypeError):
+    """A dtype that pixgate's shared arrays cannot hold."""
+
+
+class LayoutError(Error, ValueError):
+    """A shape, strides or metadata that no segment can describe."""

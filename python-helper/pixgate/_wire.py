@@ -941,7 +941,10 @@ def _decode(buf: bytes | bytearray | memoryview, pos: int, py2string_as_bytes: b
                     "expected 0, 1 or 2"
                 )
             ref = ArrayRef(name, generation, access)
-            push(_array_import(ref) if _array_import is not None else ref)
+            # Only channel payloads (not the versioned form, which also serves segment
+            # metadata) may turn references into mapped arrays.
+            hook = None if py2string_as_bytes else _array_import
+            push(hook(ref) if hook is not None else ref)
             pos += 5 + n + 9
         else:
             raise LoadError(f"unknown opcode {bytes((op,))!r} at offset {pos}")

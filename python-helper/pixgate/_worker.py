@@ -871,6 +871,9 @@ def serve(rfd: int = 3, wfd: int = 4) -> None:
         "executable": sys.executable,
     }
     conn.send(HANDSHAKE, 0, _wire.dumps_payload(info))
+    from . import _transfer
+
+    _transfer.install()
 
     for stream, name in ((1, "stdout"), (2, "stderr")):
         original = getattr(sys, name)

@@ -787,6 +787,11 @@ def test_array_hooks_convert_both_ways() -> None:
         assert seen == [_wire.ArrayRef("/pxg-1-00", 3, _wire.MOVED)]
         with pytest.raises(DumpError):
             _wire.dumps_payload(object())
+        # The versioned form (also used for segment metadata) never maps arrays.
+        assert _wire.loads(_wire.dumps([_wire.ArrayRef("/pxg-1-00", 3, 2)])) == [
+            _wire.ArrayRef("/pxg-1-00", 3, 2)
+        ]
+        assert len(seen) == 1
     finally:
         _wire.set_array_hooks(None, None)
     assert isinstance(_wire.loads_payload(data)[0], _wire.ArrayRef)

@@ -77,3 +77,10 @@ pub fn assert_no_segments() {
         .unwrap_or_default();
     assert!(leaked.is_empty(), "leaked segments: {leaked:?}");
 }
+
+/// Serialises tests that create segments: each one checks at its end that this
+/// process's segments are gone, which other tests running at the same time would break.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,1413 @@
+"""Named POSIX shared-memory segments holding one array each: header codec and mapping.
+
+The byte layout is specified in ``docs/SEGMENT_FORMAT.md`` (layout version 1) and shared
+with the Rust side; this module writes the same bytes for the same fields and validates
+every header it maps before any view of the data exists.
+
+Standard library only: numpy views of a segment are built in :mod:`pixgate._array`.
+Segments are never handled with :mod:`multiprocessing.shared_memory`, whose resource
+tracker unlinks segments the process merely attached.
+
+Validation problems
+-------------------
+Every failure to open a segment is a :class:`~pixgate.SegmentError` (or its subclass
+:class:`~pixgate.HeaderError` for the header's contents) whose ``problem`` attribute
+names the failed check, in the order the checks run:
+
+=================  ====================================================================
+problem            check
+=================  ====================================================================
+``name``           the name is ``/pxg-<hex pid>-<16 hex digits>``, at most 31 bytes
+``not found``      the segment exists (also ``permission``, ``open`` for other errors)
+``not a file``     the object is a regular file
+``owner``          its owner is this process's effective uid
+``mode``           no access for group or others (``mode & 0o077 == 0``)
+``size``           at least 4096 bytes
+``uninitialised``  version is not 0 (the creator has not finished the header)
+``changed``        the version did not change while the header was copied
+``truncated``      (bytes parsed directly) at least 4096 bytes, and header_len of them
+``magic``          the bytes ``PXGSEG\\0\\0``
+``version``        version is 1
+``header_len``     a multiple of 4096, at least 4096, at most the segment size
+``meta_len``       608 + meta_len <= header_len
+``reserved``       the reserved word is 0
+``data_len``       header_len + data_len <= segment size
+``dtype``          one of the 14 typestrs (little-endian), NUL-padded
+``itemsize``       the dtype's size
+``ndim``           at most 32
+``shape``          shape entries at index >= ndim are 0
+``strides``        stride entries at index >= ndim are 0
+``stride``         no negative stride
+``nbytes``         itemsize × Π shape, without overflowing 64 bits
+``extent``         the bytes the shape and strides reach lie inside data_len
+``flags``          the contiguity flags match the shape and strides
+``meta``           the metadata block decodes (and holds no array reference)
+``meta_types``     to a dict whose known keys have the documented types and lengths
+=================  ====================================================================
+
+The checks are those of the Rust reader, in the same order, so that both accept the
+same headers. Like it, the metadata reader ignores unknown keys, treats a key whose value
+is None as absent, and accepts tuples for lists and ints for scales.
+
+Ordering
+--------
+The creator writes the whole header with version 0 and stamps version 1 last. A reader
+loads the version first, then copies the header out of the mapping and parses the copy.
+CPython has no atomic loads or fences; what makes this sound is that a reader learns a
+segment's name from a message (a pipe write and read, which order memory) sent after the
+creator finished; the version stamp guards against opening a segment found any other way
+(listing /dev/shm) while it is being written. Aligned 4- and 8-byte fields are read and
+written with single copies (``struct``), which do not tear on the supported platforms.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DTYPES",
+    "FIXED_HEADER_LEN",
+    "MAGIC",
+    "MAX_NDIM",
+    "PAGE",
+    "STATE_LENT",
+    "STATE_MOVED",
+    "STATE_OWNED",
+    "STATE_SHARED",
+    "VERSION",
+    "Header",
+    "Segment",
+    "build_header",
+    "check_dtype",
+    "check_name",
+    "create",
+    "encode_header",
+    "encode_meta",
+    "open",
+    "owned_names",
+    "parse_header",
+    "unlink",
+]
+
+import mmap
+import os
+import struct
+import weakref
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any
+
+from . import _wire
+from ._errors import DTypeError, HeaderError, LayoutError, LoadError, SegmentError
+
+try:
+    import _posixshmem
+except ImportError:  # pragma: no cover - CPython builds without it
+    _posixshmem = None
+
+#: The first 8 bytes of every segment.
+MAGIC = b"PXGSEG\0\0"
+#: The layout version this module reads and writes.
+VERSION = 1
+#: Header sizes and the data offset are multiples of this.
+PAGE = 4096
+#: Bytes of the fixed part of the header; the metadata block starts here.
+FIXED_HEADER_LEN = 608
+#: Most dimensions an array may have.
+MAX_NDIM = 32
+
+#: The dtypes a segment can hold: numpy typestr -> itemsize.
+DTYPES = {
+    "|b1": 1,
+    "|u1": 1,
+    "<u2": 2,
+    "<u4": 4,
+    "<u8": 8,
+    "|i1": 1,
+    "<i2": 2,
+    "<i4": 4,
+    "<i8": 8,
+    "<f2": 2,
+    "<f4": 4,
+    "<f8": 8,
+    "<c8": 8,
+    "<c16": 16,
+}
+
+#: Values of the advisory ``state`` word.
+STATE_OWNED = 0
+STATE_SHARED = 1
+STATE_LENT = 2
+STATE_MOVED = 3
+
+FLAG_C_CONTIGUOUS = 1
+FLAG_F_CONTIGUOUS = 2
+
+#: Keys of the metadata dict, in the order they are written.
+META_KEYS = ("dims", "scale", "units", "channel_names", "name", "attrs")
+
+# magic, version, header_len, data_len, nbytes, dtype, itemsize, ndim, flags,
+# creator_pid, creator_start, generation, state, owner_pid, meta_len, reserved
+_FIXED = struct.Struct("<8sIIQQ16sIIIIQQIIII")
+_SHAPE = struct.Struct("<32Q")
+_STRIDES = struct.Struct("<32q")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_OFF_VERSION = 8
+_OFF_HEADER_LEN = 12
+_OFF_GENERATION = 72
+_OFF_STATE = 80
+_OFF_OWNER_PID = 84
+_OFF_SHAPE = 96
+_OFF_STRIDES = 352
+
+_U32_MAX = 2**32 - 1
+_U64_MAX = 2**64 - 1
+_I64_MAX = 2**63 - 1
+_NAME_PREFIX = "/pxg-"
+_NAME_MAX = 31
+_SHM_DIR = "/dev/shm"
+
+
+# ---------------------------------------------------------------------------------------
+# The header
+
+
+class Header:
+    """The fields of a segment header (see ``docs/SEGMENT_FORMAT.md``).
+
+    Attributes mirror the byte table: ``version``, ``header_len``, ``data_len``,
+    ``nbytes``, ``dtype`` (the typestr, e.g. ``"<u2"``), ``itemsize``, ``ndim``,
+    ``flags``, ``creator_pid``, ``creator_start``, ``generation``, ``state``,
+    ``owner_pid``, ``shape`` and ``strides`` (tuples of ``ndim`` ints), ``meta`` (the
+    metadata dict) and ``meta_bytes`` (its encoding; ``meta_len`` is its length).
+    Instances come from :func:`build_header` and :func:`parse_header`.
+    """
+
+    __slots__ = (  # noqa: RUF023 - the order of the byte table
+        "version",
+        "header_len",
+        "data_len",
+        "nbytes",
+        "dtype",
+        "itemsize",
+        "ndim",
+        "flags",
+        "creator_pid",
+        "creator_start",
+        "generation",
+        "state",
+        "owner_pid",
+        "shape",
+        "strides",
+        "meta",
+        "meta_bytes",
+    )
+
+    version: int
+    header_len: int
+    data_len: int
+    nbytes: int
+    dtype: str
+    itemsize: int
+    ndim: int
+    flags: int
+    creator_pid: int
+    creator_start: int
+    generation: int
+    state: int
+    owner_pid: int
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    meta: dict[str, Any]
+    meta_bytes: bytes
+
+    def __init__(self, **fields: Any) -> None:
+        for key in self.__slots__:
+            setattr(self, key, fields.pop(key))
+        if fields:
+            raise TypeError(f"unknown header fields: {', '.join(sorted(fields))}")
+
+    @property
+    def meta_len(self) -> int:
+        """Bytes of the metadata block."""
+        return len(self.meta_bytes)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Header):
+            return NotImplemented
+        return all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__[:-1])
+        return f"Header({fields})"
+
+
+def encode_meta(meta: dict[str, Any] | None, ndim: int) -> tuple[dict[str, Any], bytes]:
+    """Check a metadata dict and encode it the way both implementations do.
+
+    Keys are written in the order ``dims, scale, units, channel_names, name, attrs``;
+    keys whose value is None are left out, and so is an empty ``attrs``. Sequences are
+    written as lists and scales as floats.
+
+    Parameters
+    ----------
+    meta : dict or None
+        Optional keys ``dims`` (ndim str), ``scale`` (ndim real numbers), ``units``
+        (ndim str), ``channel_names`` (str), ``name`` (str), ``attrs`` (dict with str
+        keys and values the codec can write).
+    ndim : int
+        The number of dimensions of the array the metadata describes.
+
+    Returns
+    -------
+    meta : dict
+        The normalised dict, in key order.
+    encoded : bytes
+        Its encoding (``pixgate.dumps``).
+
+    Raises
+    ------
+    LayoutError
+        An unknown key, a value of the wrong type, or a list of the wrong length.
+    DumpError
+        An ``attrs`` value the codec cannot write.
+    """
+    out: dict[str, Any] = {}
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict):
+        raise LayoutError(f"meta must be a dict, got {type(meta).__name__}")
+    unknown = [k for k in meta if k not in META_KEYS]
+    if unknown:
+        raise LayoutError(
+            f"unknown metadata key {unknown[0]!r}, expected one of {', '.join(META_KEYS)} "
+            "(put other values in 'attrs')"
+        )
+    for key in ("dims", "scale", "units"):
+        value = meta.get(key)
+        if value is None:
+            continue
+        items = _as_list(value, key)
+        if len(items) != ndim:
+            raise LayoutError(f"meta {key!r} has {len(items)} entries, expected ndim = {ndim}")
+        if key == "scale":
+            out[key] = [_as_float(x, key) for x in items]
+        else:
+            out[key] = [_as_str(x, key) for x in items]
+    names = meta.get("channel_names")
+    if names is not None:
+        out["channel_names"] = [
+            _as_str(x, "channel_names") for x in _as_list(names, "channel_names")
+        ]
+    name = meta.get("name")
+    if name is not None:
+        out["name"] = _as_str(name, "name")
+    attrs = meta.get("attrs")
+    if attrs is not None:
+        if not isinstance(attrs, dict):
+            raise LayoutError(f"meta 'attrs' must be a dict, got {type(attrs).__name__}")
+        for k in attrs:
+            if not isinstance(k, str):
+                raise LayoutError(f"meta 'attrs' keys must be str, got {type(k).__name__}")
+        if attrs:
+            out["attrs"] = dict(attrs)
+    return out, _wire.dumps(out)
+
+
+def _as_list(value: object, key: str) -> list[Any]:
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+        raise LayoutError(f"meta {key!r} must be a list, got {type(value).__name__}")
+    return list(value)  # type: ignore[call-overload]
+
+
+def _as_str(value: object, key: str) -> str:
+    if not isinstance(value, str):
+        raise LayoutError(f"meta {key!r} entries must be str, got {type(value).__name__}")
+    return str(value)
+
+
+def _as_float(value: object, key: str) -> float:
+    if isinstance(value, (bool, str, bytes)):
+        raise LayoutError(f"meta {key!r} entries must be real numbers, got {type(value).__name__}")
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise LayoutError(
+            f"meta {key!r} entries must be real numbers, got {type(value).__name__}"
+        ) from None
+
+
+def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    strides = []
+    step = itemsize
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))
+
+
+def _layout_flags(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> int:
+    """C/F contiguity as numpy defines it: axes of length 1 may have any stride."""
+    if 0 in shape:
+        return FLAG_C_CONTIGUOUS | FLAG_F_CONTIGUOUS
+    flags = 0
+    for bit, axes in (
+        (FLAG_C_CONTIGUOUS, range(len(shape) - 1, -1, -1)),
+        (FLAG_F_CONTIGUOUS, range(len(shape))),
+    ):
+        step = itemsize
+        for i in axes:
+            if shape[i] != 1:
+                if strides[i] != step:
+                    break
+                step *= shape[i]
+        else:
+            flags |= bit
+    return flags
+
+
+def _extent(shape: Iterable[int], strides: Iterable[int], itemsize: int) -> int:
+    """Bytes from the first element to the end of the last one (0 for empty arrays)."""
+    shape = tuple(shape)
+    if 0 in shape:
+        return 0
+    return sum((n - 1) * s for n, s in zip(shape, strides)) + itemsize
+
+
+def check_dtype(dtype: object) -> str:
+    """Return ``dtype`` if it is one of the :data:`DTYPES` typestrs.
+
+    Raises
+    ------
+    DTypeError
+        Anything else.
+    """
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return dtype
+    raise DTypeError(
+        f"dtype {dtype!r} is not supported by shared arrays; expected one of {' '.join(DTYPES)}"
+    )
+
+
+def build_header(
+    dtype: str,
+    shape: Iterable[int],
+    strides: Iterable[int] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Header:
+    """The header of a new segment for an array of this layout, created by this process.
+
+    Parameters
+    ----------
+    dtype : str
+        One of the :data:`DTYPES` typestrs.
+    shape : iterable of int
+        At most :data:`MAX_NDIM` non-negative sizes.
+    strides : iterable of int, optional
+        Non-negative byte strides, one per axis; C order when omitted.
+    meta : dict, optional
+        Metadata, as for :func:`encode_meta`.
+
+    Returns
+    -------
+    Header
+        Version 1, generation 0, state owned, owner and creator this process;
+        ``data_len`` is the extent of the array, ``header_len`` the smallest multiple of
+        4096 that holds the metadata.
+
+    Raises
+    ------
+    DTypeError
+        ``dtype`` is not supported.
+    LayoutError
+        Bad shape, strides or metadata, or an array too large to describe.
+    """
+    dtype = check_dtype(dtype)
+    itemsize = DTYPES[dtype]
+    shape_t = _int_tuple(shape, "shape")
+    ndim = len(shape_t)
+    if ndim > MAX_NDIM:
+        raise LayoutError(f"ndim {ndim}, expected at most {MAX_NDIM}")
+    for n in shape_t:
+        if n < 0 or n > _U64_MAX:
+            raise LayoutError(f"shape {shape_t}: sizes must be in 0..2**64-1")
+    if strides is None:
+        strides_t = _c_strides(shape_t, itemsize)
+    else:
+        strides_t = _int_tuple(strides, "strides")
+        if len(strides_t) != ndim:
+            raise LayoutError(f"{len(strides_t)} strides for shape {shape_t}, expected {ndim}")
+        for s in strides_t:
+            if s < 0 or s > _I64_MAX:
+                raise LayoutError(f"strides {strides_t}: strides must be in 0..2**63-1")
+    nbytes = itemsize
+    for n in shape_t:
+        nbytes *= n
+    if nbytes > _U64_MAX:
+        raise LayoutError(f"shape {shape_t} of {dtype} holds more than 2**64-1 bytes")
+    data_len = _extent(shape_t, strides_t, itemsize)
+    meta_d, meta_b = encode_meta(meta, ndim)
+    header_len = -(-(FIXED_HEADER_LEN + len(meta_b)) // PAGE) * PAGE
+    if header_len > _U32_MAX - PAGE + 1 or header_len + data_len > _I64_MAX - PAGE:
+        raise LayoutError(
+            f"array of {data_len} bytes with {len(meta_b)} bytes of metadata is too large"
+        )
+    pid = os.getpid()
+    return Header(
+        version=VERSION,
+        header_len=header_len,
+        data_len=data_len,
+        nbytes=nbytes,
+        dtype=dtype,
+        itemsize=itemsize,
+        ndim=ndim,
+        flags=_layout_flags(shape_t, strides_t, itemsize),
+        creator_pid=pid,
+        creator_start=_start_time(pid),
+        generation=0,
+        state=STATE_OWNED,
+        owner_pid=pid,
+        shape=shape_t,
+        strides=strides_t,
+        meta=meta_d,
+        meta_bytes=meta_b,
+    )
+
+
+def _int_tuple(values: object, what: str) -> tuple[int, ...]:
+    """``values`` (an int or an iterable of ints) as a tuple of ints, or LayoutError."""
+    import operator
+
+    try:
+        if hasattr(values, "__index__"):
+            return (operator.index(values),)  # type: ignore[arg-type]
+        return tuple(operator.index(v) for v in values)  # type: ignore[attr-defined]
+    except TypeError:
+        raise LayoutError(f"{what} must be a sequence of ints, got {values!r}") from None
+
+
+def encode_header(header: Header) -> bytes:
+    """Encode ``header`` into exactly ``header.header_len`` bytes.
+
+    The fields are written as given (nothing is recomputed); ``meta_bytes`` is written
+    as the metadata block and the rest up to ``header_len`` is zeros.
+
+    Raises
+    ------
+    LayoutError
+        The fields do not fit the byte table (a field out of range, ndim over 32, a
+        metadata block that does not fit in ``header_len``).
+    """
+    ndim = header.ndim
+    if not 0 <= ndim <= MAX_NDIM or len(header.shape) != ndim or len(header.strides) != ndim:
+        raise LayoutError(
+            f"ndim {ndim} with shape {header.shape} and strides {header.strides} "
+            "does not fit the header"
+        )
+    meta_len = len(header.meta_bytes)
+    if FIXED_HEADER_LEN + meta_len > header.header_len:
+        raise LayoutError(
+            f"{meta_len} bytes of metadata do not fit in header_len {header.header_len}"
+        )
+    dtype = header.dtype.encode("ascii")
+    if len(dtype) > 16:
+        raise LayoutError(f"dtype {header.dtype!r} is longer than 16 bytes")
+    pad = MAX_NDIM - ndim
+    try:
+        return b"".join(
+            (
+                _FIXED.pack(
+                    MAGIC,
+                    header.version,
+                    header.header_len,
+                    header.data_len,
+                    header.nbytes,
+                    dtype,
+                    header.itemsize,
+                    ndim,
+                    header.flags,
+                    header.creator_pid,
+                    header.creator_start,
+                    header.generation,
+                    header.state,
+                    header.owner_pid,
+                    meta_len,
+                    0,
+                ),
+                _SHAPE.pack(*header.shape, *(0,) * pad),
+                _STRIDES.pack(*header.strides, *(0,) * pad),
+                header.meta_bytes,
+                bytes(header.header_len - FIXED_HEADER_LEN - meta_len),
+            )
+        )
+    except struct.error as exc:
+        raise LayoutError(f"header field out of range: {exc}") from None
+
+
+def parse_header(
+    data: bytes | bytearray | memoryview,
+    file_size: int,
+    name: str = "<bytes>",
+    version: int | None = None,
+) -> Header:
+    """Validate a header (steps 2 to 7 of the contract) and return its fields.
+
+    Parameters
+    ----------
+    data : bytes-like
+        The segment's first bytes: at least ``header_len`` of them (more are ignored).
+    file_size : int
+        The size of the segment the header claims to describe.
+    name : str, optional
+        The segment's name, for messages.
+    version : int, optional
+        The version as loaded from the live mapping before ``data`` was copied; read
+        from ``data`` when omitted.
+
+    Returns
+    -------
+    Header
+
+    Raises
+    ------
+    HeaderError
+        The first failed check; see the module docs for the ``problem`` values.
+    """
+    data = bytes(data)
+    if file_size < PAGE:
+        raise _bad(name, "size", f"segment of {file_size} bytes, expected at least {PAGE}")
+    if len(data) < PAGE:
+        raise _bad(name, "truncated", f"header of {len(data)} bytes, expected at least {PAGE}")
+    (
+        magic,
+        stamped,
+        header_len,
+        data_len,
+        nbytes,
+        dtype_raw,
+        itemsize,
+        ndim,
+        flags,
+        creator_pid,
+        creator_start,
+        generation,
+        state,
+        owner_pid,
+        meta_len,
+        reserved,
+    ) = _FIXED.unpack_from(data)
+    if version is None:
+        version = stamped
+
+    # Step 2: magic, version, header_len, meta_len.
+    if magic != MAGIC:
+        raise _bad(name, "magic", f"bad magic {magic!r}, expected {MAGIC!r}")
+    if version == 0:
+        raise _bad(name, "uninitialised", "segment not yet initialised (version 0)")
+    if version != VERSION:
+        raise _bad(name, "version", f"unsupported layout version {version}, expected {VERSION}")
+    if header_len < PAGE or header_len % PAGE:
+        raise _bad(name, "header_len", f"header_len {header_len}, expected a multiple of {PAGE}")
+    if header_len > file_size:
+        raise _bad(
+            name,
+            "header_len",
+            f"header_len {header_len} exceeds the segment size {file_size}",
+        )
+    if len(data) < header_len:
+        raise _bad(name, "truncated", f"header of {len(data)} bytes, header_len {header_len}")
+    if FIXED_HEADER_LEN + meta_len > header_len:
+        raise _bad(
+            name,
+            "meta_len",
+            f"meta_len {meta_len} runs past header_len {header_len} "
+            f"(608 + meta_len = {FIXED_HEADER_LEN + meta_len})",
+        )
+    if reserved:
+        raise _bad(name, "reserved", f"reserved word {reserved:#x}, expected 0")
+
+    # Step 3: the data area lies inside the segment.
+    if header_len + data_len > file_size:
+        raise _bad(
+            name,
+            "data_len",
+            f"data_len {data_len} at offset {header_len} ends at {header_len + data_len}, "
+            f"beyond the segment size {file_size}",
+        )
+
+    # Step 4: dtype, itemsize, ndim, unused shape/stride entries, signs.
+    text = _typestr(dtype_raw)
+    if text is None or text not in DTYPES:
+        shown = dtype_raw.rstrip(b"\0") if text is None else text
+        what = "big-endian dtype" if dtype_raw.startswith(b">") else "unknown dtype"
+        raise _bad(name, "dtype", f"{what} {shown!r}, expected one of {' '.join(DTYPES)}")
+    if itemsize != DTYPES[text]:
+        raise _bad(
+            name,
+            "itemsize",
+            f"itemsize {itemsize} for dtype {text}, expected {DTYPES[text]}",
+        )
+    if ndim > MAX_NDIM:
+        raise _bad(name, "ndim", f"ndim {ndim}, expected at most {MAX_NDIM}")
+    shape = _SHAPE.unpack_from(data, _OFF_SHAPE)
+    strides = _STRIDES.unpack_from(data, _OFF_STRIDES)
+    for what, values in (("shape", shape), ("strides", strides)):
+        for i in range(ndim, MAX_NDIM):
+            if values[i]:
+                raise _bad(
+                    name,
+                    what,
+                    f"{what}[{i}] = {values[i]} with ndim {ndim}, expected 0",
+                )
+    shape = shape[:ndim]
+    strides = strides[:ndim]
+    for i, s in enumerate(strides):
+        if s < 0:
+            raise _bad(name, "stride", f"stride {s} on axis {i}, expected a stride >= 0")
+
+    # Step 5: nbytes, with the multiplication checked at every step.
+    expected = itemsize
+    for n in shape:
+        expected *= n
+        if expected > _U64_MAX:
+            raise _bad(
+                name,
+                "nbytes",
+                f"itemsize {itemsize} × shape {shape} overflows 64 bits",
+            )
+    if nbytes != expected:
+        raise _bad(
+            name,
+            "nbytes",
+            f"nbytes {nbytes}, expected itemsize {itemsize} × shape {shape} = {expected}",
+        )
+
+    # Step 6: every element lies inside the data area.
+    extent = _extent(shape, strides, itemsize)
+    if extent > data_len:
+        raise _bad(
+            name,
+            "extent",
+            f"shape {shape} with strides {strides} reaches {extent} bytes, "
+            f"beyond data_len {data_len}",
+        )
+
+    expected_flags = _layout_flags(shape, strides, itemsize)
+    if flags != expected_flags:
+        raise _bad(
+            name,
+            "flags",
+            f"flags {flags:#x}, expected {expected_flags:#x} for shape {shape} "
+            f"and strides {strides}",
+        )
+
+    # Step 7: the metadata.
+    meta_bytes = data[FIXED_HEADER_LEN : FIXED_HEADER_LEN + meta_len]
+    problem = _array_ref_in(meta_bytes)
+    if problem:
+        raise _bad(name, "meta", f"metadata of {meta_len} bytes {problem}")
+    try:
+        value = _wire.loads(meta_bytes)
+    except LoadError as exc:
+        raise _bad(name, "meta", f"metadata of {meta_len} bytes does not decode: {exc}") from None
+    meta = _read_meta(value, ndim, name)
+
+    return Header(
+        version=version,
+        header_len=header_len,
+        data_len=data_len,
+        nbytes=nbytes,
+        dtype=text,
+        itemsize=itemsize,
+        ndim=ndim,
+        flags=flags,
+        creator_pid=creator_pid,
+        creator_start=creator_start,
+        generation=generation,
+        state=state,
+        owner_pid=owner_pid,
+        shape=shape,
+        strides=strides,
+        meta=meta,
+        meta_bytes=meta_bytes,
+    )
+
+
+def _typestr(raw: bytes) -> str | None:
+    """The ASCII text before the NUL padding, or None if the field is malformed."""
+    text = raw.split(b"\0", 1)[0]
+    if raw[len(text) :].strip(b"\0"):
+        return None
+    try:
+        return text.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+
+
+def _read_meta(value: object, ndim: int, name: str) -> dict[str, Any]:
+    """The known keys of a decoded metadata block, checked and in contract order.
+
+    Tolerant where it costs nothing, as the Rust reader is: a known key whose value is
+    None counts as absent, lists may be tuples, ``scale`` entries may be ints, unknown
+    keys are ignored.
+    """
+
+    def bad(message: str) -> HeaderError:
+        return _bad(name, "meta_types", f"metadata {message}")
+
+    if not isinstance(value, dict):
+        raise bad(f"is a {type(value).__name__}, expected a dict")
+    for key in value:
+        if not isinstance(key, str):
+            raise bad(f"has a {type(key).__name__} key, expected str")
+    meta: dict[str, Any] = {}
+    for key in META_KEYS:
+        item = value.get(key)
+        if item is None:
+            continue
+        if key == "name":
+            if not isinstance(item, str):
+                raise bad(f"name is a {type(item).__name__}, expected str")
+            meta[key] = item
+        elif key == "attrs":
+            if not isinstance(item, dict):
+                raise bad(f"attrs is a {type(item).__name__}, expected a dict")
+            for k in item:
+                if not isinstance(k, str):
+                    raise bad(f"attrs has a {type(k).__name__} key, expected str")
+            meta[key] = item
+        else:
+            if not isinstance(item, (list, tuple)):
+                raise bad(f"{key} is a {type(item).__name__}, expected a list")
+            if key != "channel_names" and len(item) != ndim:
+                raise bad(f"{key} has {len(item)} entries, expected ndim {ndim}")
+            for i, x in enumerate(item):
+                ok = type(x) in (float, int) if key == "scale" else type(x) is str
+                if not ok:
+                    expected = "float" if key == "scale" else "str"
+                    raise bad(f"{key}[{i}] is a {type(x).__name__}, expected {expected}")
+            meta[key] = [float(x) for x in item] if key == "scale" else list(item)
+    return meta
+
+
+# Bytes after each opcode of the value format, for the scan below: a fixed count, or
+# -1 for an i32 length followed by that many bytes.
+_OP_ARGS = {
+    **dict.fromkeys(b"@BEFGKO", 4),
+    **dict.fromkeys(b"AHIMNS", -1),
+    **dict.fromkeys(b"CJLPQR", 0),
+    ord("D"): 8,
+    ord("T"): 16,
+}
+
+
+def _array_ref_in(block: bytes) -> str | None:
+    """Why ``block`` must not be decoded: it holds an array reference (or cannot be
+    framed); None when it is safe to hand to the decoder.
+
+    A worker's decoder maps the segment an array reference names (and may take
+    ownership of it), so metadata read from a header is framed first, opcode by opcode
+    exactly as the decoder reads it, and refused if any opcode is ``U``.
+    """
+    pos = 1  # the version byte
+    end = len(block)
+    while pos < end:
+        op = block[pos]
+        if op == 0x55:  # U
+            return f"holds an array reference at offset {pos}"
+        size = _OP_ARGS.get(op)
+        if size is None:
+            return f"has unknown opcode {op:#04x} at offset {pos}"
+        pos += 1
+        if op == 0x51:  # Q: the decoder checks that nothing follows
+            return None
+        if size < 0:
+            if end - pos < 4:
+                return None  # truncated: the decoder reports it
+            n = int.from_bytes(block[pos : pos + 4], "big", signed=True)
+            if n < 0:
+                return None  # the decoder reports it
+            size = 4 + n
+        pos += size
+    return None
+
+
+def _bad(name: str, problem: str, message: str) -> HeaderError:
+    return HeaderError(f"segment {name}: {message}", problem, name)
+
+
+# ---------------------------------------------------------------------------------------
+# Names and system calls
+
+
+def _new_name() -> str:
+    return f"{_NAME_PREFIX}{os.getpid():x}-{os.urandom(8).hex()}"
+
+
+def check_name(name: object) -> str:
+    """Return ``name`` if it has the shape of a pixgate segment name.
+
+    Raises
+    ------
+    SegmentError
+        With problem ``"name"``: not ``/pxg-<1 to 8 hex digits>-<16 hex digits>``
+        in lower case, or longer than 31 bytes.
+    """
+    if isinstance(name, str) and len(name) <= _NAME_MAX and name.startswith(_NAME_PREFIX):
+        parts = name[len(_NAME_PREFIX) :].split("-")
+        if (
+            len(parts) == 2
+            and 1 <= len(parts[0]) <= 8
+            and len(parts[1]) == 16
+            and all(c in "0123456789abcdef" for c in parts[0] + parts[1])
+        ):
+            return name
+    raise SegmentError(
+        f"segment name {name!r} is not a pixgate segment name "
+        "(expected '/pxg-<pid hex>-<16 hex digits>', at most 31 bytes)",
+        "name",
+        name if isinstance(name, str) else None,
+    )
+
+
+def _shm_open(name: str, flags: int, mode: int, directory: str | None) -> int:
+    if directory is None and _posixshmem is not None:
+        return _posixshmem.shm_open(name, flags, mode)
+    path = os.path.join(directory or _SHM_DIR, name[1:])
+    return os.open(path, flags | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), mode)
+
+
+def _shm_unlink(name: str, directory: str | None) -> None:
+    if directory is None and _posixshmem is not None:
+        _posixshmem.shm_unlink(name)
+    else:
+        os.unlink(os.path.join(directory or _SHM_DIR, name[1:]))
+
+
+def _os_error(name: str, exc: OSError, doing: str) -> SegmentError:
+    import errno
+
+    problem = {
+        errno.ENOENT: "not found",
+        errno.EACCES: "permission",
+        errno.EPERM: "permission",
+        errno.ENOSPC: "no space",
+    }.get(exc.errno or 0, doing)
+    reason = exc.strerror or str(exc)
+    return SegmentError(f"segment {name}: {doing} failed: {reason}", problem, name, exc.errno)
+
+
+def _start_time(pid: int) -> int:
+    """Field 22 of /proc/PID/stat (start time in clock ticks since boot), or 0."""
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+    except OSError:
+        return 0
+    try:
+        stat = os.read(fd, 4096)
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
+    try:
+        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (ValueError, IndexError):
+        return 0
+
+
+def _unlink_quietly(name: str, directory: str | None) -> None:
+    try:
+        _shm_unlink(name, directory)
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------------------------------
+# Ownership: what this process unlinks
+
+
+# name -> (pid of the owning process, directory); only the process that registered a
+# name unlinks it (a forked child inherits the dict but owns nothing).
+_owned: dict[str, tuple[int, str | None]] = {}
+_atexit_registered = False
+_hooked_gateway: object = None
+
+
+def _register_owned(seg: Segment) -> None:
+    _owned[seg.name] = (os.getpid(), seg.directory)
+    _ensure_exit_hooks()
+    fin = weakref.finalize(seg, _release, seg.name)
+    fin.atexit = False  # _unlink_owned covers exit, also when a worker ends with _exit
+    seg._finalizer = fin
+
+
+def _release(name: str) -> None:
+    """Unlink ``name`` if this process still owns it (a segment or its array was freed)."""
+    entry = _owned.pop(name, None)
+    if entry is not None and entry[0] == os.getpid():
+        _unlink_quietly(name, entry[1])
+
+
+def _unlink_owned() -> None:
+    """Unlink every segment this process owns (at exit)."""
+    pid = os.getpid()
+    while _owned:
+        name, (owner, directory) = _owned.popitem()
+        if owner == pid:
+            _unlink_quietly(name, directory)
+
+
+def _ensure_exit_hooks() -> None:
+    global _atexit_registered, _hooked_gateway
+    if not _atexit_registered:
+        import atexit
+
+        atexit.register(_unlink_owned)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_owned.clear)
+        _atexit_registered = True
+    from . import _worker
+
+    gw = _worker.current_gateway()
+    if gw is not None and _hooked_gateway is not gw:
+        # The worker ends with os._exit (also when the host dies), which skips atexit.
+        gw._cleanup.append(_unlink_owned)
+        _hooked_gateway = gw
+
+
+def owned_names() -> list[str]:
+    """Names of the segments this process will unlink."""
+    pid = os.getpid()
+    return [name for name, (owner, _) in _owned.items() if owner == pid]
+
+
+# ---------------------------------------------------------------------------------------
+# Segments
+
+
+class Segment:
+    """One mapped segment: its validated header and the mapping.
+
+    Instances come from :func:`create` and :func:`open`. Header fields are attributes
+    (``dtype``, ``shape``, ``strides``, ``header_len``, ``data_len``, ``nbytes``,
+    ``meta``, ...), read once when the segment was opened; ``generation``, ``state``
+    and ``owner_pid``, which the owner may change, are read from the live mapping.
+
+    A segment is *owned* when this process is the one that unlinks it: at exit, when
+    the segment object and every array made from it are gone, or on :meth:`unlink`.
+    """
+
+    __slots__ = ("__weakref__", "_finalizer", "_mm", "directory", "header", "name", "writable")
+
+    def __init__(
+        self,
+        name: str,
+        header: Header,
+        mm: mmap.mmap,
+        writable: bool,
+        directory: str | None = None,
+    ) -> None:
+        self.name = name
+        self.header = header
+        self.writable = writable
+        self.directory = directory
+        self._mm = mm
+        self._finalizer: weakref.finalize | None = None
+
+    # -- header fields --------------------------------------------------------
+
+    @property
+    def dtype(self) -> str:
+        """The numpy typestr of the elements, e.g. ``"<u2"``."""
+        return self.header.dtype
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per element."""
+        return self.header.itemsize
+
+    @property
+    def ndim(self) -> int:
+        """Number of dimensions."""
+        return self.header.ndim
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The array's shape."""
+        return self.header.shape
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """The array's byte strides."""
+        return self.header.strides
+
+    @property
+    def header_len(self) -> int:
+        """Offset of the data area."""
+        return self.header.header_len
+
+    @property
+    def data_len(self) -> int:
+        """Bytes of the data area."""
+        return self.header.data_len
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the array's elements occupy."""
+        return self.header.nbytes
+
+    @property
+    def flags(self) -> int:
+        """Contiguity bits: 1 C-contiguous, 2 F-contiguous."""
+        return self.header.flags
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The metadata dict (dims, scale, units, channel_names, name, attrs)."""
+        return self.header.meta
+
+    @property
+    def creator_pid(self) -> int:
+        """The pid of the process that created the segment."""
+        return self.header.creator_pid
+
+    @property
+    def creator_start(self) -> int:
+        """The creator's start time in clock ticks since boot (0 when unknown)."""
+        return self.header.creator_start
+
+    # -- live fields ------------------------------------------------------------
+
+    @property
+    def mapping(self) -> mmap.mmap:
+        """The mapping of the whole segment (read-only unless :attr:`writable`)."""
+        if self._mm.closed:
+            raise SegmentError(f"segment {self.name}: closed", "closed", self.name)
+        return self._mm
+
+    @property
+    def generation(self) -> int:
+        """The generation counter, read from the mapping."""
+        return int(_U64.unpack_from(self.mapping, _OFF_GENERATION)[0])
+
+    @property
+    def state(self) -> int:
+        """The advisory state word (``STATE_*``), read from the mapping."""
+        return int(_U32.unpack_from(self.mapping, _OFF_STATE)[0])
+
+    @property
+    def owner_pid(self) -> int:
+        """The pid of the process that will unlink the segment, read from the mapping."""
+        return int(_U32.unpack_from(self.mapping, _OFF_OWNER_PID)[0])
+
+    def set_state(self, state: int, owner_pid: int | None = None) -> None:
+        """Store the advisory state word (and the owner's pid) into the header.
+
+        Raises
+        ------
+        SegmentError
+            The segment is mapped read-only.
+        """
+        mm = self._writable_mapping()
+        _U32.pack_into(mm, _OFF_STATE, state)
+        if owner_pid is not None:
+            _U32.pack_into(mm, _OFF_OWNER_PID, owner_pid)
+
+    def bump_generation(self) -> int:
+        """Increment the generation counter and return the new value.
+
+        Raises
+        ------
+        SegmentError
+            The segment is mapped read-only.
+        """
+        mm = self._writable_mapping()
+        generation = (_U64.unpack_from(mm, _OFF_GENERATION)[0] + 1) & _U64_MAX
+        _U64.pack_into(mm, _OFF_GENERATION, generation)
+        return generation
+
+    def _writable_mapping(self) -> mmap.mmap:
+        if not self.writable:
+            raise SegmentError(f"segment {self.name}: mapped read-only", "read-only", self.name)
+        return self.mapping
+
+    # -- ownership and lifetime -----------------------------------------------
+
+    @property
+    def owned(self) -> bool:
+        """Whether this process unlinks the segment."""
+        return self._finalizer is not None and self._finalizer.alive and self.name in _owned
+
+    def adopt(self) -> None:
+        """Take ownership: this process will unlink the segment (moved to it)."""
+        if not self.owned:
+            _register_owned(self)
+
+    def disown(self) -> None:
+        """Give up ownership: another process will unlink the segment."""
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        entry = _owned.get(self.name)
+        if entry is not None and entry[0] == os.getpid():
+            del _owned[self.name]
+
+    def unlink(self) -> None:
+        """Remove the segment's name now; mappings stay valid until they are closed.
+
+        Raises
+        ------
+        SegmentError
+            The name no longer exists (problem ``"not found"``) or cannot be removed.
+        """
+        self.disown()
+        try:
+            _shm_unlink(self.name, self.directory)
+        except OSError as exc:
+            raise _os_error(self.name, exc, "unlink") from None
+
+    @property
+    def closed(self) -> bool:
+        """Whether the mapping has been unmapped."""
+        return self._mm.closed
+
+    def close(self) -> None:
+        """Unmap the segment, unless arrays still use the mapping.
+
+        Arrays made from the segment keep the memory mapped; it is unmapped when the
+        last of them is garbage-collected. Closing does not unlink: an owned segment is
+        still unlinked when this object and its arrays are gone, or at exit.
+        """
+        try:
+            self._mm.close()
+        except BufferError:
+            pass
+
+    def __repr__(self) -> str:
+        access = "writable" if self.writable else "read-only"
+        owned = ", owned" if self.owned else ""
+        return f"<Segment {self.name}: {self.dtype} {self.shape}, {access}{owned}>"
+
+
+def create(
+    dtype: str,
+    shape: Iterable[int],
+    strides: Iterable[int] | None = None,
+    meta: dict[str, Any] | None = None,
+    directory: str | None = None,
+) -> Segment:
+    """Create, size, reserve and initialise a new segment owned by this process.
+
+    Parameters
+    ----------
+    dtype : str
+        One of the :data:`DTYPES` typestrs.
+    shape : iterable of int
+        The array's shape.
+    strides : iterable of int, optional
+        Non-negative byte strides; C order when omitted.
+    meta : dict, optional
+        Metadata, as for :func:`encode_meta`.
+    directory : str, optional
+        Create the segment as a file in this directory (a tmpfs) instead of with
+        ``shm_open``; for tests.
+
+    Returns
+    -------
+    Segment
+        Mapped read-write, zero-filled, owned by this process.
+
+    Raises
+    ------
+    DTypeError, LayoutError
+        As for :func:`build_header`.
+    SegmentError
+        ``"no space"`` when the memory cannot be reserved (a full /dev/shm), or another
+        failed system call.
+    """
+    header = build_header(dtype, shape, strides, meta)
+    size = -(-(header.header_len + header.data_len) // PAGE) * PAGE
+    for _ in range(8):
+        name = _new_name()
+        try:
+            fd = _shm_open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600, directory)
+            break
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise _os_error(name, exc, "create") from None
+    else:  # pragma: no cover - 64 random bits collided eight times
+        raise SegmentError(f"segment {name}: create failed: name taken", "create", name)
+    mm = None
+    try:
+        try:
+            os.ftruncate(fd, size)
+        except OSError as exc:
+            raise _os_error(name, exc, f"resize to {size} bytes") from None
+        _reserve(fd, size, name)
+        mm = _map(fd, size, True, name, populate=False)
+        header.version = 0
+        mm[: header.header_len] = encode_header(header)
+        header.version = VERSION
+        _U32.pack_into(mm, _OFF_VERSION, VERSION)  # the version stamp, last
+        seg = Segment(name, header, mm, True, directory)
+        _register_owned(seg)
+    except BaseException:
+        if mm is not None:
+            mm.close()
+        _unlink_quietly(name, directory)
+        raise
+    finally:
+        os.close(fd)
+    return seg
+
+
+def _map(fd: int, size: int, writable: bool, name: str, populate: bool) -> mmap.mmap:
+    # Populating a mapping of pages that exist (a segment another process filled) costs
+    # a quarter of faulting them in one by one; on a new segment it only moves the cost.
+    flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
+    prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+    try:
+        return mmap.mmap(fd, size, flags=flags, prot=prot)
+    except (OSError, OverflowError) as exc:
+        raise SegmentError(
+            f"segment {name}: mapping {size} bytes failed: {exc}",
+            "map",
+            name,
+            getattr(exc, "errno", None),
+        ) from None
+
+
+def _reserve(fd: int, size: int, name: str) -> None:
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is None:  # macOS: shm objects cannot be fallocated
+        return
+    try:
+        fallocate(fd, 0, size)
+    except OSError as exc:
+        import errno
+
+        if exc.errno == errno.ENOSPC:
+            raise SegmentError(
+                f"segment {name}: no space for {size} bytes of shared memory "
+                f"(is /dev/shm full or too small?)",
+                "no space",
+                name,
+                exc.errno,
+            ) from None
+        raise _os_error(name, exc, f"reserving {size} bytes") from None
+
+
+def open(
+    name: str,
+    writable: bool = False,
+    *,
+    populate: bool = True,
+    directory: str | None = None,
+) -> Segment:
+    """Open and map an existing segment after validating all of its header.
+
+    Parameters
+    ----------
+    name : str
+        The segment's name, with its leading slash.
+    writable : bool, optional
+        Map read-write (a lent segment); read-only by default, with the mapping itself
+        read-only so no view of it can ever be made writable.
+    populate : bool, optional
+        Map every page up front (``MAP_POPULATE``, where available): about a quarter
+        of the cost of faulting the pages in one by one when the array is read whole,
+        wasted when only part of it is read.
+    directory : str, optional
+        Open a file in this directory instead of a POSIX shm object; for tests.
+
+    Returns
+    -------
+    Segment
+        Not owned by this process (see :meth:`Segment.adopt`).
+
+    Raises
+    ------
+    SegmentError
+        A bad name, a missing segment, wrong owner or permissions, a segment under 4096
+        bytes.
+    HeaderError
+        The header failed validation; ``problem`` names the check.
+    """
+    check_name(name)
+    try:
+        fd = _shm_open(name, os.O_RDWR if writable else os.O_RDONLY, 0, directory)
+    except OSError as exc:
+        raise _os_error(name, exc, "open") from None
+    try:
+        size = _check_stat(os.fstat(fd), name)
+        mm = _map(fd, size, writable, name, populate)
+    finally:
+        os.close(fd)
+    try:
+        header = _read_header(mm, size, name)
+    except BaseException:
+        mm.close()
+        raise
+    return Segment(name, header, mm, writable, directory)
+
+
+def _check_stat(st: os.stat_result, name: str) -> int:
+    import stat
+
+    if not stat.S_ISREG(st.st_mode):
+        raise SegmentError(f"segment {name}: not a regular file", "not a file", name)
+    euid = os.geteuid()
+    if st.st_uid != euid:
+        raise SegmentError(
+            f"segment {name}: owned by uid {st.st_uid}, expected uid {euid}", "owner", name
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        raise SegmentError(
+            f"segment {name}: mode {mode:#o} gives group or others access, expected "
+            "mode & 0o077 == 0",
+            "mode",
+            name,
+        )
+    if st.st_size < PAGE:
+        raise SegmentError(
+            f"segment {name}: size {st.st_size} bytes, expected at least {PAGE}", "size", name
+        )
+    return int(st.st_size)
+
+
+def _read_header(mm: mmap.mmap, size: int, name: str) -> Header:
+    # The version first (see "Ordering" in the module docs), then a private copy of the
+    # header: the owner may write the advisory fields while it is parsed.
+    version = _U32.unpack_from(mm, _OFF_VERSION)[0]
+    if version == 0:
+        raise _bad(name, "uninitialised", "segment not yet initialised (version 0)")
+    header_len = _U32.unpack_from(mm, _OFF_HEADER_LEN)[0]
+    data = mm[: header_len if PAGE < header_len <= size else PAGE]
+    # The owner may rewrite the metadata of a segment it has not handed out yet, with
+    # the version at 0 meanwhile; a copy taken across such a rewrite is refused.
+    if _U32.unpack_from(mm, _OFF_VERSION)[0] != version:
+        raise _bad(name, "changed", "header changed while it was read")
+    return parse_header(data, size, name, version)
+
+
+def unlink(name: str, directory: str | None = None) -> None:
+    """Remove a segment's name (whoever owns it) and forget any ownership of it.
+
+    Raises
+    ------
+    SegmentError
+        A bad name, or the name does not exist or cannot be removed.
+    """
+    check_name(name)
+    entry = _owned.get(name)
+    if entry is not None and entry[0] == os.getpid():
+        del _owned[name]
+    try:
+        _shm_unlink(name, directory)
+    except OSError as exc:
+        raise _os_error(name, exc, "unlink") from None

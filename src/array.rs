@@ -1,0 +1,537 @@
+//! Shared arrays: n-dimensional arrays in named shared memory that cross to Python
+//! without a copy.
+//!
+//! # Rationale
+//!
+//! Rust's borrow rules say that while someone may write memory, nobody else reads it.
+//! A [`SharedArray`] extends that rule to the worker process on the other end of a
+//! channel:
+//!
+//! - [`SharedArray::share`] hands the worker a **read-only** reference. The worker maps
+//!   the segment read-only (numpy cannot re-enable writes on it), and Rust may keep
+//!   reading, but not writing, until every share is released.
+//! - [`SharedArray::lend`] hands the worker a **writable** reference. From that call on,
+//!   Rust can neither read nor write the array until the worker releases it; `lend`
+//!   takes `&mut self`, so no view made before it can still be alive.
+//! - [`SharedArray::into_value`] **moves** the array: ownership (and the duty to unlink
+//!   the segment) passes to the receiver.
+//!
+//! Typed views ([`SharedArray::view`], [`SharedArray::view_mut`]) are `ndarray` views
+//! that borrow the array, and are only handed out while the peer's access allows them.
+//! Safe Rust therefore never holds a slice over bytes the other process may write.
+//!
+//! The worker releases a share or lend by a RELEASE message when its numpy array is
+//! garbage-collected, or by sending the array back; the channel layer applies those to
+//! the array's state (a process-wide registry keyed by segment name).
+//!
+//! # Limitations
+//!
+//! - The peer's access changes when the reference is *made*, not when it is sent: a
+//!   reference made and never sent keeps the array marked until the process ends.
+//! - A peer that dies while holding a lend leaves the array lent; its contents may have
+//!   been half-written. Dropping the array still unmaps and unlinks it.
+//! - The guarantee holds against a cooperating helper. A hostile process of the same
+//!   user can map any segment it can name; segments are mode 0600, so other users cannot.
+//!
+//! A view cannot outlive its array:
+//!
+//! ```compile_fail,E0597
+//! use pixgate::SharedArray;
+//! let view = {
+//!     let a = SharedArray::<u16>::zeros(&[4]).unwrap();
+//!     a.view().unwrap()
+//! }; // `a` is dropped here while `view` borrows it
+//! ```
+//!
+//! Lending needs exclusive access, so a live view forbids it:
+//!
+//! ```compile_fail,E0502
+//! use pixgate::SharedArray;
+//! let mut a = SharedArray::<u16>::zeros(&[4]).unwrap();
+//! let v = a.view().unwrap();
+//! let r = a.lend();
+//! drop(v);
+//! ```
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::{Arc, LazyLock, Mutex};
+
+use ndarray::{ArrayViewD, ArrayViewMutD, IxDyn, ShapeBuilder};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::header::{DType, Layout, Meta};
+use crate::output::lock;
+use crate::segment::Segment;
+use crate::value::{Access, ArrayRef, Value};
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// Element types a [`SharedArray`] can hold: numpy's bool, integer, float and complex
+/// types. Sealed: every implementor is plain data, valid for every bit pattern except
+/// `bool`, whose bytes are checked before a view exists.
+pub trait Element: sealed::Sealed + Copy + Send + Sync + 'static {
+    /// The numpy dtype of this type.
+    const DTYPE: DType;
+    /// True when `bytes` holds only valid values of this type.
+    #[doc(hidden)]
+    fn bytes_valid(bytes: &[u8]) -> bool {
+        let _ = bytes;
+        true
+    }
+}
+
+macro_rules! element {
+    ($($t:ty => $d:ident),* $(,)?) => {$(
+        impl sealed::Sealed for $t {}
+        impl Element for $t {
+            const DTYPE: DType = DType::$d;
+        }
+    )*};
+}
+
+element! {
+    u8 => U8, u16 => U16, u32 => U32, u64 => U64,
+    i8 => I8, i16 => I16, i32 => I32, i64 => I64,
+    half::f16 => F16, f32 => F32, f64 => F64,
+    num_complex::Complex<f32> => C64, num_complex::Complex<f64> => C128,
+}
+
+impl sealed::Sealed for bool {}
+impl Element for bool {
+    const DTYPE: DType = DType::Bool;
+    fn bytes_valid(bytes: &[u8]) -> bool {
+        bytes.iter().all(|&b| b <= 1)
+    }
+}
+
+/// What the peer may currently do with an array this process holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PeerAccess {
+    /// Read-only references not yet released.
+    pub(crate) shares: u32,
+    /// A writable reference not yet released.
+    pub(crate) lent: bool,
+}
+
+type Registry = Mutex<HashMap<String, Arc<Mutex<PeerAccess>>>>;
+
+/// Segment name → peer access of the arrays this process holds.
+static REGISTRY: LazyLock<Registry> = LazyLock::new(Default::default);
+
+fn register(name: &str) -> Arc<Mutex<PeerAccess>> {
+    let access = Arc::new(Mutex::new(PeerAccess::default()));
+    lock(&REGISTRY).insert(name.to_string(), Arc::clone(&access));
+    access
+}
+
+/// Applies a release from the peer: one share, or the lend, of the named segment.
+/// Returns false when the name or generation is unknown (a stale or forged release).
+pub(crate) fn release(name: &str, generation: u64, what: Access) -> bool {
+    let Some(entry) = lock(&REGISTRY).get(name).cloned() else {
+        return false;
+    };
+    let mut a = lock(&entry);
+    let _ = generation;
+    match what {
+        Access::Shared if a.shares > 0 => {
+            a.shares -= 1;
+            true
+        }
+        Access::Lent if a.lent => {
+            a.lent = false;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// An n-dimensional array of `T` in a named shared-memory segment.
+///
+/// Dropping it unmaps the segment and, if this process owns it, unlinks it.
+pub struct SharedArray<T: Element> {
+    seg: Segment,
+    access: Arc<Mutex<PeerAccess>>,
+    _t: PhantomData<T>,
+}
+
+impl<T: Element> std::fmt::Debug for SharedArray<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedArray")
+            .field("name", &self.seg.name())
+            .field("dtype", &T::DTYPE)
+            .field("shape", &self.seg.layout().shape)
+            .field("peer", &*lock(&self.access))
+            .finish()
+    }
+}
+
+impl<T: Element> SharedArray<T> {
+    /// A new zero-filled array in C order.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Segment`] when the shape is invalid (more than 32 axes, byte size
+    /// overflow) or the segment cannot be created (no space in /dev/shm).
+    pub fn zeros(shape: &[usize]) -> Result<SharedArray<T>> {
+        Self::with_layout(Layout::c_order(T::DTYPE, shape)?, &Meta::default())
+    }
+
+    /// A new zero-filled array with explicit byte strides (each a multiple of the
+    /// element size, none negative).
+    ///
+    /// # Errors
+    ///
+    /// As [`SharedArray::zeros`].
+    pub fn zeros_strided(shape: &[usize], strides: &[usize]) -> Result<SharedArray<T>> {
+        Self::with_layout(Layout::strided(T::DTYPE, shape, strides)?, &Meta::default())
+    }
+
+    fn with_layout(layout: Layout, meta: &Meta) -> Result<SharedArray<T>> {
+        let seg = Segment::create(&layout, meta)?;
+        let access = register(seg.name());
+        Ok(SharedArray {
+            seg,
+            access,
+            _t: PhantomData,
+        })
+    }
+
+    /// A new array holding a copy of `a` (in C order).
+    ///
+    /// # Errors
+    ///
+    /// As [`SharedArray::zeros`].
+    pub fn from_ndarray<S, D>(a: &ndarray::ArrayBase<S, D>) -> Result<SharedArray<T>>
+    where
+        S: ndarray::Data<Elem = T>,
+        D: ndarray::Dimension,
+    {
+        let mut out = Self::zeros(a.shape())?;
+        out.view_mut()?.assign(&a.view().into_dyn());
+        Ok(out)
+    }
+
+    /// Takes an array that arrived in a value: a moved reference makes this process the
+    /// owner; a shared reference is mapped read-only and stays the sender's.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Convert`] when the value is no array or its dtype is not `T`;
+    /// [`ErrorKind::Segment`] when the segment fails validation.
+    pub fn from_value(v: Value) -> Result<SharedArray<T>> {
+        match v {
+            Value::Array(r) => Self::from_ref(&r),
+            other => Err(Error::new(ErrorKind::Convert(format!(
+                "expected an array, got {}",
+                other.type_name()
+            )))),
+        }
+    }
+
+    fn from_ref(r: &ArrayRef) -> Result<SharedArray<T>> {
+        let writable = r.access != Access::Shared;
+        let seg = Segment::open(&r.name, writable)?;
+        let dtype = seg.layout().dtype;
+        if dtype != T::DTYPE {
+            return Err(Error::new(ErrorKind::Convert(format!(
+                "array {} holds {dtype}, expected {}",
+                r.name,
+                T::DTYPE
+            ))));
+        }
+        if seg.generation() != r.generation {
+            return Err(Error::new(ErrorKind::Convert(format!(
+                "array {} is at generation {}, the reference names {}",
+                r.name,
+                seg.generation(),
+                r.generation
+            ))));
+        }
+        if r.access == Access::Moved {
+            seg.set_unlink_on_drop(true);
+            seg.set_owner_pid(std::process::id())?;
+            seg.set_state(crate::segment::STATE_OWNED)?;
+        }
+        let access = register(seg.name());
+        Ok(SharedArray {
+            seg,
+            access,
+            _t: PhantomData,
+        })
+    }
+
+    /// The segment's name.
+    pub fn name(&self) -> &str {
+        self.seg.name()
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.seg.layout().shape
+    }
+
+    /// The byte strides.
+    pub fn strides(&self) -> &[usize] {
+        &self.seg.layout().strides
+    }
+
+    /// The number of axes.
+    pub fn ndim(&self) -> usize {
+        self.seg.layout().shape.len()
+    }
+
+    /// The metadata stored in the segment's header.
+    pub fn meta(&self) -> &Meta {
+        self.seg.meta()
+    }
+
+    /// Axis names, if set.
+    pub fn dims(&self) -> Option<&[String]> {
+        self.seg.meta().dims.as_deref()
+    }
+
+    /// Replaces the metadata (dims, scale, units, channel names, name, attrs).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Segment`] when it does not fit the header or is inconsistent with the
+    /// shape (e.g. `dims` of the wrong length); an error also while the peer holds the
+    /// array.
+    pub fn set_meta(&mut self, meta: Meta) -> Result<()> {
+        self.check(|a| a.shares == 0 && !a.lent, "change the metadata of")?;
+        self.seg.set_meta(&meta)
+    }
+
+    /// Sets the axis names.
+    ///
+    /// # Errors
+    ///
+    /// As [`SharedArray::set_meta`].
+    pub fn set_dims(&mut self, dims: &[&str]) -> Result<()> {
+        let mut meta = self.seg.meta().clone();
+        meta.dims = Some(dims.iter().map(|d| d.to_string()).collect());
+        self.set_meta(meta)
+    }
+
+    /// What the peer currently holds of this array.
+    pub fn peer_shares(&self) -> u32 {
+        lock(&self.access).shares
+    }
+
+    /// True while the array is lent to the peer.
+    pub fn is_lent(&self) -> bool {
+        lock(&self.access).lent
+    }
+
+    fn check(&self, ok: impl Fn(&PeerAccess) -> bool, what: &str) -> Result<()> {
+        let a = *lock(&self.access);
+        if ok(&a) {
+            return Ok(());
+        }
+        let held = if a.lent {
+            "lent to the peer (writable)".to_string()
+        } else {
+            format!("shared with the peer ({} read-only references)", a.shares)
+        };
+        Err(Error::new(ErrorKind::Busy(format!(
+            "cannot {what} array {}: it is {held}",
+            self.seg.name()
+        ))))
+    }
+
+    fn check_elements(&self) -> Result<()> {
+        if T::DTYPE == DType::Bool {
+            let len = self.seg.data_len();
+            // SAFETY: the data area is `data_len` bytes of the mapping (validated at
+            // open/create); the caller checked that the peer cannot write it now.
+            let bytes = unsafe { std::slice::from_raw_parts(self.seg.data_ptr(), len) };
+            if !T::bytes_valid(bytes) {
+                return Err(Error::new(ErrorKind::Convert(format!(
+                    "bool array {} holds bytes other than 0 and 1",
+                    self.seg.name()
+                ))));
+            }
+        }
+        Ok(())
+    }
+
+    fn element_strides(&self) -> Result<Vec<usize>> {
+        let size = std::mem::size_of::<T>();
+        self.strides()
+            .iter()
+            .map(|&s| {
+                if s % size == 0 {
+                    Ok(s / size)
+                } else {
+                    Err(Error::new(ErrorKind::Convert(format!(
+                        "byte stride {s} is not a multiple of the element size {size}"
+                    ))))
+                }
+            })
+            .collect()
+    }
+
+    /// A read-only view.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Busy`] while the array is lent to the peer; [`ErrorKind::Convert`]
+    /// for a bool array holding bytes other than 0 and 1, or strides that are not whole
+    /// elements.
+    pub fn view(&self) -> Result<ArrayViewD<'_, T>> {
+        self.check(|a| !a.lent, "read")?;
+        self.check_elements()?;
+        let strides = self.element_strides()?;
+        let shape = IxDyn(self.shape()).strides(IxDyn(&strides));
+        // SAFETY: the segment's layout was validated (every element lies inside the data
+        // area, which is mapped and aligned to a page); `T` is valid for every bit
+        // pattern present (checked above for bool); the peer holds no write access (not
+        // lent), and it cannot obtain one while this view borrows `self`, because
+        // `lend` needs `&mut self`.
+        Ok(unsafe { ArrayViewD::from_shape_ptr(shape, self.seg.data_ptr() as *const T) })
+    }
+
+    /// A writable view.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Busy`] while the peer holds any reference; [`ErrorKind::Convert`] as
+    /// for [`SharedArray::view`]; [`ErrorKind::Segment`] for a read-only mapping.
+    pub fn view_mut(&mut self) -> Result<ArrayViewMutD<'_, T>> {
+        self.check(|a| a.shares == 0 && !a.lent, "write")?;
+        if !self.seg.is_writable() {
+            return Err(Error::new(ErrorKind::Busy(format!(
+                "array {} was shared with this process read-only",
+                self.seg.name()
+            ))));
+        }
+        self.check_elements()?;
+        let strides = self.element_strides()?;
+        let shape = IxDyn(self.shape()).strides(IxDyn(&strides));
+        if !distinct_elements(self.shape(), &strides) {
+            return Err(Error::new(ErrorKind::Convert(format!(
+                "strides {:?} make elements of array {} overlap; no writable view",
+                self.strides(),
+                self.seg.name()
+            ))));
+        }
+        // SAFETY: as in `view`; moreover the peer holds no reference at all, so nothing
+        // else reads or writes these bytes while this view borrows `self` mutably, and
+        // `distinct_elements` (checked above) guarantees no two indices reach the same
+        // element, as a mutable view requires.
+        Ok(unsafe { ArrayViewMutD::from_shape_ptr(shape, self.seg.data_ptr() as *mut T) })
+    }
+
+    fn reference(&self, access: Access) -> Value {
+        Value::Array(ArrayRef {
+            name: self.seg.name().to_string(),
+            generation: self.seg.generation(),
+            access,
+        })
+    }
+
+    /// A read-only reference for the peer. Rust may keep reading; writing waits until the
+    /// peer releases it.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Busy`] while the array is lent.
+    pub fn share(&self) -> Result<Value> {
+        self.check(|a| !a.lent, "share")?;
+        lock(&self.access).shares += 1;
+        Ok(self.reference(Access::Shared))
+    }
+
+    /// A writable reference for the peer. Rust cannot read or write the array until the
+    /// peer releases it.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Busy`] while the peer holds any reference, or when this process
+    /// maps the array read-only.
+    pub fn lend(&mut self) -> Result<Value> {
+        self.check(|a| a.shares == 0 && !a.lent, "lend")?;
+        if !self.seg.is_writable() {
+            return Err(Error::new(ErrorKind::Busy(format!(
+                "array {} was shared with this process read-only",
+                self.seg.name()
+            ))));
+        }
+        lock(&self.access).lent = true;
+        Ok(self.reference(Access::Lent))
+    }
+
+    /// Moves the array into a value: the receiver becomes its owner and unlinks it.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Busy`] while the peer holds a reference (moving it would leave them
+    /// a mapping of a segment whose owner changed under them).
+    pub fn into_value(self) -> Result<Value> {
+        self.check(|a| a.shares == 0 && !a.lent, "move")?;
+        let v = self.reference(Access::Moved);
+        // The receiver unlinks it now; this process only unmaps.
+        self.seg.set_unlink_on_drop(false);
+        Ok(v)
+    }
+}
+
+/// True when no two indices of `shape` reach the same element under `strides` (in
+/// elements): sorted by stride, each axis must step past everything the smaller axes
+/// span. Sufficient, and exact for layouts numpy produces.
+fn distinct_elements(shape: &[usize], strides: &[usize]) -> bool {
+    let mut axes: Vec<(usize, usize)> = shape
+        .iter()
+        .zip(strides)
+        .filter(|(n, _)| **n > 1)
+        .map(|(&n, &s)| (s, n))
+        .collect();
+    if shape.contains(&0) {
+        return true;
+    }
+    axes.sort_unstable();
+    let mut span = 1usize;
+    for (stride, n) in axes {
+        if stride < span {
+            return false;
+        }
+        span = match stride.checked_mul(n - 1).and_then(|x| x.checked_add(span)) {
+            Some(s) => s,
+            None => return false,
+        };
+    }
+    true
+}
+
+impl<T: Element> Drop for SharedArray<T> {
+    fn drop(&mut self) {
+        let mut reg = lock(&REGISTRY);
+        if reg
+            .get(self.seg.name())
+            .is_some_and(|a| Arc::ptr_eq(a, &self.access))
+        {
+            reg.remove(self.seg.name());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::distinct_elements;
+
+    #[test]
+    fn overlapping_strides_are_detected() {
+        assert!(distinct_elements(&[2, 3], &[3, 1]));
+        assert!(distinct_elements(&[3, 2], &[1, 3]));
+        assert!(distinct_elements(&[2, 3], &[6, 2]));
+        assert!(distinct_elements(&[1, 5], &[0, 1]));
+        assert!(distinct_elements(&[0, 5], &[0, 0]));
+        assert!(distinct_elements(&[], &[]));
+        assert!(!distinct_elements(&[2, 2], &[1, 1]));
+        assert!(!distinct_elements(&[3], &[0]));
+        assert!(!distinct_elements(&[2, 3], &[2, 1]));
+    }
+}

@@ -1,0 +1,244 @@
+//! Shared arrays crossing to a real CPython worker and back, without copies.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{T, assert_no_segments, gateway, serial};
+use ndarray::{ArrayD, IxDyn};
+use num_complex::Complex;
+use pixgate::{Element, ErrorKind, Gateway, SharedArray, Value};
+
+/// The worker doubles every array it is lent (inverts bools) and gives it back; shared
+/// arrays it only
+/// reads and answers with their sum; moved arrays it returns doubled as a new array.
+const SERVER: &str = r#"
+import numpy as np
+for msg in channel:
+    kind, arr = msg
+    if kind == "double":
+        if arr.dtype == np.bool_:
+            np.logical_not(arr, out=arr)
+        else:
+            arr *= 2
+        channel.send(("done", arr))
+    elif kind == "sum":
+        channel.send(("sum", float(np.asarray(arr, dtype=np.complex128).sum().real)))
+        del arr
+    elif kind == "write":
+        try:
+            arr[...] = 1
+            channel.send(("wrote", None))
+        except ValueError as e:
+            channel.send(("refused", str(e)))
+    elif kind == "echo":
+        channel.send(("echo", arr))
+    del msg, arr  # let go of it now: a shared or lent array is released when collected
+"#;
+
+fn ask(ch: &pixgate::Channel, kind: &str, v: Value) -> (String, Value) {
+    ch.send(Value::Tuple(vec![Value::from(kind), v])).unwrap();
+    let reply = ch.receive_timeout(T).unwrap();
+    let t = reply.as_seq().unwrap().to_vec();
+    (t[0].as_str().unwrap().to_string(), t[1].clone())
+}
+
+fn wait_released<E: Element>(a: &SharedArray<E>) {
+    let t = Instant::now();
+    while (a.is_lent() || a.peer_shares() > 0) && t.elapsed() < T {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(!a.is_lent() && a.peer_shares() == 0, "not released: {a:?}");
+}
+
+fn double_round_trip<E>(values: Vec<E>, doubled: impl Fn(E) -> E)
+where
+    E: Element + PartialEq + std::fmt::Debug,
+{
+    let gw = gateway();
+    let ch = gw.remote_exec(SERVER).unwrap();
+    let n = values.len();
+    let src = ArrayD::from_shape_vec(IxDyn(&[n]), values.clone()).unwrap();
+    let mut a = SharedArray::<E>::from_ndarray(&src).unwrap();
+    let lent = a.lend().unwrap();
+    assert!(a.view().is_err(), "a lent array cannot be read");
+    let (kind, back) = ask(&ch, "double", lent);
+    assert_eq!(kind, "done");
+    assert!(matches!(back, Value::Array(_)));
+    // Sending it back released it.
+    assert!(!a.is_lent());
+    let want: Vec<E> = values.iter().map(|&v| doubled(v)).collect();
+    assert_eq!(a.view().unwrap().iter().copied().collect::<Vec<_>>(), want);
+    drop(a);
+    ch.close().unwrap();
+    gw.exit(T).unwrap();
+    assert_no_segments();
+}
+
+#[test]
+fn every_dtype_is_lent_doubled_in_place_and_given_back() {
+    let _serial = serial();
+    double_round_trip(vec![0u8, 1, 100], |v| v.wrapping_mul(2));
+    double_round_trip(vec![0u16, 7, 30000], |v| v.wrapping_mul(2));
+    double_round_trip(vec![1u32, 1 << 30], |v| v.wrapping_mul(2));
+    double_round_trip(vec![3u64, 1 << 62], |v| v.wrapping_mul(2));
+    double_round_trip(vec![-3i8, 60], |v| v.wrapping_mul(2));
+    double_round_trip(vec![-3i16, 600], |v| v.wrapping_mul(2));
+    double_round_trip(vec![-3i32, 1 << 29], |v| v.wrapping_mul(2));
+    double_round_trip(vec![-3i64, 1 << 61], |v| v.wrapping_mul(2));
+    double_round_trip(vec![half::f16::from_f32(1.5)], |v| {
+        half::f16::from_f32(v.to_f32() * 2.0)
+    });
+    double_round_trip(vec![1.25f32, -0.5], |v| v * 2.0);
+    double_round_trip(vec![1.25f64, -1e300], |v| v * 2.0);
+    double_round_trip(vec![Complex::new(1.0f32, -2.0)], |v| v * 2.0);
+    double_round_trip(vec![Complex::new(1.0f64, 3.0)], |v| v * 2.0);
+    // Bools are inverted instead.
+    double_round_trip(vec![true, false], |v| !v);
+}
+
+#[test]
+fn shared_arrays_are_read_only_in_python_and_readable_in_rust_meanwhile() {
+    let _serial = serial();
+    let gw = gateway();
+    let ch = gw.remote_exec(SERVER).unwrap();
+    let mut a = SharedArray::<u16>::zeros(&[2, 3]).unwrap();
+    a.view_mut().unwrap().fill(5);
+    let r = a.share().unwrap();
+    // Rust keeps reading while the share is out, but cannot write.
+    assert_eq!(a.view().unwrap().sum(), 30);
+    assert!(matches!(
+        a.view_mut().unwrap_err().kind(),
+        ErrorKind::Busy(_)
+    ));
+    let (kind, msg) = ask(&ch, "write", r);
+    assert_eq!(kind, "refused", "{msg}");
+    assert!(msg.as_str().unwrap().contains("read-only"), "{msg}");
+    // The bytes are unchanged, and the share is released when Python lets go.
+    wait_released(&a);
+    assert_eq!(a.view().unwrap().sum(), 30);
+    a.view_mut().unwrap().fill(1);
+    let (kind, sum) = ask(&ch, "sum", a.share().unwrap());
+    assert_eq!((kind.as_str(), sum.as_f64()), ("sum", Some(6.0)));
+    wait_released(&a);
+    drop(a);
+    drop(ch);
+    drop(gw);
+    assert_no_segments();
+}
+
+#[test]
+fn python_made_arrays_move_to_the_host_with_metadata() {
+    let _serial = serial();
+    let gw = gateway();
+    let ch = gw
+        .remote_exec(
+            r#"
+import pixgate, numpy as np
+a = pixgate.zeros((2, 3, 4), "uint16", dims=("z", "y", "x"), meta={"scale": [2.0, 0.5, 0.5], "units": ["um", "um", "um"], "name": "stack", "attrs": {"objective": "60x"}})
+a[...] = np.arange(24, dtype=np.uint16).reshape(2, 3, 4)
+channel.send(a)
+channel.send(np.arange(6, dtype=np.float32).reshape(2, 3)[:, ::2])   # plain, strided: copied
+"#,
+        )
+        .unwrap();
+    let a = SharedArray::<u16>::from_value(ch.receive_timeout(T).unwrap()).unwrap();
+    assert_eq!(a.shape(), &[2, 3, 4]);
+    assert_eq!(
+        a.view().unwrap().iter().map(|&v| v as u32).sum::<u32>(),
+        (0..24).sum()
+    );
+    let m = a.meta();
+    assert_eq!(
+        m.dims.as_deref(),
+        Some(&["z".to_string(), "y".into(), "x".into()][..])
+    );
+    assert_eq!(m.scale.as_deref(), Some(&[2.0, 0.5, 0.5][..]));
+    assert_eq!(m.name.as_deref(), Some("stack"));
+    assert_eq!(m.attrs, vec![("objective".to_string(), Value::from("60x"))]);
+    let b = SharedArray::<f32>::from_value(ch.receive_timeout(T).unwrap()).unwrap();
+    assert_eq!(b.shape(), &[2, 2]);
+    assert_eq!(
+        b.view().unwrap().iter().copied().collect::<Vec<_>>(),
+        [0.0, 2.0, 3.0, 5.0]
+    );
+    // The host owns them now: they go when the arrays are dropped, even after the
+    // worker is gone.
+    gw.exit(T).unwrap();
+    assert!(std::path::Path::new(&format!("/dev/shm{}", a.name())).exists());
+    drop((a, b));
+    assert_no_segments();
+}
+
+#[test]
+fn wrong_dtype_or_stale_reference_is_refused() {
+    let _serial = serial();
+    let gw = gateway();
+    let ch = gw
+        .remote_exec("import pixgate\nchannel.send(pixgate.zeros((3,), 'int32'))")
+        .unwrap();
+    let v = ch.receive_timeout(T).unwrap();
+    let err = SharedArray::<f32>::from_value(v.clone()).unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Convert(_)), "{err:?}");
+    assert!(err.to_string().contains("<i4"), "{err}");
+    // The right type still takes it (and owns and unlinks it).
+    let a = SharedArray::<i32>::from_value(v).unwrap();
+    drop(a);
+    let err = SharedArray::<i32>::from_value(Value::from(3)).unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Convert(_)));
+    drop(gw);
+    assert_no_segments();
+}
+
+#[test]
+fn odd_shapes_cross_both_ways() {
+    let _serial = serial();
+    let gw = gateway();
+    let ch = gw.remote_exec(SERVER).unwrap();
+    for shape in [vec![], vec![0, 5], vec![1; 32], vec![3, 0, 2]] {
+        let mut a = SharedArray::<i16>::zeros(&shape).unwrap();
+        if !a.view().unwrap().is_empty() {
+            a.view_mut().unwrap().fill(21);
+        }
+        let (kind, back) = ask(&ch, "double", a.lend().unwrap());
+        assert_eq!(kind, "done");
+        assert!(matches!(back, Value::Array(_)));
+        let v = a.view().unwrap();
+        assert_eq!(v.shape(), &shape[..]);
+        assert!(v.iter().all(|&x| x == 42), "{shape:?}");
+    }
+    let (kind, echoed) = ask(
+        &ch,
+        "echo",
+        SharedArray::<u8>::zeros(&[4])
+            .unwrap()
+            .into_value()
+            .unwrap(),
+    );
+    assert_eq!(kind, "echo");
+    // A moved array comes back moved again: the host owns it once more.
+    let back = SharedArray::<u8>::from_value(echoed).unwrap();
+    assert_eq!(back.shape(), &[4]);
+    drop(back);
+    drop(gw);
+    assert_no_segments();
+}
+
+#[test]
+fn a_stack_larger_than_4_gib_crosses_and_is_modified_in_place() {
+    let _serial = serial();
+    let n: usize = (4 << 30) + 4096 * 3 + 7;
+    let gw: Gateway = gateway();
+    let ch = gw
+        .remote_exec("arr = channel.receive(30)\narr[0] = 1\narr[2**32 + 5] = 2\narr[-1] = 3\nchannel.send(arr)")
+        .unwrap();
+    let mut a = SharedArray::<u8>::zeros(&[n]).unwrap();
+    ch.send(a.lend().unwrap()).unwrap();
+    ch.receive_timeout(Duration::from_secs(60)).unwrap();
+    let v = a.view().unwrap();
+    assert_eq!((v[0], v[(1 << 32) + 5], v[n - 1], v[12345]), (1, 2, 3, 0));
+    drop(v);
+    drop(a);
+    drop(gw);
+    assert_no_segments();
+}
