@@ -26,10 +26,10 @@ test: $(STAMP)
 
 venv: $(STAMP)
 
-$(STAMP): python-helper/pyproject.toml
+$(STAMP): python-helper/pyproject.toml Makefile
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip setuptools wheel
-	$(VPY) -m pip install --quiet numpy pytest hypothesis execnet
+	$(VPY) -m pip install --quiet numpy pytest hypothesis execnet xarray
 	touch $(STAMP)
 
 bench: $(STAMP)

@@ -1,9 +1,13 @@
-//! The `pixgate` command line: `demo`, `doctor`, `exec`.
+//! The `pixgate` command line: `demo`, `doctor`, `exec`, `ls`, `inspect`.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+
+#[path = "cli/demo.rs"]
+mod demo;
+use pixgate::segment::{self, SegmentInfo};
 use pixgate::{ErrorKind, Gateway, Value};
 
 #[derive(Parser)]
@@ -19,12 +23,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start a worker, run a short remote computation and show the timings.
+    /// Hand a generated 5-D image stack to Python through shared memory, get a maximum
+    /// projection and plane means back, and time it against copying the bytes.
     Demo {
         /// Gateway spec (execnet syntax).
         #[arg(long, default_value = "popen//id=demo")]
         spec: String,
-        /// Round trips to time.
+        /// Size of the stack in MiB (at least one 16 z × 2 c × 1024 × 1024 block).
+        #[arg(long, default_value_t = 1024)]
+        size_mib: usize,
+        /// Skip the comparison with copying the bytes through the pipe.
+        #[arg(long)]
+        no_copy: bool,
+        /// Small-value round trips to time at the end.
         #[arg(long, default_value_t = 2000)]
         round_trips: usize,
     },
@@ -45,18 +56,41 @@ enum Command {
         /// The Python source.
         source: String,
     },
+    /// List the pixgate segments in /dev/shm.
+    Ls {
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the whole header and the metadata of one segment.
+    Inspect {
+        /// The segment's name, with or without the leading slash.
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Demo { spec, round_trips } => demo(&spec, round_trips),
+        Command::Demo {
+            spec,
+            size_mib,
+            no_copy,
+            round_trips,
+        } => demo::run(&demo::Options {
+            spec: spec.clone(),
+            size_mib,
+            compare_copy: !no_copy,
+        })
+        .and_then(|()| round_trip_demo(&spec, round_trips)),
         Command::Doctor { spec } => doctor(&spec),
         Command::Exec {
             spec,
             timeout,
             source,
         } => exec(&spec, timeout, &source),
+        Command::Ls { json } => ls(json),
+        Command::Inspect { name } => inspect(&name),
     };
     match result {
         Ok(code) => code,
@@ -67,51 +101,10 @@ fn main() -> ExitCode {
     }
 }
 
-const DEMO_SOURCE: &str = r#"
-import sys, time
-print(f"worker up: Python {sys.version.split()[0]}")
-for n in channel:
-    t = time.perf_counter()
-    primes = [p for p in range(2, n) if all(p % d for d in range(2, int(p ** 0.5) + 1))]
-    elapsed = time.perf_counter() - t
-    print(f"{len(primes)} primes below {n} in {elapsed * 1e3:.1f} ms")
-    channel.send({"n": n, "count": len(primes), "largest": primes[-1], "seconds": elapsed})
-"#;
-
-fn demo(spec: &str, round_trips: usize) -> pixgate::Result<ExitCode> {
+/// Times small-value round trips on a fresh gateway.
+fn round_trip_demo(spec: &str, round_trips: usize) -> pixgate::Result<ExitCode> {
     let timeout = Duration::from_secs(30);
-    let t0 = Instant::now();
     let gw = Gateway::spawn(spec)?;
-    let spawn = t0.elapsed();
-    let info = gw.info().clone();
-    println!(
-        "gateway {} up: pid {}, Python {} at {}, numpy {}, helper {} ({})",
-        gw.id(),
-        info.pid,
-        info.python_version,
-        info.executable,
-        info.numpy_version.as_deref().unwrap_or("absent"),
-        info.helper_version,
-        match info.helper_source {
-            pixgate::HelperSource::Bootstrap => "bootstrapped",
-            pixgate::HelperSource::Installed => "installed",
-        }
-    );
-
-    let t1 = Instant::now();
-    let ch = gw.remote_exec(DEMO_SOURCE)?;
-    ch.send(10_000)?;
-    let first = ch.receive_timeout(timeout)?;
-    let first_answer = t1.elapsed();
-    for n in [50_000, 100_000] {
-        ch.send(n)?;
-        let r = ch.receive_timeout(timeout)?;
-        println!("  answer: {r}");
-    }
-    println!("  first answer: {first}");
-    ch.close()?;
-    ch.wait_close(Some(timeout))?;
-
     let echo = gw.remote_exec("for x in channel:\n    channel.send(x)")?;
     let mut samples = Vec::with_capacity(round_trips);
     for i in 0..round_trips.max(1) {
@@ -123,27 +116,15 @@ fn demo(spec: &str, round_trips: usize) -> pixgate::Result<ExitCode> {
     echo.close()?;
     samples.sort();
     let pct = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize];
-
-    let t2 = Instant::now();
     let status = gw.exit(Duration::from_secs(5))?;
-    let exit = t2.elapsed();
-
     println!();
-    println!("{:<44} {:>12}", "step", "time");
-    println!("{:<44} {:>12}", "spawn + bootstrap + handshake", fmt(spawn));
     println!(
-        "{:<44} {:>12}",
-        "remote_exec to first answer",
-        fmt(first_answer)
+        "small-value round trip, median of {}: {} (p10 {}, p90 {})",
+        samples.len(),
+        fmt(pct(0.5)),
+        fmt(pct(0.1)),
+        fmt(pct(0.9))
     );
-    println!(
-        "{:<44} {:>12}",
-        format!("small-value round trip, median of {}", samples.len()),
-        fmt(pct(0.5))
-    );
-    println!("{:<44} {:>12}", "  p10", fmt(pct(0.1)));
-    println!("{:<44} {:>12}", "  p90", fmt(pct(0.9)));
-    println!("{:<44} {:>12}", "exit", fmt(exit));
     println!("worker ended with {}", status.status_text());
     Ok(ExitCode::SUCCESS)
 }
@@ -275,4 +256,562 @@ fn huge_pages() -> String {
         shm_huge,
         thp
     )
+}
+
+/// `pixgate ls`: one line, or one JSON object, per pixgate segment in /dev/shm.
+fn ls(json: bool) -> pixgate::Result<ExitCode> {
+    let mut segments = segment::list();
+    segments.sort_by(|a, b| a.name.cmp(&b.name));
+    if json {
+        println!("{}", segments_json(&segments));
+    } else if segments.is_empty() {
+        println!("no pixgate segments");
+    } else {
+        print!("{}", segments_table(&segments));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+const LS_COLUMNS: [&str; 8] = [
+    "NAME", "CREATOR", "OWNER", "DTYPE", "SHAPE", "SIZE", "STATE", "PROBLEM",
+];
+
+/// The `ls` table: a header line, then one aligned line per segment.
+fn segments_table(segments: &[SegmentInfo]) -> String {
+    let rows: Vec<[String; 8]> = std::iter::once(LS_COLUMNS.map(str::to_string))
+        .chain(segments.iter().map(|s| {
+            [
+                s.name.clone(),
+                creator_cell(s),
+                or_dash(s.owner_pid),
+                or_dash(s.dtype),
+                s.shape
+                    .as_deref()
+                    .map_or_else(|| "-".to_string(), shape_text),
+                human_size(s.size),
+                s.state.map_or_else(|| "-".to_string(), state_name),
+                s.problem.as_deref().map(one_line).unwrap_or_default(),
+            ]
+        }))
+        .collect();
+    let mut widths = [0; LS_COLUMNS.len()];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `1234 alive`, `1234 dead`, or `-` when the header gave no creator.
+fn creator_cell(s: &SegmentInfo) -> String {
+    match (s.creator_pid, s.creator_alive) {
+        (Some(pid), Some(true)) => format!("{pid} alive"),
+        (Some(pid), Some(false)) => format!("{pid} dead"),
+        (Some(pid), None) => pid.to_string(),
+        (None, _) => "-".to_string(),
+    }
+}
+
+fn or_dash<T: std::fmt::Display>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+/// A shape as `5×3×2×512×512`; `()` for a 0-d array.
+fn shape_text(shape: &[usize]) -> String {
+    if shape.is_empty() {
+        return "()".to_string();
+    }
+    let axes: Vec<String> = shape.iter().map(usize::to_string).collect();
+    axes.join("×")
+}
+
+/// The advisory state word's name (docs/SEGMENT_FORMAT.md §5).
+fn state_name(state: u32) -> String {
+    match state {
+        segment::STATE_OWNED => "owned".to_string(),
+        segment::STATE_SHARED => "shared".to_string(),
+        segment::STATE_LENT => "lent".to_string(),
+        segment::STATE_MOVED => "moved".to_string(),
+        other => format!("unknown ({other})"),
+    }
+}
+
+/// Bytes in binary units: `512 B`, `8.0 KiB`, `7.5 MiB`, `2.0 GiB`.
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// Text for a one-line cell: control characters become spaces.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// `ls --json`: an array of objects, one per segment; unknown fields are `null`.
+fn segments_json(segments: &[SegmentInfo]) -> String {
+    if segments.is_empty() {
+        return "[]".to_string();
+    }
+    let objects: Vec<String> = segments.iter().map(segment_json).collect();
+    format!("[\n  {}\n]", objects.join(",\n  "))
+}
+
+fn segment_json(s: &SegmentInfo) -> String {
+    let null = || "null".to_string();
+    let number = |n: Option<u64>| n.map_or_else(null, |n| n.to_string());
+    let strings = |v: &[String]| {
+        let items: Vec<String> = v.iter().map(|s| json_string(s)).collect();
+        format!("[{}]", items.join(", "))
+    };
+    let fields = [
+        ("name", json_string(&s.name)),
+        ("creator_pid", number(s.creator_pid.map(u64::from))),
+        (
+            "creator_alive",
+            s.creator_alive.map_or_else(null, |a| a.to_string()),
+        ),
+        ("owner_pid", number(s.owner_pid.map(u64::from))),
+        (
+            "dtype",
+            s.dtype.map_or_else(null, |d| json_string(d.typestr())),
+        ),
+        (
+            "shape",
+            s.shape.as_deref().map_or_else(null, |shape| {
+                let axes: Vec<String> = shape.iter().map(usize::to_string).collect();
+                format!("[{}]", axes.join(", "))
+            }),
+        ),
+        ("size", s.size.to_string()),
+        (
+            "state",
+            s.state.map_or_else(null, |v| json_string(&state_name(v))),
+        ),
+        ("generation", number(s.generation)),
+        (
+            "dims",
+            s.meta
+                .as_ref()
+                .and_then(|m| m.dims.as_deref())
+                .map_or_else(null, strings),
+        ),
+        (
+            "problem",
+            s.problem.as_deref().map_or_else(null, json_string),
+        ),
+    ];
+    let members: Vec<String> = fields
+        .iter()
+        .map(|(key, value)| format!("\"{key}\": {value}"))
+        .collect();
+    format!("{{{}}}", members.join(", "))
+}
+
+/// A JSON string literal (RFC 8259 §7): quotes, backslashes and control characters
+/// escaped.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `pixgate inspect NAME`: the whole header and the metadata of one segment. Exits 1
+/// when the segment fails validation, after printing what could be read.
+fn inspect(name: &str) -> pixgate::Result<ExitCode> {
+    let name = segment_name(name);
+    // Validates the name before any system call, and reports a missing segment.
+    let info = segment::inspect(&name)?;
+    let raw = read_fixed_header(&name);
+    print!("{}", inspect_report(&info, &raw));
+    match &info.problem {
+        None => Ok(ExitCode::SUCCESS),
+        Some(problem) => {
+            eprintln!("pixgate: segment {}: {problem}", info.name);
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// The segment name for a command-line argument: `pxg-…`, `/pxg-…` and
+/// `/dev/shm/pxg-…` all name `/pxg-…`. Anything else is passed on for the segment
+/// layer to refuse.
+fn segment_name(arg: &str) -> String {
+    let bare = arg.strip_prefix("/dev/shm/").unwrap_or(arg);
+    if bare.starts_with('/') {
+        bare.to_string()
+    } else {
+        format!("/{bare}")
+    }
+}
+
+/// Bytes of the fixed header part, up to the metadata block (docs/SEGMENT_FORMAT.md §4).
+const FIXED_HEADER_LEN: usize = 608;
+
+/// Reads the fixed header part of segment `name` (already checked by
+/// [`segment::inspect`]) with `read`, never mapping it: fewer bytes when the object is
+/// shorter. Only the display uses these bytes; validation is `segment::inspect`'s.
+fn read_fixed_header(name: &str) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+
+    let fd = nix::sys::mman::shm_open(
+        name,
+        nix::fcntl::OFlag::O_RDONLY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| format!("shm_open failed: {}", e.desc()))?;
+    let file = std::fs::File::from(fd);
+    let meta = file.metadata().map_err(|e| format!("fstat failed: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_string());
+    }
+    let mut bytes = Vec::with_capacity(FIXED_HEADER_LEN);
+    file.take(FIXED_HEADER_LEN as u64)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("read failed: {e}"))?;
+    Ok(bytes)
+}
+
+/// The little-endian integers of a header copy; `None` past its end.
+struct HeaderBytes<'a>(&'a [u8]);
+
+impl HeaderBytes<'_> {
+    fn u32(&self, off: usize) -> Option<u32> {
+        Some(u32::from_le_bytes(
+            self.0.get(off..off + 4)?.try_into().ok()?,
+        ))
+    }
+
+    fn u64(&self, off: usize) -> Option<u64> {
+        Some(u64::from_le_bytes(
+            self.0.get(off..off + 8)?.try_into().ok()?,
+        ))
+    }
+
+    fn i64(&self, off: usize) -> Option<i64> {
+        Some(i64::from_le_bytes(
+            self.0.get(off..off + 8)?.try_into().ok()?,
+        ))
+    }
+
+    /// `count` consecutive 8-byte entries from `off`, or `None` if any is missing.
+    fn entries<T: std::fmt::Display>(
+        &self,
+        off: usize,
+        count: u32,
+        read: impl Fn(&Self, usize) -> Option<T>,
+    ) -> Option<String> {
+        let items: Option<Vec<String>> = (0..count as usize)
+            .map(|i| read(self, off + 8 * i).map(|v| v.to_string()))
+            .collect();
+        Some(format!("[{}]", items?.join(", ")))
+    }
+}
+
+/// Appends `label value` as one aligned line.
+fn field(out: &mut String, label: &str, value: impl std::fmt::Display) {
+    out.push_str(&format!("{label:<17}{value}\n"));
+}
+
+fn or_unknown<T: std::fmt::Display>(value: Option<T>) -> String {
+    value.map_or_else(|| "?".to_string(), |v| v.to_string())
+}
+
+/// The `inspect` report: identity and validity, every header field, the metadata.
+fn inspect_report(info: &SegmentInfo, raw: &Result<Vec<u8>, String>) -> String {
+    let mut out = String::new();
+    field(&mut out, "segment", &info.name);
+    field(
+        &mut out,
+        "object size",
+        format!("{} ({} bytes)", human_size(info.size), info.size),
+    );
+    match &info.problem {
+        None => field(&mut out, "valid", "yes"),
+        Some(problem) => field(&mut out, "valid", format!("no: {problem}")),
+    }
+    out.push_str("header\n");
+    match raw {
+        Ok(bytes) => header_fields(&mut out, &HeaderBytes(bytes)),
+        Err(e) => {
+            field(&mut out, "  raw bytes", format!("unreadable: {e}"));
+            field(&mut out, "  dtype", or_unknown(info.dtype));
+            field(
+                &mut out,
+                "  creator_pid",
+                or_unknown(info.creator_pid.map(|pid| match info.creator_alive {
+                    Some(true) => format!("{pid} (alive)"),
+                    Some(false) => format!("{pid} (dead)"),
+                    None => pid.to_string(),
+                })),
+            );
+            field(&mut out, "  generation", or_unknown(info.generation));
+            field(
+                &mut out,
+                "  state",
+                or_unknown(info.state.map(|s| format!("{s} ({})", state_name(s)))),
+            );
+            field(&mut out, "  owner_pid", or_unknown(info.owner_pid));
+            field(
+                &mut out,
+                "  shape",
+                or_unknown(info.shape.as_ref().map(|s| format!("{s:?}"))),
+            );
+        }
+    }
+    out.push_str("metadata\n");
+    match &info.meta {
+        Some(meta) => meta_fields(&mut out, meta),
+        None => field(
+            &mut out,
+            "  (none)",
+            "unreadable: the header did not validate",
+        ),
+    }
+    out
+}
+
+/// Every fixed header field, decoded as is (docs/SEGMENT_FORMAT.md §4).
+fn header_fields(out: &mut String, h: &HeaderBytes<'_>) {
+    const MAGIC: &[u8; 8] = b"PXGSEG\0\0";
+    let magic_ok = h.0.get(..8) == Some(&MAGIC[..]);
+    let hex = |b: &[u8]| -> String { b.iter().map(|b| format!("{b:02x}")).collect() };
+    let magic = match h.0.get(..8) {
+        Some(_) if magic_ok => "ok".to_string(),
+        Some(m) => format!("bad: {}, expected {}", hex(m), hex(MAGIC)),
+        None => "?".to_string(),
+    };
+    field(out, "  magic", magic);
+    field(out, "  version", or_unknown(h.u32(8)));
+    field(out, "  header_len", or_unknown(h.u32(12)));
+    field(out, "  data_len", or_unknown(h.u64(16)));
+    field(out, "  nbytes", or_unknown(h.u64(24)));
+    field(out, "  dtype", or_unknown(h.0.get(32..48).map(dtype_text)));
+    field(out, "  itemsize", or_unknown(h.u32(48)));
+    let ndim = h.u32(52);
+    field(out, "  ndim", or_unknown(ndim));
+    field(out, "  flags", or_unknown(h.u32(56).map(flags_text)));
+    let creator = h.u32(60).zip(h.u64(64));
+    field(
+        out,
+        "  creator_pid",
+        or_unknown(creator.map(|(pid, start)| {
+            if magic_ok {
+                format!("{pid} ({})", liveness(pid, start))
+            } else {
+                pid.to_string()
+            }
+        })),
+    );
+    field(
+        out,
+        "  creator_start",
+        or_unknown(h.u64(64).map(|t| match t {
+            0 => "0 (unknown)".to_string(),
+            t => format!("{t} clock ticks after boot"),
+        })),
+    );
+    field(out, "  generation", or_unknown(h.u64(72)));
+    field(
+        out,
+        "  state",
+        or_unknown(h.u32(80).map(|s| format!("{s} ({})", state_name(s)))),
+    );
+    field(out, "  owner_pid", or_unknown(h.u32(84)));
+    field(out, "  meta_len", or_unknown(h.u32(88)));
+    field(out, "  reserved", or_unknown(h.u32(92)));
+    match ndim {
+        Some(n) if n as usize <= pixgate::MAX_NDIM => {
+            field(
+                out,
+                "  shape",
+                or_unknown(h.entries(96, n, HeaderBytes::u64)),
+            );
+            field(
+                out,
+                "  strides",
+                or_unknown(h.entries(352, n, HeaderBytes::i64)),
+            );
+        }
+        Some(_) => {
+            field(out, "  shape", "? (ndim out of range)");
+            field(out, "  strides", "? (ndim out of range)");
+        }
+        None => {
+            field(out, "  shape", "?");
+            field(out, "  strides", "?");
+        }
+    }
+}
+
+/// The dtype field without its NUL padding, escaped where it is not printable ASCII.
+fn dtype_text(field: &[u8]) -> String {
+    let end = field.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let text = field[..end].escape_ascii().to_string();
+    if pixgate::DType::from_typestr(&text).is_some() {
+        text
+    } else {
+        format!("{text:?} (not a layout version 1 typestr)")
+    }
+}
+
+/// The flags word with its meaning: `0x1 (C-contiguous)`.
+fn flags_text(flags: u32) -> String {
+    let mut parts = Vec::new();
+    if flags & pixgate::FLAG_C_CONTIGUOUS != 0 {
+        parts.push("C-contiguous");
+    }
+    if flags & pixgate::FLAG_F_CONTIGUOUS != 0 {
+        parts.push("F-contiguous");
+    }
+    if flags & !(pixgate::FLAG_C_CONTIGUOUS | pixgate::FLAG_F_CONTIGUOUS) != 0 {
+        parts.push("unknown bits set");
+    }
+    if parts.is_empty() {
+        parts.push("not contiguous");
+    }
+    format!("{flags:#x} ({})", parts.join(", "))
+}
+
+/// Whether the creator runs, by pid and start time; says so when the pid was reused.
+fn liveness(pid: u32, start: u64) -> String {
+    if segment::creator_alive(pid, start) {
+        return "alive".to_string();
+    }
+    match segment::process_start_time(pid) {
+        Some(now) if start != 0 && now != start => {
+            format!("dead; pid {pid} is now a process started at {now}")
+        }
+        _ => "dead".to_string(),
+    }
+}
+
+/// Every metadata key of docs/SEGMENT_FORMAT.md §6, `-` when absent; values as Python
+/// literals.
+fn meta_fields(out: &mut String, meta: &pixgate::Meta) {
+    let strings = |v: &Vec<String>| Value::List(v.iter().cloned().map(Value::Str).collect());
+    let show = |v: Option<Value>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+    field(out, "  dims", show(meta.dims.as_ref().map(strings)));
+    field(
+        out,
+        "  scale",
+        show(
+            meta.scale
+                .as_ref()
+                .map(|v| Value::List(v.iter().copied().map(Value::Float).collect())),
+        ),
+    );
+    field(out, "  units", show(meta.units.as_ref().map(strings)));
+    field(
+        out,
+        "  channel_names",
+        show(meta.channel_names.as_ref().map(strings)),
+    );
+    field(out, "  name", show(meta.name.clone().map(Value::Str)));
+    let attrs = (!meta.attrs.is_empty()).then(|| {
+        Value::Dict(
+            meta.attrs
+                .iter()
+                .map(|(k, v)| (Value::Str(k.clone()), v.clone()))
+                .collect(),
+        )
+    });
+    field(out, "  attrs", show(attrs));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_escape_quotes_backslashes_and_control_characters() {
+        for (text, json) in [
+            ("", r#""""#),
+            ("plain /pxg-1-00", r#""plain /pxg-1-00""#),
+            ("say \"hi\"", r#""say \"hi\"""#),
+            (r"a\b", r#""a\\b""#),
+            ("line\nbreak\ttab\r", r#""line\nbreak\ttab\r""#),
+            ("\u{0}\u{1f}\u{7f}", "\"\\u0000\\u001f\u{7f}\""),
+            ("µm ×", "\"µm ×\""),
+        ] {
+            assert_eq!(json_string(text), json, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn sizes_use_binary_units() {
+        for (bytes, text) in [
+            (0, "0 B"),
+            (1023, "1023 B"),
+            (1024, "1.0 KiB"),
+            (8192, "8.0 KiB"),
+            (5 * 3 * 2 * 512 * 512 * 2 + 4096, "15.0 MiB"),
+            (3 << 30, "3.0 GiB"),
+            (u64::MAX, "16384.0 PiB"),
+        ] {
+            assert_eq!(human_size(bytes), text, "{bytes}");
+        }
+    }
+
+    #[test]
+    fn segment_names_are_accepted_with_or_without_the_slash() {
+        for (arg, name) in [
+            ("pxg-1a-0123456789abcdef", "/pxg-1a-0123456789abcdef"),
+            ("/pxg-1a-0123456789abcdef", "/pxg-1a-0123456789abcdef"),
+            (
+                "/dev/shm/pxg-1a-0123456789abcdef",
+                "/pxg-1a-0123456789abcdef",
+            ),
+            ("../etc/passwd", "/../etc/passwd"),
+        ] {
+            assert_eq!(segment_name(arg), name);
+        }
+    }
+
+    #[test]
+    fn shapes_and_flags_read_naturally() {
+        assert_eq!(shape_text(&[5, 3, 2, 512, 512]), "5×3×2×512×512");
+        assert_eq!(shape_text(&[]), "()");
+        assert_eq!(flags_text(3), "0x3 (C-contiguous, F-contiguous)");
+        assert_eq!(flags_text(0), "0x0 (not contiguous)");
+        assert_eq!(flags_text(5), "0x5 (C-contiguous, unknown bits set)");
+        assert_eq!(dtype_text(b"<u2\0\0\0\0\0\0\0\0\0\0\0\0\0"), "<u2");
+        assert_eq!(
+            dtype_text(b">u2\xff"),
+            "\">u2\\\\xff\" (not a layout version 1 typestr)"
+        );
+    }
 }

@@ -242,3 +242,107 @@ fn a_stack_larger_than_4_gib_crosses_and_is_modified_in_place() {
     drop(gw);
     assert_no_segments();
 }
+
+#[test]
+fn a_worker_unlinks_what_it_owns_when_its_host_is_killed() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let _serial = serial();
+    let mut host = Command::new(env!("CARGO_BIN_EXE_pixgate"))
+        .args([
+            "exec",
+            "--spec",
+            &common::spec("id=owner"),
+            "import pixgate, pixgate._array as pa, time\na = pixgate.zeros((1 << 20,), 'uint8')\nchannel.send(pa.segment_of(a)[0].name)\ntime.sleep(60)",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(host.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let name = line.trim().trim_matches('\'').to_string();
+    let path = format!("/dev/shm{name}");
+    assert!(std::path::Path::new(&path).exists(), "{path}");
+    host.kill().unwrap();
+    host.wait().unwrap();
+    let t = Instant::now();
+    while std::path::Path::new(&path).exists() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        !std::path::Path::new(&path).exists(),
+        "{path} outlived its owner"
+    );
+    eprintln!(
+        "worker's segment gone {:?} after its host was killed",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn metadata_set_in_rust_reaches_numpy_and_xarray() {
+    let _serial = serial();
+    let gw = gateway();
+    let ch = gw
+        .remote_exec(
+            r#"
+import pixgate
+arr = channel.receive(10)
+m = pixgate.meta(arr)
+try:
+    x = pixgate.to_xarray(arr)
+    xr = (list(x.dims), [float(v) for v in x.coords["x"].values], x.attrs.get("name"))
+except ImportError as e:
+    xr = str(e)
+channel.send((m, xr))
+del arr
+"#,
+        )
+        .unwrap();
+    let mut a = SharedArray::<f32>::zeros(&[2, 3]).unwrap();
+    a.set_meta(pixgate::Meta {
+        dims: Some(vec!["y".into(), "x".into()]),
+        scale: Some(vec![0.5, 0.25]),
+        units: Some(vec!["um".into(), "um".into()]),
+        channel_names: None,
+        name: Some("plane".into()),
+        attrs: vec![("exposure_ms".into(), Value::Float(12.5))],
+    })
+    .unwrap();
+    ch.send(a.share().unwrap()).unwrap();
+    let reply = ch.receive_timeout(T).unwrap();
+    let t = reply.as_seq().unwrap();
+    let m = &t[0];
+    assert_eq!(m.get("name").and_then(Value::as_str), Some("plane"));
+    assert_eq!(
+        m.get("attrs")
+            .and_then(|a| a.get("exposure_ms"))
+            .and_then(Value::as_f64),
+        Some(12.5)
+    );
+    match &t[1] {
+        Value::Str(msg) => {
+            assert!(
+                std::env::var_os("PIXGATE_TEST_STRICT").is_none(),
+                "xarray missing: {msg}"
+            );
+            eprintln!("skipped the xarray part: {msg}");
+        }
+        xr => {
+            let xr = xr.as_seq().unwrap();
+            assert_eq!(xr[0], Value::List(vec!["y".into(), "x".into()]));
+            assert_eq!(
+                xr[1],
+                Value::List(vec![0.0.into(), 0.25.into(), 0.5.into()])
+            );
+            assert_eq!(xr[2].as_str(), Some("plane"));
+        }
+    }
+    wait_released(&a);
+    drop(a);
+    drop(gw);
+    assert_no_segments();
+}

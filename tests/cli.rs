@@ -61,25 +61,30 @@ fn doctor_fails_clearly_without_an_interpreter() {
 }
 
 #[test]
-fn demo_runs_and_prints_its_timings() {
-    let out = run(&["demo", "--spec", &spec("id=demo"), "--round-trips", "50"]);
+fn demo_runs_the_stack_job_both_ways_and_prints_its_timings() {
+    let _serial = common::serial();
+    let out = run(&[
+        "demo",
+        "--spec",
+        &spec("id=demo"),
+        "--size-mib",
+        "64",
+        "--round-trips",
+        "50",
+    ]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
     for needle in [
-        "spawn + bootstrap + handshake",
-        "remote_exec to first answer",
+        "1×16×2×1024×1024 (t z c y x) uint16 stack: 64 MiB",
+        "move data (stack there, results back)",
+        "numpy: max along z, mean per plane",
+        "sharing instead of copying: the exchange is",
         "small-value round trip, median of 50",
         "worker ended with exit code 0",
-        "'count': 9592",
     ] {
         assert!(stdout.contains(needle), "{needle:?} missing:\n{stdout}");
     }
-    // The remote prints reach the host's stderr, attributed to their channel.
-    assert!(
-        text(&out.stderr).contains("[demo:1] 9592 primes below 100000"),
-        "{}",
-        text(&out.stderr)
-    );
+    common::assert_no_segments_anywhere();
 }
 
 #[test]

@@ -160,9 +160,31 @@ class _Conn:
                 if not self._fill(1):
                     raise ProtocolError("protocol pipe ended inside an oversized frame")
             return msgtype, channel, None, length
+        if length > 4 * _CHUNK:
+            return msgtype, channel, self._read_large(length), length
         if length and not self._fill(length):
             raise ProtocolError("protocol pipe ended inside a frame")
         return msgtype, channel, self._take(length), length
+
+    def _read_large(self, length: int) -> bytearray:
+        """A large payload, read straight into one buffer (chunked reads into a growing
+        buffer cost an allocation per pipe-sized read)."""
+        payload = bytearray(length)
+        have = min(length, len(self._buf) - self._pos)
+        payload[:have] = self._buf[self._pos : self._pos + have]
+        self._take(have)
+        view = memoryview(payload)
+        try:
+            while have < length:
+                n = os.readv(self.rfd, [view[have:]])
+                if not n:
+                    raise ProtocolError(
+                        f"protocol pipe ended inside a frame ({have} of {length} bytes received)"
+                    )
+                have += n
+        finally:
+            view.release()
+        return payload
 
 
 class Channel:

@@ -84,3 +84,23 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Fails if /dev/shm holds any pixgate segment whose creator is gone or is a child of
+/// this test (for tests whose segments are made by other processes, such as the CLI).
+pub fn assert_no_segments_anywhere() {
+    let leaked: Vec<String> = std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with("pxg-"))
+                .filter(|n| {
+                    // pxg-<pid hex>-...: only segments whose creator no longer runs.
+                    n.split('-')
+                        .nth(1)
+                        .and_then(|p| u32::from_str_radix(p, 16).ok())
+                        .is_some_and(|pid| !process_alive(pid))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(leaked.is_empty(), "leaked segments: {leaked:?}");
+}
