@@ -141,11 +141,13 @@ impl Backing {
     fn open(&self, name: &str, writable: bool) -> std::result::Result<File, SegmentProblem> {
         match self {
             Backing::Shm => {
+                // O_NONBLOCK: opening something that is not a regular file (a FIFO
+                // planted under a pixgate name) must fail validation, not hang here.
                 let flags = if writable {
                     OFlag::O_RDWR
                 } else {
                     OFlag::O_RDONLY
-                };
+                } | OFlag::O_NONBLOCK;
                 nix::sys::mman::shm_open(name, flags, Mode::empty())
                     .map(File::from)
                     .map_err(|e| os("shm_open", e))
@@ -153,7 +155,7 @@ impl Backing {
             Backing::Dir(dir) => OpenOptions::new()
                 .read(true)
                 .write(writable)
-                .custom_flags(libc::O_NOFOLLOW)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
                 .open(Backing::path(dir, name))
                 .map_err(|e| io("open", e)),
         }

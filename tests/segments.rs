@@ -803,3 +803,28 @@ fn full_tmpfs_is_a_no_space_error_at_creation() {
     drop(fs);
     assert_no_segments();
 }
+
+#[test]
+fn a_fifo_under_a_pixgate_name_is_refused_without_hanging() {
+    let _serial = serial();
+    let name = format!("/pxg-{:x}-{:016x}", std::process::id(), 0xf1f0u64);
+    let path = format!("/dev/shm{name}");
+    nix::unistd::mkfifo(
+        path.as_str(),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let n = name.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(pixgate::segment::inspect(&n).map(|i| i.problem));
+    });
+    let got = rx.recv_timeout(std::time::Duration::from_secs(10));
+    std::fs::remove_file(&path).unwrap();
+    let info = got.expect("inspect of a FIFO hung");
+    let problem = info
+        .expect("inspect reports, not fails")
+        .expect("a problem");
+    assert!(problem.contains("regular file"), "{problem}");
+    common::assert_no_segments();
+}

@@ -1339,7 +1339,10 @@ def open(
     """
     check_name(name)
     try:
-        fd = _shm_open(name, os.O_RDWR if writable else os.O_RDONLY, 0, directory)
+        # O_NONBLOCK: something that is not a regular file (a FIFO planted under a
+        # pixgate name) must fail the checks below, not hang the open.
+        flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_NONBLOCK
+        fd = _shm_open(name, flags, 0, directory)
     except OSError as exc:
         raise _os_error(name, exc, "open") from None
     try:

@@ -884,3 +884,14 @@ def test_pixgate_exports_the_segment_errors() -> None:
     assert issubclass(HeaderError, SegmentError) and issubclass(HeaderError, ValueError)
     assert issubclass(SegmentError, OSError) and issubclass(SegmentError, Error)
     assert issubclass(DTypeError, TypeError) and issubclass(LayoutError, ValueError)
+
+
+def test_a_fifo_under_a_pixgate_name_is_refused_without_hanging() -> None:
+    name = f"/pxg-{os.getpid():x}-{0xF1F0:016x}"
+    path = "/dev/shm" + name
+    os.mkfifo(path, 0o600)
+    try:
+        with pytest.raises(_segment.SegmentError):
+            _segment.open(name)
+    finally:
+        os.unlink(path)

@@ -1,0 +1,281 @@
+//! `pixgate ls` and `pixgate inspect`, run as a user would run them, against real
+//! segments in /dev/shm (Linux: other platforms have no directory of segments to list).
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{assert_no_segments, serial};
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+use pixgate::SharedArray;
+
+/// Runs the binary with a deadline; kills it if it overruns.
+fn run(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pixgate"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start pixgate");
+    let t = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if t.elapsed() > Duration::from_secs(60) {
+            child.kill().ok();
+            panic!("pixgate {args:?} ran past 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("output")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Stdout of a run that must succeed.
+fn stdout_of(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "pixgate {args:?} failed: {}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// A 3 × 4 × 5 `u16` array with axes z, y, x.
+fn zyx_array() -> SharedArray<u16> {
+    let mut a = SharedArray::<u16>::zeros(&[3, 4, 5]).expect("create array");
+    a.set_dims(&["z", "y", "x"]).expect("set dims");
+    a
+}
+
+/// The value printed after `label` on the first line that starts with it, ignoring
+/// indentation.
+fn value_of<'a>(report: &'a str, label: &str) -> &'a str {
+    let label = label.trim();
+    report
+        .lines()
+        .find_map(|l| {
+            l.trim_start()
+                .strip_prefix(label)
+                .filter(|rest| rest.starts_with(' '))
+                .map(str::trim)
+        })
+        .unwrap_or_else(|| panic!("no {label:?} line in:\n{report}"))
+}
+
+#[test]
+fn ls_lists_a_live_array_until_it_is_dropped() {
+    let _serial = serial();
+    let a = zyx_array();
+    let name = a.name().to_string();
+
+    let stdout = stdout_of(&["ls"]);
+    let header = stdout.lines().next().unwrap_or_default();
+    for column in [
+        "NAME", "CREATOR", "OWNER", "DTYPE", "SHAPE", "SIZE", "STATE", "PROBLEM",
+    ] {
+        assert!(header.contains(column), "{column} missing:\n{stdout}");
+    }
+    let line = stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+        .unwrap_or_else(|| panic!("{name} not listed:\n{stdout}"));
+    let pid = std::process::id().to_string();
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        cells,
+        [
+            name.as_str(),
+            &pid,
+            "alive",
+            &pid,
+            "<u2",
+            "3×4×5",
+            "8.0",
+            "KiB",
+            "owned"
+        ],
+        "{line}"
+    );
+
+    drop(a);
+    let stdout = stdout_of(&["ls"]);
+    assert!(!stdout.contains(&name), "{name} still listed:\n{stdout}");
+    assert_no_segments();
+}
+
+#[test]
+fn ls_json_describes_the_array() {
+    let _serial = serial();
+    let a = zyx_array();
+    let stdout = stdout_of(&["ls", "--json"]);
+    let json = stdout.trim();
+    assert!(json.starts_with('[') && json.ends_with(']'), "{json}");
+    let object = json
+        .lines()
+        .find(|l| l.contains(&format!("\"name\": \"{}\"", a.name())))
+        .unwrap_or_else(|| panic!("{} missing:\n{json}", a.name()));
+    for member in [
+        "\"dtype\": \"<u2\"".to_string(),
+        "\"shape\": [3, 4, 5]".to_string(),
+        format!("\"creator_pid\": {}", std::process::id()),
+        "\"creator_alive\": true".to_string(),
+        "\"state\": \"owned\"".to_string(),
+        "\"dims\": [\"z\", \"y\", \"x\"]".to_string(),
+        "\"problem\": null".to_string(),
+    ] {
+        assert!(object.contains(&member), "{member} missing:\n{object}");
+    }
+    drop(a);
+    assert_no_segments();
+}
+
+#[test]
+fn inspect_prints_every_header_field_and_the_metadata() {
+    let _serial = serial();
+    let a = zyx_array();
+    let pid = std::process::id();
+    let bare = a.name().trim_start_matches('/').to_string();
+    let with_slash = stdout_of(&["inspect", a.name()]);
+    let without_slash = stdout_of(&["inspect", &bare]);
+    assert_eq!(with_slash, without_slash);
+
+    let report = with_slash;
+    for (label, value) in [
+        ("segment", a.name().to_string()),
+        ("valid", "yes".to_string()),
+        ("magic", "ok".to_string()),
+        ("version", "1".to_string()),
+        ("header_len", "4096".to_string()),
+        ("data_len", "120".to_string()),
+        ("nbytes", "120".to_string()),
+        ("dtype", "<u2".to_string()),
+        ("itemsize", "2".to_string()),
+        ("ndim", "3".to_string()),
+        ("flags", "0x1 (C-contiguous)".to_string()),
+        ("creator_pid", format!("{pid} (alive)")),
+        ("generation", "0".to_string()),
+        ("state", "0 (owned)".to_string()),
+        ("owner_pid", pid.to_string()),
+        ("reserved", "0".to_string()),
+        ("shape", "[3, 4, 5]".to_string()),
+        ("strides", "[40, 10, 2]".to_string()),
+        ("dims", "['z', 'y', 'x']".to_string()),
+        ("scale", "-".to_string()),
+        ("attrs", "-".to_string()),
+    ] {
+        assert_eq!(value_of(&report, label), value, "{label}:\n{report}");
+    }
+    let start = pixgate::segment::process_start_time(pid).expect("own start time");
+    assert_eq!(
+        value_of(&report, "creator_start"),
+        format!("{start} clock ticks after boot")
+    );
+    drop(a);
+    assert_no_segments();
+}
+
+#[test]
+fn inspect_labels_are_indented_under_their_section() {
+    let _serial = serial();
+    let a = zyx_array();
+    let report = stdout_of(&["inspect", a.name()]);
+    let sections: Vec<&str> = report
+        .lines()
+        .filter(|l| !l.starts_with(' '))
+        .map(|l| l.split_whitespace().next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        sections,
+        ["segment", "object", "valid", "header", "metadata"],
+        "{report}"
+    );
+    drop(a);
+    assert_no_segments();
+}
+
+#[test]
+fn inspect_of_a_damaged_segment_prints_what_it_can_and_fails() {
+    let _serial = serial();
+    let a = zyx_array();
+    // The reserved word (offset 92) must be 0.
+    let file = nix::sys::mman::shm_open(a.name(), OFlag::O_RDWR, Mode::empty())
+        .map(File::from)
+        .expect("shm_open");
+    file.write_all_at(&7u32.to_le_bytes(), 92).expect("pwrite");
+
+    let out = run(&["inspect", a.name()]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let problem = "reserved word 0x7, expected 0";
+    assert!(
+        stderr.contains(&format!("segment {}: {problem}", a.name())),
+        "{stderr}"
+    );
+    assert_eq!(value_of(&stdout, "valid"), format!("no: {problem}"));
+    assert_eq!(value_of(&stdout, "reserved"), "7");
+    assert_eq!(value_of(&stdout, "dtype"), "<u2");
+    assert_eq!(value_of(&stdout, "strides"), "[40, 10, 2]");
+    assert_eq!(
+        value_of(&stdout, "creator_pid"),
+        format!("{} (alive)", std::process::id())
+    );
+
+    let listed = stdout_of(&["ls"]);
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with(a.name()))
+        .unwrap_or_else(|| panic!("{} not listed:\n{listed}", a.name()));
+    assert!(line.ends_with(problem), "{line}");
+    drop(file);
+    drop(a);
+    assert_no_segments();
+}
+
+#[test]
+fn ls_says_so_when_there_are_no_segments() {
+    let _serial = serial();
+    // Other users of this machine may hold segments; the message is only checked when
+    // the listing is empty.
+    if stdout_of(&["ls", "--json"]).trim() == "[]" {
+        assert_eq!(stdout_of(&["ls"]), "no pixgate segments\n");
+    }
+}
+
+#[test]
+fn inspect_of_a_missing_segment_fails_naming_it() {
+    let out = run(&["inspect", "/pxg-0-0000000000000000"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    assert!(
+        stderr.contains("segment /pxg-0-0000000000000000: no such segment"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn inspect_of_a_bad_name_fails_with_a_name_error() {
+    for name in [
+        "../etc/passwd",
+        "/pxg-1-short",
+        "pxg-ABC-0000000000000000",
+        "",
+    ] {
+        let out = run(&["inspect", name]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name:?}: {stderr}");
+        assert!(stderr.contains("invalid name"), "{name:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{name:?}: {stderr}");
+    }
+}
