@@ -376,6 +376,86 @@ pub(crate) struct HeaderFields {
     pub(crate) owner_pid: u32,
 }
 
+/// The fixed header fields as stored, decoded without validation: what `pixgate inspect`
+/// shows, right or wrong. Validation is [`parse_header`]'s alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawHeader {
+    /// The magic bytes.
+    pub magic: [u8; 8],
+    /// The layout version word.
+    pub version: u32,
+    /// Bytes before the data.
+    pub header_len: u32,
+    /// Bytes of the data area.
+    pub data_len: u64,
+    /// Bytes the elements occupy.
+    pub nbytes: u64,
+    /// The dtype field without its NUL padding.
+    pub dtype: Vec<u8>,
+    /// Bytes per element.
+    pub itemsize: u32,
+    /// Number of axes.
+    pub ndim: u32,
+    /// The flags word.
+    pub flags: u32,
+    /// The creating process.
+    pub creator_pid: u32,
+    /// The creator's start time (clock ticks after boot; 0 unknown).
+    pub creator_start: u64,
+    /// The generation counter.
+    pub generation: u64,
+    /// The advisory state word.
+    pub state: u32,
+    /// The process that will unlink it.
+    pub owner_pid: u32,
+    /// Bytes of the metadata block.
+    pub meta_len: u32,
+    /// The reserved word.
+    pub reserved: u32,
+    /// The first `min(ndim, 32)` shape entries.
+    pub shape: Vec<u64>,
+    /// The first `min(ndim, 32)` stride entries.
+    pub strides: Vec<i64>,
+}
+
+impl RawHeader {
+    /// Whether the magic bytes are pixgate's.
+    pub fn magic_ok(&self) -> bool {
+        self.magic == MAGIC
+    }
+
+    /// Decodes the fixed part of a header copy; `None` when it is shorter than that.
+    pub(crate) fn decode(b: &[u8]) -> Option<RawHeader> {
+        let b = b.get(..FIXED_LEN)?;
+        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"));
+        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
+        let ndim = u32_at(OFF_NDIM);
+        let n = (ndim as usize).min(MAX_NDIM);
+        let dtype = &b[OFF_DTYPE..OFF_DTYPE + DTYPE_LEN];
+        let end = dtype.iter().rposition(|&c| c != 0).map_or(0, |i| i + 1);
+        Some(RawHeader {
+            magic: b[..8].try_into().expect("8 bytes"),
+            version: u32_at(OFF_VERSION),
+            header_len: u32_at(OFF_HEADER_LEN),
+            data_len: u64_at(OFF_DATA_LEN),
+            nbytes: u64_at(OFF_NBYTES),
+            dtype: dtype[..end].to_vec(),
+            itemsize: u32_at(OFF_ITEMSIZE),
+            ndim,
+            flags: u32_at(OFF_FLAGS),
+            creator_pid: u32_at(OFF_CREATOR_PID),
+            creator_start: u64_at(OFF_CREATOR_START),
+            generation: u64_at(OFF_GENERATION),
+            state: u32_at(OFF_STATE),
+            owner_pid: u32_at(OFF_OWNER_PID),
+            meta_len: u32_at(OFF_META_LEN),
+            reserved: u32_at(OFF_RESERVED),
+            shape: (0..n).map(|i| u64_at(OFF_SHAPE + 8 * i)).collect(),
+            strides: (0..n).map(|i| u64_at(OFF_STRIDES + 8 * i) as i64).collect(),
+        })
+    }
+}
+
 /// The smallest valid `header_len` for a metadata block of `meta_len` bytes.
 pub(crate) fn header_len_for(meta_len: usize) -> std::result::Result<u32, SegmentProblem> {
     FIXED_LEN

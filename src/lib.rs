@@ -43,7 +43,7 @@ pub use gateway::{
     DEFAULT_EXIT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, Gateway, GatewayBuilder, HELPER_VERSION,
     PROTOCOL_VERSION, WorkerInfo,
 };
-pub use header::{DType, FLAG_C_CONTIGUOUS, FLAG_F_CONTIGUOUS, Layout, MAX_NDIM, Meta};
+pub use header::{DType, FLAG_C_CONTIGUOUS, FLAG_F_CONTIGUOUS, Layout, MAX_NDIM, Meta, RawHeader};
 pub use output::{OutputCallback, OutputLine, OutputMode, Stream};
 pub use segment::{SegmentInfo, SegmentProblem};
 pub use serde_value::{from_value, to_value};

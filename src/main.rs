@@ -455,8 +455,7 @@ fn inspect(name: &str) -> pixgate::Result<ExitCode> {
     let name = segment_name(name);
     // Validates the name before any system call, and reports a missing segment.
     let info = segment::inspect(&name)?;
-    let raw = read_fixed_header(&name);
-    print!("{}", inspect_report(&info, &raw));
+    print!("{}", inspect_report(&info));
     match &info.problem {
         None => Ok(ExitCode::SUCCESS),
         Some(problem) => {
@@ -478,69 +477,6 @@ fn segment_name(arg: &str) -> String {
     }
 }
 
-/// Bytes of the fixed header part, up to the metadata block (docs/SEGMENT_FORMAT.md §4).
-const FIXED_HEADER_LEN: usize = 608;
-
-/// Reads the fixed header part of segment `name` (already checked by
-/// [`segment::inspect`]) with `read`, never mapping it: fewer bytes when the object is
-/// shorter. Only the display uses these bytes; validation is `segment::inspect`'s.
-fn read_fixed_header(name: &str) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-
-    let fd = nix::sys::mman::shm_open(
-        name,
-        nix::fcntl::OFlag::O_RDONLY,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(|e| format!("shm_open failed: {}", e.desc()))?;
-    let file = std::fs::File::from(fd);
-    let meta = file.metadata().map_err(|e| format!("fstat failed: {e}"))?;
-    if !meta.is_file() {
-        return Err("not a regular file".to_string());
-    }
-    let mut bytes = Vec::with_capacity(FIXED_HEADER_LEN);
-    file.take(FIXED_HEADER_LEN as u64)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("read failed: {e}"))?;
-    Ok(bytes)
-}
-
-/// The little-endian integers of a header copy; `None` past its end.
-struct HeaderBytes<'a>(&'a [u8]);
-
-impl HeaderBytes<'_> {
-    fn u32(&self, off: usize) -> Option<u32> {
-        Some(u32::from_le_bytes(
-            self.0.get(off..off + 4)?.try_into().ok()?,
-        ))
-    }
-
-    fn u64(&self, off: usize) -> Option<u64> {
-        Some(u64::from_le_bytes(
-            self.0.get(off..off + 8)?.try_into().ok()?,
-        ))
-    }
-
-    fn i64(&self, off: usize) -> Option<i64> {
-        Some(i64::from_le_bytes(
-            self.0.get(off..off + 8)?.try_into().ok()?,
-        ))
-    }
-
-    /// `count` consecutive 8-byte entries from `off`, or `None` if any is missing.
-    fn entries<T: std::fmt::Display>(
-        &self,
-        off: usize,
-        count: u32,
-        read: impl Fn(&Self, usize) -> Option<T>,
-    ) -> Option<String> {
-        let items: Option<Vec<String>> = (0..count as usize)
-            .map(|i| read(self, off + 8 * i).map(|v| v.to_string()))
-            .collect();
-        Some(format!("[{}]", items?.join(", ")))
-    }
-}
-
 /// Appends `label value` as one aligned line.
 fn field(out: &mut String, label: &str, value: impl std::fmt::Display) {
     out.push_str(&format!("{label:<17}{value}\n"));
@@ -551,7 +487,7 @@ fn or_unknown<T: std::fmt::Display>(value: Option<T>) -> String {
 }
 
 /// The `inspect` report: identity and validity, every header field, the metadata.
-fn inspect_report(info: &SegmentInfo, raw: &Result<Vec<u8>, String>) -> String {
+fn inspect_report(info: &SegmentInfo) -> String {
     let mut out = String::new();
     field(&mut out, "segment", &info.name);
     field(
@@ -564,10 +500,10 @@ fn inspect_report(info: &SegmentInfo, raw: &Result<Vec<u8>, String>) -> String {
         Some(problem) => field(&mut out, "valid", format!("no: {problem}")),
     }
     out.push_str("header\n");
-    match raw {
-        Ok(bytes) => header_fields(&mut out, &HeaderBytes(bytes)),
-        Err(e) => {
-            field(&mut out, "  raw bytes", format!("unreadable: {e}"));
+    match &info.header {
+        Some(h) => header_fields(&mut out, h),
+        None => {
+            field(&mut out, "  raw bytes", "unreadable");
             field(&mut out, "  dtype", or_unknown(info.dtype));
             field(
                 &mut out,
@@ -604,76 +540,56 @@ fn inspect_report(info: &SegmentInfo, raw: &Result<Vec<u8>, String>) -> String {
     out
 }
 
-/// Every fixed header field, decoded as is (docs/SEGMENT_FORMAT.md §4).
-fn header_fields(out: &mut String, h: &HeaderBytes<'_>) {
-    const MAGIC: &[u8; 8] = b"PXGSEG\0\0";
-    let magic_ok = h.0.get(..8) == Some(&MAGIC[..]);
+/// Every fixed header field, as stored (docs/SEGMENT_FORMAT.md §4).
+fn header_fields(out: &mut String, h: &pixgate::RawHeader) {
     let hex = |b: &[u8]| -> String { b.iter().map(|b| format!("{b:02x}")).collect() };
-    let magic = match h.0.get(..8) {
-        Some(_) if magic_ok => "ok".to_string(),
-        Some(m) => format!("bad: {}, expected {}", hex(m), hex(MAGIC)),
-        None => "?".to_string(),
+    let magic = if h.magic_ok() {
+        "ok".to_string()
+    } else {
+        format!("bad: {}, expected {}", hex(&h.magic), hex(b"PXGSEG\0\0"))
     };
     field(out, "  magic", magic);
-    field(out, "  version", or_unknown(h.u32(8)));
-    field(out, "  header_len", or_unknown(h.u32(12)));
-    field(out, "  data_len", or_unknown(h.u64(16)));
-    field(out, "  nbytes", or_unknown(h.u64(24)));
-    field(out, "  dtype", or_unknown(h.0.get(32..48).map(dtype_text)));
-    field(out, "  itemsize", or_unknown(h.u32(48)));
-    let ndim = h.u32(52);
-    field(out, "  ndim", or_unknown(ndim));
-    field(out, "  flags", or_unknown(h.u32(56).map(flags_text)));
-    let creator = h.u32(60).zip(h.u64(64));
+    field(out, "  version", h.version);
+    field(out, "  header_len", h.header_len);
+    field(out, "  data_len", h.data_len);
+    field(out, "  nbytes", h.nbytes);
+    field(out, "  dtype", dtype_text(&h.dtype));
+    field(out, "  itemsize", h.itemsize);
+    field(out, "  ndim", h.ndim);
+    field(out, "  flags", flags_text(h.flags));
+    let pid = h.creator_pid;
     field(
         out,
         "  creator_pid",
-        or_unknown(creator.map(|(pid, start)| {
-            if magic_ok {
-                format!("{pid} ({})", liveness(pid, start))
-            } else {
-                pid.to_string()
-            }
-        })),
+        if h.magic_ok() {
+            format!("{pid} ({})", liveness(pid, h.creator_start))
+        } else {
+            pid.to_string()
+        },
     );
     field(
         out,
         "  creator_start",
-        or_unknown(h.u64(64).map(|t| match t {
+        match h.creator_start {
             0 => "0 (unknown)".to_string(),
             t => format!("{t} clock ticks after boot"),
-        })),
+        },
     );
-    field(out, "  generation", or_unknown(h.u64(72)));
+    field(out, "  generation", h.generation);
     field(
         out,
         "  state",
-        or_unknown(h.u32(80).map(|s| format!("{s} ({})", state_name(s)))),
+        format!("{} ({})", h.state, state_name(h.state)),
     );
-    field(out, "  owner_pid", or_unknown(h.u32(84)));
-    field(out, "  meta_len", or_unknown(h.u32(88)));
-    field(out, "  reserved", or_unknown(h.u32(92)));
-    match ndim {
-        Some(n) if n as usize <= pixgate::MAX_NDIM => {
-            field(
-                out,
-                "  shape",
-                or_unknown(h.entries(96, n, HeaderBytes::u64)),
-            );
-            field(
-                out,
-                "  strides",
-                or_unknown(h.entries(352, n, HeaderBytes::i64)),
-            );
-        }
-        Some(_) => {
-            field(out, "  shape", "? (ndim out of range)");
-            field(out, "  strides", "? (ndim out of range)");
-        }
-        None => {
-            field(out, "  shape", "?");
-            field(out, "  strides", "?");
-        }
+    field(out, "  owner_pid", h.owner_pid);
+    field(out, "  meta_len", h.meta_len);
+    field(out, "  reserved", h.reserved);
+    if h.ndim as usize <= pixgate::MAX_NDIM {
+        field(out, "  shape", format!("{:?}", h.shape));
+        field(out, "  strides", format!("{:?}", h.strides));
+    } else {
+        field(out, "  shape", "? (ndim out of range)");
+        field(out, "  strides", "? (ndim out of range)");
     }
 }
 

@@ -4,10 +4,10 @@ use nix::errno::Errno;
 
 use super::{
     Backing, SegmentProblem, atomic_u32, atomic_u64, check_file, check_name, copy_header, load_u32,
-    load_u64, map_file, raw_creator,
+    load_u64, map_file, raw_creator, read_mapped,
 };
 use crate::error::Result;
-use crate::header::{self, DType, Meta, OFF_GENERATION, OFF_OWNER_PID, OFF_STATE};
+use crate::header::{self, DType, Meta, OFF_GENERATION, OFF_OWNER_PID, OFF_STATE, RawHeader};
 
 /// What `pixgate ls` and `pixgate inspect` show about one segment.
 ///
@@ -37,6 +37,8 @@ pub struct SegmentInfo {
     pub meta: Option<Meta>,
     /// Why the segment is not usable, when it is not.
     pub problem: Option<String>,
+    /// The fixed header fields as stored (also when they fail validation).
+    pub header: Option<RawHeader>,
 }
 
 impl SegmentInfo {
@@ -53,6 +55,7 @@ impl SegmentInfo {
             generation: None,
             meta: None,
             problem,
+            header: None,
         }
     }
 }
@@ -78,6 +81,13 @@ pub fn inspect(name: &str) -> Result<SegmentInfo> {
         Ok(map) => map,
         Err(p) => return Ok(SegmentInfo::unknown(name, size, problem(p))),
     };
+    let raw = if size >= header::FIXED_LEN as u64 {
+        let mut bytes = vec![0u8; header::FIXED_LEN];
+        read_mapped(&map, 0, &mut bytes);
+        RawHeader::decode(&bytes)
+    } else {
+        None
+    };
     match copy_header(&map, size).and_then(|copy| header::parse_header(&copy, size)) {
         Ok(fields) => {
             let alive = creator_alive(fields.creator_pid, fields.creator_start);
@@ -93,10 +103,12 @@ pub fn inspect(name: &str) -> Result<SegmentInfo> {
                 generation: Some(load_u64(atomic_u64(&map, OFF_GENERATION))),
                 meta: Some(fields.meta),
                 problem: None,
+                header: raw,
             })
         }
         Err(p) => {
             let mut info = SegmentInfo::unknown(name, size, problem(p));
+            info.header = raw;
             if let Some((pid, start)) = raw_creator(&map) {
                 info.creator_pid = Some(pid);
                 info.creator_alive = Some(creator_alive(pid, start));
