@@ -121,21 +121,12 @@ fn round_trip_demo(spec: &str, round_trips: usize) -> pixgate::Result<ExitCode> 
     println!(
         "small-value round trip, median of {}: {} (p10 {}, p90 {})",
         samples.len(),
-        fmt(pct(0.5)),
-        fmt(pct(0.1)),
-        fmt(pct(0.9))
+        demo::fmt(pct(0.5)),
+        demo::fmt(pct(0.1)),
+        demo::fmt(pct(0.9))
     );
     println!("worker ended with {}", status.status_text());
     Ok(ExitCode::SUCCESS)
-}
-
-fn fmt(d: Duration) -> String {
-    let us = d.as_secs_f64() * 1e6;
-    if us < 1000.0 {
-        format!("{us:.1} µs")
-    } else {
-        format!("{:.2} ms", us / 1000.0)
-    }
 }
 
 fn exec(spec: &str, timeout: f64, source: &str) -> pixgate::Result<ExitCode> {

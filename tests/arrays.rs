@@ -245,24 +245,11 @@ fn a_stack_larger_than_4_gib_crosses_and_is_modified_in_place() {
 
 #[test]
 fn a_worker_unlinks_what_it_owns_when_its_host_is_killed() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
     let _serial = serial();
-    let mut host = Command::new(env!("CARGO_BIN_EXE_pixgate"))
-        .args([
-            "exec",
-            "--spec",
-            &common::spec("id=owner"),
-            "import pixgate, pixgate._array as pa, time\na = pixgate.zeros((1 << 20,), 'uint8')\nchannel.send(pa.segment_of(a)[0].name)\ntime.sleep(60)",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(host.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let (mut host, line) = common::host_running(
+        "owner",
+        "import pixgate, pixgate._array as pa, time\na = pixgate.zeros((1 << 20,), 'uint8')\nchannel.send(pa.segment_of(a)[0].name)\ntime.sleep(60)",
+    );
     let name = line.trim().trim_matches('\'').to_string();
     let path = format!("/dev/shm{name}");
     assert!(std::path::Path::new(&path).exists(), "{path}");

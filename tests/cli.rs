@@ -2,38 +2,13 @@
 
 mod common;
 
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use common::{run_pixgate, text};
 
 use common::{python, spec};
 
-/// Runs the binary with a deadline; kills it if it overruns.
-fn run(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pixgate"))
-        .args(args)
-        .env("PIXGATE_PYTHON", python())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start pixgate");
-    let t = Instant::now();
-    while child.try_wait().expect("wait").is_none() {
-        if t.elapsed() > Duration::from_secs(60) {
-            child.kill().ok();
-            panic!("pixgate {args:?} ran past 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().expect("output")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 #[test]
 fn doctor_reports_interpreter_numpy_shm_and_huge_pages() {
-    let out = run(&["doctor", "--spec", &spec("")]);
+    let out = run_pixgate(&["doctor", "--spec", &spec("")]);
     let stdout = text(&out.stdout);
     for key in ["interpreter", "python", "numpy", "/dev/shm", "huge pages"] {
         assert!(
@@ -53,7 +28,7 @@ fn doctor_reports_interpreter_numpy_shm_and_huge_pages() {
 
 #[test]
 fn doctor_fails_clearly_without_an_interpreter() {
-    let out = run(&["doctor", "--spec", "popen//python=/nonexistent/python"]);
+    let out = run_pixgate(&["doctor", "--spec", "popen//python=/nonexistent/python"]);
     assert!(!out.status.success());
     let stdout = text(&out.stdout);
     assert!(stdout.contains("unusable"), "{stdout}");
@@ -63,7 +38,7 @@ fn doctor_fails_clearly_without_an_interpreter() {
 #[test]
 fn demo_runs_the_stack_job_both_ways_and_prints_its_timings() {
     let _serial = common::serial();
-    let out = run(&[
+    let out = run_pixgate(&[
         "demo",
         "--spec",
         &spec("id=demo"),
@@ -89,7 +64,7 @@ fn demo_runs_the_stack_job_both_ways_and_prints_its_timings() {
 
 #[test]
 fn exec_prints_values_and_reports_remote_errors() {
-    let out = run(&[
+    let out = run_pixgate(&[
         "exec",
         "--spec",
         &spec(""),
@@ -98,7 +73,7 @@ fn exec_prints_values_and_reports_remote_errors() {
     assert!(out.status.success());
     assert_eq!(text(&out.stdout), "[1, 'two', (3.0, None)]\n");
 
-    let out = run(&["exec", "--spec", &spec(""), "1 / 0"]);
+    let out = run_pixgate(&["exec", "--spec", &spec(""), "1 / 0"]);
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("ZeroDivisionError"),
@@ -109,7 +84,7 @@ fn exec_prints_values_and_reports_remote_errors() {
 
 #[test]
 fn a_bad_spec_is_reported_without_a_panic() {
-    let out = run(&["exec", "--spec", "popen//bogus=1", "pass"]);
+    let out = run_pixgate(&["exec", "--spec", "popen//bogus=1", "pass"]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("unknown key \"bogus\""), "{stderr}");

@@ -4,42 +4,19 @@
 
 mod common;
 
+use common::{run_pixgate, text};
+
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
 use common::{assert_no_segments, serial};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use pixgate::SharedArray;
 
-/// Runs the binary with a deadline; kills it if it overruns.
-fn run(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pixgate"))
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start pixgate");
-    let t = Instant::now();
-    while child.try_wait().expect("wait").is_none() {
-        if t.elapsed() > Duration::from_secs(60) {
-            child.kill().ok();
-            panic!("pixgate {args:?} ran past 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().expect("output")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 /// Stdout of a run that must succeed.
 fn stdout_of(args: &[&str]) -> String {
-    let out = run(args);
+    let out = run_pixgate(args);
     assert!(
         out.status.success(),
         "pixgate {args:?} failed: {}\n{}",
@@ -212,7 +189,7 @@ fn inspect_of_a_damaged_segment_prints_what_it_can_and_fails() {
         .expect("shm_open");
     file.write_all_at(&7u32.to_le_bytes(), 92).expect("pwrite");
 
-    let out = run(&["inspect", a.name()]);
+    let out = run_pixgate(&["inspect", a.name()]);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -253,7 +230,7 @@ fn ls_says_so_when_there_are_no_segments() {
 
 #[test]
 fn inspect_of_a_missing_segment_fails_naming_it() {
-    let out = run(&["inspect", "/pxg-0-0000000000000000"]);
+    let out = run_pixgate(&["inspect", "/pxg-0-0000000000000000"]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
@@ -272,7 +249,7 @@ fn inspect_of_a_bad_name_fails_with_a_name_error() {
         "pxg-ABC-0000000000000000",
         "",
     ] {
-        let out = run(&["inspect", name]);
+        let out = run_pixgate(&["inspect", name]);
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{name:?}: {stderr}");
         assert!(stderr.contains("invalid name"), "{name:?}: {stderr}");

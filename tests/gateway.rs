@@ -2,9 +2,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{T, gateway, process_alive, python, spec, wait_gone};
@@ -294,21 +293,10 @@ fn hard_cancel_kills_the_worker_and_fails_pending_receives() {
 #[test]
 fn worker_of_a_killed_host_exits_promptly() {
     // The host is the pixgate binary running remote code that reports its pid and sleeps.
-    let mut host = Command::new(env!("CARGO_BIN_EXE_pixgate"))
-        .args([
-            "exec",
-            "--spec",
-            &spec("id=orphan"),
-            "import os, time\nchannel.send(os.getpid())\ntime.sleep(60)",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(host.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let (mut host, line) = common::host_running(
+        "orphan",
+        "import os, time\nchannel.send(os.getpid())\ntime.sleep(60)",
+    );
     let worker: u32 = line.trim().parse().unwrap_or_else(|_| panic!("{line:?}"));
     assert!(process_alive(worker));
     host.kill().unwrap();

@@ -262,7 +262,8 @@ fn exchange(
     })
 }
 
-fn fmt(d: Duration) -> String {
+/// A duration in µs, ms or s, whichever reads best.
+pub(crate) fn fmt(d: Duration) -> String {
     let us = d.as_secs_f64() * 1e6;
     if us < 1000.0 {
         format!("{us:.1} µs")

@@ -104,3 +104,47 @@ pub fn assert_no_segments_anywhere() {
         .unwrap_or_default();
     assert!(leaked.is_empty(), "leaked segments: {leaked:?}");
 }
+
+/// Runs the `pixgate` binary with a deadline (60 s; killed if it overruns).
+pub fn run_pixgate(args: &[&str]) -> std::process::Output {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pixgate"))
+        .args(args)
+        .env("PIXGATE_PYTHON", python())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pixgate");
+    let t = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if t.elapsed() > Duration::from_secs(60) {
+            child.kill().ok();
+            panic!("pixgate {args:?} ran past 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// Lossy UTF-8 text of captured output.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A host process (`pixgate exec`) running `source` in its worker, and the first line
+/// the remote code sent (printed by the host). Kill it to play a crashed host.
+pub fn host_running(id: &str, source: &str) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut host = Command::new(env!("CARGO_BIN_EXE_pixgate"))
+        .args(["exec", "--spec", &spec(&format!("id={id}")), source])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start pixgate exec");
+    let mut line = String::new();
+    BufReader::new(host.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("first line from the host");
+    (host, line.trim().to_string())
+}
