@@ -333,3 +333,54 @@ del arr
     drop(gw);
     assert_no_segments();
 }
+
+#[test]
+fn arrays_nest_inside_lists_tuples_and_dicts_both_ways() {
+    let _serial = serial();
+    let gw = gateway();
+    let ch = gw
+        .remote_exec(
+            r#"
+import numpy as np, pixgate
+msg = channel.receive(10)
+a = msg["frames"][0]
+b = msg["frames"][1][1]
+channel.send({"sums": [int(a.sum()), int(b.sum())], "out": [pixgate.full((2,), 7, "int32"), (np.arange(3, dtype=np.int32),)]})
+del msg, a, b
+"#,
+        )
+        .unwrap();
+    let mut a = SharedArray::<i32>::zeros(&[4]).unwrap();
+    a.view_mut().unwrap().fill(2);
+    let mut b = SharedArray::<i32>::zeros(&[3]).unwrap();
+    b.view_mut().unwrap().fill(5);
+    let msg = Value::dict([(
+        "frames",
+        Value::List(vec![
+            a.share().unwrap(),
+            Value::Tuple(vec![Value::None, b.share().unwrap()]),
+        ]),
+    )]);
+    ch.send(msg).unwrap();
+    let reply = ch.receive_timeout(T).unwrap();
+    assert_eq!(
+        reply.get("sums"),
+        Some(&Value::List(vec![Value::Int(8), Value::Int(15)]))
+    );
+    let out = reply.get("out").unwrap().as_seq().unwrap();
+    let full = SharedArray::<i32>::from_value(out[0].clone()).unwrap();
+    let arange = SharedArray::<i32>::from_value(out[1].as_seq().unwrap()[0].clone()).unwrap();
+    assert_eq!(
+        full.view().unwrap().iter().copied().collect::<Vec<_>>(),
+        [7, 7]
+    );
+    assert_eq!(
+        arange.view().unwrap().iter().copied().collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    wait_released(&a);
+    wait_released(&b);
+    drop((a, b, full, arange));
+    drop(gw);
+    assert_no_segments();
+}
