@@ -38,6 +38,7 @@ $(STAMP): python-helper/pyproject.toml Makefile
 
 bench: $(STAMP)
 	cargo bench --bench roundtrip
+	cargo bench --bench arrays
 
 lint:
 	cargo fmt --all -- --check

@@ -71,7 +71,10 @@ def _import(ref: _wire.ArrayRef) -> Any:
     from . import _array, _segment
 
     try:
-        seg = _segment.open(ref.name, writable=ref.access != _wire.SHARED)
+        # Lazily: a handoff then costs the same at any size, and only pages the code
+        # touches are faulted in (populating cost ~40 ms/GiB per handoff and saved
+        # nothing measurable when every page was read: BENCHMARKS.md, P2/P3).
+        seg = _segment.open(ref.name, writable=ref.access != _wire.SHARED, populate=False)
         if seg.generation != ref.generation:
             raise LoadError(
                 f"array {ref.name}: reference of generation {ref.generation}, "
