@@ -384,3 +384,52 @@ del msg, a, b
     drop(gw);
     assert_no_segments();
 }
+
+#[test]
+fn every_dtype_made_in_python_moves_to_the_host_with_its_values() {
+    let _serial = serial();
+    let gw = gateway();
+    let ch = gw
+        .remote_exec(
+            r#"
+import numpy as np, pixgate
+for name in ["bool", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32",
+             "int64", "float16", "float32", "float64", "complex64", "complex128"]:
+    a = pixgate.empty((3,), name)
+    a[...] = np.array([1, 0, 1]).astype(name) if name == "bool" else np.array([1, -2, 3]).astype(name)
+    channel.send(a)
+"#,
+        )
+        .unwrap();
+    fn take<E: Element + Copy>(ch: &pixgate::Channel) -> Vec<E> {
+        let a = SharedArray::<E>::from_value(ch.receive_timeout(T).unwrap()).unwrap();
+        let v: Vec<E> = a.view().unwrap().iter().copied().collect();
+        v
+    }
+    assert_eq!(take::<bool>(&ch), [true, false, true]);
+    assert_eq!(take::<u8>(&ch), [1, 254, 3]);
+    assert_eq!(take::<u16>(&ch), [1, 65534, 3]);
+    assert_eq!(take::<u32>(&ch), [1, u32::MAX - 1, 3]);
+    assert_eq!(take::<u64>(&ch), [1, u64::MAX - 1, 3]);
+    assert_eq!(take::<i8>(&ch), [1, -2, 3]);
+    assert_eq!(take::<i16>(&ch), [1, -2, 3]);
+    assert_eq!(take::<i32>(&ch), [1, -2, 3]);
+    assert_eq!(take::<i64>(&ch), [1, -2, 3]);
+    assert_eq!(
+        take::<half::f16>(&ch),
+        [1.0f32, -2.0, 3.0].map(half::f16::from_f32)
+    );
+    assert_eq!(take::<f32>(&ch), [1.0, -2.0, 3.0]);
+    assert_eq!(take::<f64>(&ch), [1.0, -2.0, 3.0]);
+    assert_eq!(
+        take::<Complex<f32>>(&ch),
+        [1.0f32, -2.0, 3.0].map(|r| Complex::new(r, 0.0))
+    );
+    assert_eq!(
+        take::<Complex<f64>>(&ch),
+        [1.0f64, -2.0, 3.0].map(|r| Complex::new(r, 0.0))
+    );
+    ch.wait_close(Some(T)).unwrap();
+    drop(gw);
+    assert_no_segments();
+}
