@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import our_segments
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +25,6 @@ from pixgate._errors import DTypeError, LayoutError, SegmentError
 
 HELPER_DIR = Path(__file__).resolve().parents[1]
 TIMEOUT = 60
-OUR_PREFIX = f"pxg-{os.getpid():x}-"
 
 DTYPES = [
     "bool", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64",
@@ -32,19 +32,6 @@ DTYPES = [
 ]  # fmt: skip
 
 
-def our_segments() -> list[str]:
-    return sorted(n for n in os.listdir("/dev/shm") if n.startswith(OUR_PREFIX))
-
-
-@pytest.fixture(autouse=True)
-def no_leaked_segments() -> Iterator[None]:
-    """Every test leaves /dev/shm without segments of this process."""
-    yield
-    gc.collect()
-    leaked = our_segments()
-    for name in leaked:
-        os.unlink("/dev/shm/" + name)
-    assert leaked == [], f"segments left in /dev/shm: {leaked}"
 
 
 def run_python(code: str, *args: str, isolated: bool = False) -> subprocess.CompletedProcess[str]:

@@ -32,22 +32,8 @@ HELPER_DIR = Path(__file__).resolve().parents[1]
 GOLDEN_DIR = HELPER_DIR.parent / "tests" / "golden"
 GOLDEN_CASES = ["u16_c", "f32_meta5d", "bool_0d", "c16_strided", "u8_empty"]
 TIMEOUT = 60
-OUR_PREFIX = f"pxg-{os.getpid():x}-"
 
 
-def our_segments() -> list[str]:
-    return sorted(n for n in os.listdir("/dev/shm") if n.startswith(OUR_PREFIX))
-
-
-@pytest.fixture(autouse=True)
-def no_leaked_segments() -> Iterator[None]:
-    """Every test leaves /dev/shm without segments of this process."""
-    yield
-    gc.collect()
-    leaked = our_segments()
-    for name in leaked:
-        os.unlink("/dev/shm/" + name)
-    assert leaked == [], f"segments left in /dev/shm: {leaked}"
 
 
 def run_python(code: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
