@@ -441,7 +441,8 @@ class _WorkerGateway:
         self._lock = threading.Lock()
         self._main_tasks: SimpleQueue[Callable[[], None] | None] = SimpleQueue()
         self._cleanup: list[Callable[[], None]] = []
-        self._exiting = False
+        self._exit_lock = threading.Lock()
+        self._exit_done = threading.Event()
         # Leader/follower reading (see docs/ARCHITECTURE.md): the baton is the right to
         # read the pipe. A thread that waits on a channel takes it when free and reads
         # itself, so a reply wakes the thread that wants it with no hand-off.
@@ -469,27 +470,37 @@ class _WorkerGateway:
     # -- lifecycle ---------------------------------------------------------
 
     def shutdown(self, code: int) -> None:
-        """Run cleanup hooks and end the process at once."""
-        if self._exiting:
+        """Run cleanup hooks and end the process at once.
+
+        Several paths can get here at the same moment (EOF on the pipe in a reader, the
+        parent-death SIGTERM in the main thread): the first runs the cleanup; a later
+        one waits for it (bounded: it may itself have interrupted a thread holding a
+        lock the cleanup needs) and only then ends the process.
+        """
+        if not self._exit_lock.acquire(blocking=False):
+            self._exit_done.wait(2.0)
             os._exit(code)
-        self._exiting = True
-        with self._lock:
-            channels = list(self._channels.values())
-        for ch in channels:
-            for stream, pending in ch._pending.items():
-                if pending:
-                    _fallback(stream).write("".join(pending))
-                    pending.clear()
         for hook in reversed(self._cleanup):
             try:
                 hook()
             except BaseException:  # noqa: BLE001 - exiting; report and go on
                 _print_exc()
         try:
+            # No lock: this may run in a signal handler that interrupted its holder.
+            channels = list(self._channels.values())
+        except RuntimeError:
+            channels = []
+        try:
+            for ch in channels:
+                for stream, pending in ch._pending.items():
+                    if pending:
+                        _fallback(stream).write("".join(pending))
+                        pending.clear()
             sys.stdout.flush()
             sys.stderr.flush()
-        except BaseException:  # noqa: BLE001
+        except BaseException:  # noqa: BLE001 - exiting; output is best effort
             pass
+        self._exit_done.set()
         os._exit(code)
 
     # -- the reading baton ------------------------------------------------
