@@ -380,10 +380,9 @@ impl Shared {
                     MsgType::ChannelData => {
                         let item = decode_payload(&f.payload).map_err(Error::from);
                         if let Ok(v) = &item {
-                            // Only payloads holding the array opcode can carry arrays.
-                            if f.payload.contains(&crate::codec::OP_ARRAY) {
-                                returned_arrays(v);
-                            }
+                            // One step per node of the value: nothing for a scalar or a
+                            // big bytes item (a scan of the payload's bytes would not be).
+                            returned_arrays(v);
                         }
                         Prepared::Data {
                             channel: f.channel,
