@@ -23,7 +23,6 @@
 
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -35,18 +34,9 @@ const GIB: usize = 1 << 30;
 /// Longest wait for any answer from the worker.
 const T: Duration = Duration::from_secs(120);
 
-fn python() -> String {
-    if let Ok(p) = std::env::var("PIXGATE_PYTHON") {
-        if !p.is_empty() {
-            return p;
-        }
-    }
-    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
-    if Path::new(venv).exists() {
-        return venv.to_string();
-    }
-    "python3".to_string()
-}
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::python;
 
 /// Criterion runs benchmarks for real only when given `--bench`; otherwise (test mode)
 /// each routine runs once, and this bench keeps to small arrays.

@@ -12,23 +12,15 @@
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use std::io::{Read, Write};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use pixgate::Gateway;
 
-fn python() -> String {
-    if let Ok(p) = std::env::var("PIXGATE_PYTHON") {
-        return p;
-    }
-    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
-    if Path::new(venv).exists() {
-        return venv.to_string();
-    }
-    "python3".to_string()
-}
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::python;
 
 const ECHO: &str = "import os\nwhile True:\n    b = os.read(0, 64)\n    if not b:\n        break\n    os.write(1, b)\n";
 

@@ -114,6 +114,8 @@ pub(crate) struct PeerAccess {
     pub(crate) shares: u32,
     /// A writable reference not yet released.
     pub(crate) lent: bool,
+    /// The segment's generation; a release naming another one is stale.
+    pub(crate) generation: u64,
 }
 
 type Registry = Mutex<HashMap<String, Arc<Mutex<PeerAccess>>>>;
@@ -121,8 +123,11 @@ type Registry = Mutex<HashMap<String, Arc<Mutex<PeerAccess>>>>;
 /// Segment name → peer access of the arrays this process holds.
 static REGISTRY: LazyLock<Registry> = LazyLock::new(Default::default);
 
-fn register(name: &str) -> Arc<Mutex<PeerAccess>> {
-    let access = Arc::new(Mutex::new(PeerAccess::default()));
+fn register(name: &str, generation: u64) -> Arc<Mutex<PeerAccess>> {
+    let access = Arc::new(Mutex::new(PeerAccess {
+        generation,
+        ..PeerAccess::default()
+    }));
     lock(&REGISTRY).insert(name.to_string(), Arc::clone(&access));
     access
 }
@@ -134,7 +139,9 @@ pub(crate) fn release(name: &str, generation: u64, what: Access) -> bool {
         return false;
     };
     let mut a = lock(&entry);
-    let _ = generation;
+    if a.generation != generation {
+        return false;
+    }
     match what {
         Access::Shared if a.shares > 0 => {
             a.shares -= 1;
@@ -191,7 +198,7 @@ impl<T: Element> SharedArray<T> {
 
     fn with_layout(layout: Layout, meta: &Meta) -> Result<SharedArray<T>> {
         let seg = Segment::create(&layout, meta)?;
-        let access = register(seg.name());
+        let access = register(seg.name(), seg.generation());
         Ok(SharedArray {
             seg,
             access,
@@ -255,7 +262,7 @@ impl<T: Element> SharedArray<T> {
             seg.set_owner_pid(std::process::id())?;
             seg.set_state(crate::segment::STATE_OWNED)?;
         }
-        let access = register(seg.name());
+        let access = register(seg.name(), seg.generation());
         Ok(SharedArray {
             seg,
             access,
@@ -521,6 +528,23 @@ impl<T: Element> Drop for SharedArray<T> {
 #[cfg(test)]
 mod tests {
     use super::distinct_elements;
+
+    #[test]
+    fn releases_must_name_what_is_held() {
+        use super::{Access, register, release};
+        let name = "/pxg-0-release-test";
+        let access = register(name, 5);
+        access.lock().unwrap().shares = 1;
+        assert!(!release(name, 4, Access::Shared), "stale generation");
+        assert!(!release(name, 5, Access::Lent), "nothing lent");
+        assert!(
+            !release("/pxg-0-unknown", 5, Access::Shared),
+            "unknown name"
+        );
+        assert!(release(name, 5, Access::Shared));
+        assert!(!release(name, 5, Access::Shared), "released twice");
+        super::REGISTRY.lock().unwrap().remove(name);
+    }
 
     #[test]
     fn overlapping_strides_are_detected() {

@@ -232,7 +232,7 @@ impl Gateway {
             // past the handshake deadline; it ends when the pipe breaks.
             let s = Arc::clone(&shared);
             spawn_thread(format!("pixgate-{id}-bootstrap"), move || {
-                let _ = s.write_frame_raw(&bootstrap::bundle());
+                let _ = s.write_frame(&bootstrap::bundle());
             })?;
         }
 
@@ -380,13 +380,6 @@ impl Gateway {
 impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.exit(self.exit_timeout);
-    }
-}
-
-impl Shared {
-    /// Writes bytes that are not a frame (the bootstrap bundle).
-    fn write_frame_raw(&self, bytes: &[u8]) -> Result<()> {
-        self.write_frame(bytes)
     }
 }
 
