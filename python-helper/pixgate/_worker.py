@@ -443,6 +443,7 @@ class _WorkerGateway:
         self._cleanup: list[Callable[[], None]] = []
         self._exit_lock = threading.Lock()
         self._exit_done = threading.Event()
+        self._exit_thread: int | None = None
         # Leader/follower reading (see docs/ARCHITECTURE.md): the baton is the right to
         # read the pipe. A thread that waits on a channel takes it when free and reads
         # itself, so a reply wakes the thread that wants it with no hand-off.
@@ -474,12 +475,17 @@ class _WorkerGateway:
 
         Several paths can get here at the same moment (EOF on the pipe in a reader, the
         parent-death SIGTERM in the main thread): the first runs the cleanup; a later
-        one waits for it (bounded: it may itself have interrupted a thread holding a
-        lock the cleanup needs) and only then ends the process.
+        one on another thread waits for it (bounded: it may itself have interrupted a
+        thread holding a lock the cleanup needs) and only then ends the process; a
+        signal that re-enters on the cleanup's own thread returns and lets it finish.
         """
         if not self._exit_lock.acquire(blocking=False):
+            if self._exit_thread == threading.get_ident():
+                # A signal re-entered the cleanup on its own thread: let it go on.
+                return
             self._exit_done.wait(2.0)
             os._exit(code)
+        self._exit_thread = threading.get_ident()
         for hook in reversed(self._cleanup):
             try:
                 hook()
