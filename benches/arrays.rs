@@ -1,19 +1,17 @@
 //! Arrays handed to a CPython worker through shared memory, in one run:
 //!
 //! 1. `handoff`: a resident `SharedArray<u8>` of 1 MiB … 8 GiB is lent to a remote
-//!    `for msg in channel: channel.send(msg)` echo, which sends it straight back (that
-//!    releases it); next to it, a small int echoed on the same channel. Twice: with the
-//!    worker mapping segments the default way (`MAP_POPULATE`), and with the remote code
-//!    switching `pixgate._segment.open`'s `populate` default off (a lazy mapping). A
-//!    probe then times, in the worker, the open + map, a touch of one byte per page, and
-//!    the unmap of the same segment, both ways.
+//!    echo, which sends it straight back (that releases it); next to it, a small int
+//!    echoed on the same channel. Twice: *kept*, as shipped (the worker keeps the
+//!    segment mapped between handoffs), and *fresh* (the remote code drops the kept
+//!    mapping after each handoff, as `FORGET` would, so each handoff maps anew).
 //! 2. `exchange_512MiB`: a 512 MiB `u16` array lent, doubled in place by the remote
-//!    (`arr *= 2`, timed there with `perf_counter`), given back; the host's time per
-//!    exchange against the worker's numpy time, and against execnet sending the bytes
-//!    (`benches/peer_execnet_arrays.py`).
+//!    (`arr *= 2`, timed there with `perf_counter`), given back, kept and fresh; the
+//!    host's time per exchange against the worker's numpy time, and against execnet
+//!    sending the bytes (`benches/peer_execnet_arrays.py`).
 //! 3. `memory`: peak memory of host and worker while a 1 GiB and a 4 GiB stack is lent,
-//!    doubled in place by the worker and given back (`/proc/self/status`, peaks reset
-//!    with `clear_refs` first).
+//!    doubled in place by the worker and given back, and the worker's memory after the
+//!    host dropped the stack (`/proc/self/status`, peaks reset with `clear_refs` first).
 //!
 //! Every figure is printed as a line starting with `arrays:` besides criterion's output.
 //! Without `--bench` (criterion's test mode, `cargo test --benches`) only arrays of at
@@ -27,7 +25,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
-use pixgate::{Channel, Gateway, OutputMode, SharedArray, Value};
+use pixgate::{Gateway, OutputMode, SharedArray, Value};
 
 const MIB: usize = 1 << 20;
 const GIB: usize = 1 << 30;
@@ -100,8 +98,8 @@ impl Rec {
     }
 }
 
-/// Pages of the worker's mapping are faulted in (or populated) fresh on every handoff;
-/// criterion's defaults would take minutes on the large arrays.
+/// Fresh mappings fault their pages in on every handoff; criterion's defaults would take
+/// minutes on the large arrays.
 fn configure(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
     g.sample_size(10)
         .sampling_mode(SamplingMode::Flat)
@@ -109,40 +107,20 @@ fn configure(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallT
         .measurement_time(Duration::from_secs(2));
 }
 
-/// Switches the worker's default for mapping received segments (`MAP_POPULATE` or lazy).
-const SET_POPULATE: &str = "\
-import pixgate._segment as S
-for p in channel:
-    S.open.__kwdefaults__['populate'] = p
-    channel.send(S.open.__kwdefaults__['populate'])
+/// Echoes `(value, fresh)` as `value`; with `fresh`, drops the worker's kept mapping of
+/// an array afterwards, as FORGET does, so that the next handoff maps it anew.
+const ECHO: &str = "\
+from pixgate import _array, _transfer
+for msg, fresh in channel:
+    channel.send(msg)
+    if fresh:
+        _transfer.forget(_array.segment_of(msg)[0].name)
+    del msg
 ";
 
-fn set_populate(ctl: &Channel, populate: bool) {
-    ctl.send(populate).expect("send");
-    assert_eq!(
-        ctl.receive_timeout(T).expect("receive").as_bool(),
-        Some(populate)
-    );
+fn with_fresh(v: Value, fresh: bool) -> Value {
+    Value::Tuple(vec![v, fresh.into()])
 }
-
-const ECHO: &str = "for msg in channel:\n    channel.send(msg)\n";
-
-/// In the worker: open the named segment as a lend would (writable), with or without
-/// populate; touch one byte per page; let go of it (unmap). Seconds of each step.
-const PROBE: &str = "\
-import time, pixgate._segment as S, pixgate._array as A
-for name, populate, touch in channel:
-    t0 = time.perf_counter()
-    seg = S.open(name, writable=True, populate=populate)
-    arr = A.map_array(seg)
-    t1 = time.perf_counter()
-    if touch:
-        arr[::4096].max()
-    t2 = time.perf_counter()
-    del arr, seg
-    t3 = time.perf_counter()
-    channel.send((t1 - t0, t2 - t1, t3 - t2))
-";
 
 fn handoff(c: &mut Criterion) {
     let full = full_run();
@@ -158,8 +136,6 @@ fn handoff(c: &mut Criterion) {
     }
     let gw = gateway("bench-handoff");
     let ch = gw.remote_exec(ECHO).expect("remote_exec");
-    let ctl = gw.remote_exec(SET_POPULATE).expect("remote_exec");
-    let probe = gw.remote_exec(PROBE).expect("remote_exec");
     let mut g = c.benchmark_group("handoff");
     configure(&mut g);
     g.sampling_mode(SamplingMode::Auto);
@@ -172,7 +148,7 @@ fn handoff(c: &mut Criterion) {
             for _ in 0..iters {
                 i += 1;
                 let t1 = Instant::now();
-                ch.send(i).expect("send");
+                ch.send(with_fresh(i.into(), false)).expect("send");
                 let back = ch.receive_timeout(T).expect("receive");
                 small.0.push(t1.elapsed().as_secs_f64());
                 assert_eq!(back.as_i64(), Some(i));
@@ -189,16 +165,16 @@ fn handoff(c: &mut Criterion) {
         let mut a = SharedArray::<u8>::zeros(&[n]).expect("zeros");
         // Resident: every page written once by the host.
         a.view_mut().expect("view_mut").fill(1);
-        for populate in [true, false] {
-            set_populate(&ctl, populate);
-            let mode = if populate { "populate" } else { "lazy" };
+        for fresh in [false, true] {
+            let mode = if fresh { "fresh" } else { "kept" };
             let mut rec = Rec::default();
             g.bench_with_input(BenchmarkId::new(mode, label(n)), &n, |b, _| {
                 b.iter_custom(|iters| {
                     let t = Instant::now();
                     for _ in 0..iters {
                         let t1 = Instant::now();
-                        ch.send(a.lend().expect("lend")).expect("send");
+                        ch.send(with_fresh(a.lend().expect("lend"), fresh))
+                            .expect("send");
                         let back = ch.receive_timeout(T).expect("receive");
                         rec.0.push(t1.elapsed().as_secs_f64());
                         assert!(matches!(back, Value::Array(_)));
@@ -217,36 +193,11 @@ fn handoff(c: &mut Criterion) {
                 micros(m - small_med),
                 rec.0.len()
             );
-            // The worker still maps the last array until its next message.
-            ch.send(0).expect("send");
-            ch.receive_timeout(T).expect("receive");
-        }
-        set_populate(&ctl, true);
-        if full {
-            for populate in [true, false] {
-                let mut steps = [vec![], vec![], vec![]];
-                for _ in 0..5 {
-                    let args = Value::Tuple(vec![a.name().into(), populate.into(), true.into()]);
-                    probe.send(args).expect("send");
-                    let r = floats(&probe.receive_timeout(T).expect("receive"));
-                    for (s, x) in steps.iter_mut().zip(r) {
-                        s.push(x);
-                    }
-                }
-                println!(
-                    "arrays: probe {} {}: open+map {}, touch 1 byte/page {}, unmap {}",
-                    if populate { "populate" } else { "lazy" },
-                    label(n),
-                    micros(median(&steps[0])),
-                    micros(median(&steps[1])),
-                    micros(median(&steps[2])),
-                );
-            }
         }
         drop(a);
     }
     g.finish();
-    for mode in ["populate", "lazy"] {
+    for mode in ["kept", "fresh"] {
         let rows: Vec<&(&str, usize, f64)> = table.iter().filter(|r| r.0 == mode).collect();
         if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
             println!(
@@ -257,9 +208,7 @@ fn handoff(c: &mut Criterion) {
             );
         }
     }
-    for c in [&ch, &ctl, &probe] {
-        c.close().expect("close");
-    }
+    ch.close().expect("close");
     gw.exit(Duration::from_secs(30)).expect("exit");
 }
 
@@ -278,11 +227,15 @@ for _ in range(5):
     ts.append(time.perf_counter() - t)
 del warm
 channel.send(statistics.median(ts))
-for arr in channel:
+from pixgate import _array, _transfer
+for arr, fresh in channel:
     t = time.perf_counter()
     arr *= 2
     dt = time.perf_counter() - t
     channel.send((arr, dt))
+    if fresh:
+        _transfer.forget(_array.segment_of(arr)[0].name)
+    del arr
 ";
 
 fn exchange(c: &mut Criterion) {
@@ -292,7 +245,6 @@ fn exchange(c: &mut Criterion) {
     let name = format!("exchange_{}", label(n));
     let gw = gateway("bench-exchange");
     let ch = gw.remote_exec(DOUBLE).expect("remote_exec");
-    let ctl = gw.remote_exec(SET_POPULATE).expect("remote_exec");
     ch.send(elems as i64).expect("send");
     let warm = ch
         .receive_timeout(T)
@@ -308,16 +260,16 @@ fn exchange(c: &mut Criterion) {
     let mut g = c.benchmark_group(&name);
     configure(&mut g);
     let mut medians = vec![];
-    for populate in [true, false] {
-        set_populate(&ctl, populate);
-        let mode = if populate { "populate" } else { "lazy" };
+    for fresh in [false, true] {
+        let mode = if fresh { "fresh" } else { "kept" };
         let (mut host, mut numpy) = (Rec::default(), Rec::default());
         g.bench_function(mode, |b| {
             b.iter_custom(|iters| {
                 let t = Instant::now();
                 for _ in 0..iters {
                     let t1 = Instant::now();
-                    ch.send(a.lend().expect("lend")).expect("send");
+                    ch.send(with_fresh(a.lend().expect("lend"), fresh))
+                        .expect("send");
                     let back = ch.receive_timeout(T).expect("receive");
                     host.0.push(t1.elapsed().as_secs_f64());
                     let back = back.as_seq().expect("a tuple");
@@ -337,14 +289,10 @@ fn exchange(c: &mut Criterion) {
             host.0.len()
         );
         medians.push((mode, h));
-        // The worker still maps the last array until its next message (an int here).
-        ch.send(0).expect("send");
-        ch.receive_timeout(T).expect("receive");
     }
     g.finish();
     drop(a);
     ch.close().expect("close");
-    ctl.close().expect("close");
     gw.exit(Duration::from_secs(30)).expect("exit");
 
     if !full {
@@ -427,9 +375,10 @@ fn reset_peak() {
 }
 
 /// Receives a lent stack, doubles it in place, gives it back; reports its memory before,
-/// once the stack is mapped, once it is doubled (still mapped) and after letting go.
+/// once the stack is mapped, once it is doubled (still mapped), after letting go (the
+/// mapping is kept), and after the host dropped the stack (FORGET).
 const MEMORY: &str = "\
-import numpy as np, pixgate._segment as S
+import numpy as np
 FIELDS = ('VmHWM', 'VmRSS', 'RssAnon', 'RssShmem', 'VmPTE')
 def status():
     d = {}
@@ -439,7 +388,6 @@ def status():
             if k in FIELDS:
                 d[k] = int(v.split()[0])
     return tuple(d[k] for k in FIELDS)
-S.open.__kwdefaults__['populate'] = channel.receive()
 with open('/proc/self/clear_refs', 'w') as f:
     f.write('5')
 channel.send(status())
@@ -450,6 +398,8 @@ doubled = status()
 channel.send(arr)
 del arr
 channel.send((mapped, doubled, status()))
+channel.receive()
+channel.send(status())
 ";
 
 fn mib(kb: f64) -> f64 {
@@ -461,11 +411,10 @@ fn memory(_c: &mut Criterion) {
     let sizes: &[usize] = if full { &[GIB, 4 * GIB] } else { &[64 * MIB] };
     for &n in sizes {
         let budget = 50.0 + 0.01 * (n / MIB) as f64;
-        for populate in [true, false] {
-            let mode = if populate { "populate" } else { "lazy" };
+        {
+            let mode = "kept";
             let gw = gateway("bench-memory");
             let ch = gw.remote_exec(MEMORY).expect("remote_exec");
-            ch.send(populate).expect("send");
             let w0 = Status::from_kb(&floats(&ch.receive_timeout(T).expect("receive")));
             reset_peak();
             let h0 = Status::own();
@@ -490,6 +439,8 @@ fn memory(_c: &mut Criterion) {
             }
             drop(a);
             let h3 = Status::own();
+            ch.send(0).expect("send");
+            let wf = Status::from_kb(&floats(&ch.receive_timeout(T).expect("receive")));
             ch.close().expect("close");
             gw.exit(Duration::from_secs(30)).expect("exit");
 
@@ -515,7 +466,7 @@ fn memory(_c: &mut Criterion) {
                 host_private,
             );
             println!(
-                "arrays: memory {} {mode} worker: RSS {:.1} → mapped {:.1} → doubled {:.1} → released {:.1} MiB, \
+                "arrays: memory {} {mode} worker: RSS {:.1} → mapped {:.1} → doubled {:.1} → released {:.1} → dropped by the host {:.1} MiB, \
                  VmHWM {:.1} MiB, RssShmem mapped {:.1} / doubled {:.1} MiB, RssAnon {:.1} → {:.1} MiB, \
                  VmPTE {:.0} → {:.0} kB; private peak over baseline {:.1} MiB (budget {budget:.1})",
                 label(n),
@@ -523,6 +474,7 @@ fn memory(_c: &mut Criterion) {
                 mib(wm.rss),
                 mib(wd.rss),
                 mib(wa.rss),
+                mib(wf.rss),
                 mib(wd.hwm),
                 mib(wm.shmem),
                 mib(wd.shmem),

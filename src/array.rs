@@ -55,12 +55,13 @@
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use ndarray::{ArrayViewD, ArrayViewMutD, IxDyn, ShapeBuilder};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::header::{DType, Layout, Meta};
+use crate::inbox::Shared;
 use crate::output::lock;
 use crate::segment::Segment;
 use crate::value::{Access, ArrayRef, Value};
@@ -118,18 +119,53 @@ pub(crate) struct PeerAccess {
     pub(crate) generation: u64,
 }
 
-type Registry = Mutex<HashMap<String, Arc<Mutex<PeerAccess>>>>;
+/// The registry's record of one array.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    pub(crate) access: PeerAccess,
+    /// The gateways whose workers were sent a shared or lent reference: they may keep
+    /// the segment mapped until told it is gone.
+    peers: Vec<Weak<Shared>>,
+}
+
+type Registry = Mutex<HashMap<String, Arc<Mutex<Held>>>>;
 
 /// Segment name → peer access of the arrays this process holds.
 static REGISTRY: LazyLock<Registry> = LazyLock::new(Default::default);
 
-fn register(name: &str, generation: u64) -> Arc<Mutex<PeerAccess>> {
-    let access = Arc::new(Mutex::new(PeerAccess {
-        generation,
-        ..PeerAccess::default()
+fn register(name: &str, generation: u64) -> Arc<Mutex<Held>> {
+    let held = Arc::new(Mutex::new(Held {
+        access: PeerAccess {
+            generation,
+            ..PeerAccess::default()
+        },
+        peers: Vec::new(),
     }));
-    lock(&REGISTRY).insert(name.to_string(), Arc::clone(&access));
-    access
+    lock(&REGISTRY).insert(name.to_string(), Arc::clone(&held));
+    held
+}
+
+/// Records that the shared and lent arrays in `v` were sent to the worker of `peer`,
+/// which keeps them mapped until the array is dropped here (see [`SharedArray`]'s
+/// `Drop`).
+pub(crate) fn note_sent(v: &Value, peer: &Arc<Shared>) {
+    v.for_each_array(|r| {
+        if r.access == Access::Moved {
+            return;
+        }
+        let Some(entry) = lock(&REGISTRY).get(&r.name).cloned() else {
+            return;
+        };
+        let mut held = lock(&entry);
+        if !held
+            .peers
+            .iter()
+            .any(|p| std::ptr::eq(p.as_ptr(), Arc::as_ptr(peer)))
+        {
+            held.peers.retain(|p| p.strong_count() > 0);
+            held.peers.push(Arc::downgrade(peer));
+        }
+    });
 }
 
 /// Applies a release from the peer: one share, or the lend, of the named segment.
@@ -138,7 +174,8 @@ pub(crate) fn release(name: &str, generation: u64, what: Access) -> bool {
     let Some(entry) = lock(&REGISTRY).get(name).cloned() else {
         return false;
     };
-    let mut a = lock(&entry);
+    let mut held = lock(&entry);
+    let a = &mut held.access;
     if a.generation != generation {
         return false;
     }
@@ -160,7 +197,7 @@ pub(crate) fn release(name: &str, generation: u64, what: Access) -> bool {
 /// Dropping it unmaps the segment and, if this process owns it, unlinks it.
 pub struct SharedArray<T: Element> {
     seg: Segment,
-    access: Arc<Mutex<PeerAccess>>,
+    access: Arc<Mutex<Held>>,
     _t: PhantomData<T>,
 }
 
@@ -170,7 +207,7 @@ impl<T: Element> std::fmt::Debug for SharedArray<T> {
             .field("name", &self.seg.name())
             .field("dtype", &T::DTYPE)
             .field("shape", &self.seg.layout().shape)
-            .field("peer", &*lock(&self.access))
+            .field("peer", &lock(&self.access).access)
             .finish()
     }
 }
@@ -309,7 +346,11 @@ impl<T: Element> SharedArray<T> {
     /// array.
     pub fn set_meta(&mut self, meta: Meta) -> Result<()> {
         self.check(|a| a.shares == 0 && !a.lent, "change the metadata of")?;
-        self.seg.set_meta(&meta)
+        self.seg.set_meta(&meta)?;
+        // A worker that kept the segment mapped re-reads the header of a reference of a
+        // new generation.
+        lock(&self.access).access.generation = self.seg.bump_generation()?;
+        Ok(())
     }
 
     /// Sets the axis names.
@@ -325,16 +366,16 @@ impl<T: Element> SharedArray<T> {
 
     /// What the peer currently holds of this array.
     pub fn peer_shares(&self) -> u32 {
-        lock(&self.access).shares
+        lock(&self.access).access.shares
     }
 
     /// True while the array is lent to the peer.
     pub fn is_lent(&self) -> bool {
-        lock(&self.access).lent
+        lock(&self.access).access.lent
     }
 
     fn check(&self, ok: impl Fn(&PeerAccess) -> bool, what: &str) -> Result<()> {
-        let a = *lock(&self.access);
+        let a = lock(&self.access).access;
         if ok(&a) {
             return Ok(());
         }
@@ -448,7 +489,7 @@ impl<T: Element> SharedArray<T> {
     /// [`ErrorKind::Busy`] while the array is lent.
     pub fn share(&self) -> Result<Value> {
         self.check(|a| !a.lent, "share")?;
-        lock(&self.access).shares += 1;
+        lock(&self.access).access.shares += 1;
         Ok(self.reference(Access::Shared))
     }
 
@@ -467,7 +508,7 @@ impl<T: Element> SharedArray<T> {
                 self.seg.name()
             ))));
         }
-        lock(&self.access).lent = true;
+        lock(&self.access).access.lent = true;
         Ok(self.reference(Access::Lent))
     }
 
@@ -515,12 +556,27 @@ fn distinct_elements(shape: &[usize], strides: &[usize]) -> bool {
 
 impl<T: Element> Drop for SharedArray<T> {
     fn drop(&mut self) {
-        let mut reg = lock(&REGISTRY);
-        if reg
-            .get(self.seg.name())
-            .is_some_and(|a| Arc::ptr_eq(a, &self.access))
         {
-            reg.remove(self.seg.name());
+            let mut reg = lock(&REGISTRY);
+            if reg
+                .get(self.seg.name())
+                .is_some_and(|a| Arc::ptr_eq(a, &self.access))
+            {
+                reg.remove(self.seg.name());
+            }
+        }
+        let peers = std::mem::take(&mut lock(&self.access).peers);
+        if peers.is_empty() {
+            return;
+        }
+        // Workers keep what they were sent mapped. Unlink first, so that no reference
+        // still on its way can map the segment anew, then tell them it is gone; their
+        // mappings (and the memory) go when their last array of it does.
+        if self.seg.unlinks_on_drop() {
+            let _ = self.seg.unlink();
+        }
+        for peer in peers.iter().filter_map(Weak::upgrade) {
+            peer.forget(self.seg.name());
         }
     }
 }
@@ -534,7 +590,7 @@ mod tests {
         use super::{Access, register, release};
         let name = "/pxg-0-release-test";
         let access = register(name, 5);
-        access.lock().unwrap().shares = 1;
+        access.lock().unwrap().access.shares = 1;
         assert!(!release(name, 4, Access::Shared), "stale generation");
         assert!(!release(name, 5, Access::Lent), "nothing lent");
         assert!(

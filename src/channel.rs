@@ -101,6 +101,7 @@ impl Channel {
         let frame = build_frame(MsgType::ChannelData, self.id, |out| {
             encode_payload(value, out)
         })?;
+        crate::array::note_sent(value, &self.shared);
         self.send_checked(frame, true)
     }
 

@@ -32,6 +32,7 @@ pub(crate) enum MsgType {
     Cancel = 34,
     ExecMain = 35,
     Release = 36,
+    Forget = 37,
 }
 
 impl MsgType {
@@ -51,6 +52,7 @@ impl MsgType {
             34 => Cancel,
             35 => ExecMain,
             36 => Release,
+            37 => Forget,
             _ => return None,
         })
     }

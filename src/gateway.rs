@@ -328,6 +328,7 @@ impl Gateway {
         };
         let channel = Channel::new(Arc::clone(&self.shared), id);
         let frame = build_frame(msg, id, |out| encode_payload(&task, out))?;
+        crate::array::note_sent(&task, &self.shared);
         channel.send_frame(frame)?;
         Ok(channel)
     }

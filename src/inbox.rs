@@ -14,9 +14,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::codec::decode_payload;
+use crate::codec::{decode_payload, encode_payload};
 use crate::error::{Error, ErrorKind, RemoteError, Result, WorkerExit};
-use crate::frame::{Event, Frame, FrameReader, MsgType, ReadError, write_all};
+use crate::frame::{Event, Frame, FrameReader, MsgType, ReadError, build_frame, write_all};
 use crate::output::{OutputSink, Stream, lock};
 use crate::value::{Access, Value};
 
@@ -204,6 +204,24 @@ impl Shared {
         })
     }
 
+    /// Tells the worker that the segment `name` is gone, so that it drops the mapping it
+    /// keeps of it (FORGET, docs/PROTOCOL.md §4.13). Nothing to do, and nothing
+    /// reported, when the worker is gone: it has nothing mapped any more.
+    pub(crate) fn forget(&self, name: &str) {
+        {
+            let st = self.lock();
+            if st.closed_by_host || st.child_gone || st.is_broken() {
+                return;
+            }
+        }
+        let frame = build_frame(MsgType::Forget, 0, |out| {
+            encode_payload(&Value::from(name), out)
+        });
+        if let Ok(frame) = frame {
+            let _ = self.write_frame(&frame);
+        }
+    }
+
     /// The error for an operation that needs a worker that is gone. Waits briefly for
     /// the exit status when the pipe closed before the process was reaped.
     pub(crate) fn gone_error(&self, mut st: MutexGuard<'_, State>) -> Error {
@@ -380,8 +398,6 @@ impl Shared {
                     MsgType::ChannelData => {
                         let item = decode_payload(&f.payload).map_err(Error::from);
                         if let Ok(v) = &item {
-                            // One step per node of the value: nothing for a scalar or a
-                            // big bytes item (a scan of the payload's bytes would not be).
                             returned_arrays(v);
                         }
                         Prepared::Data {
@@ -658,25 +674,11 @@ enum Prepared {
 /// An array this process shared or lent that comes back in a value is released by that
 /// (once per reference): the worker gives it back instead of sending RELEASE later.
 fn returned_arrays(v: &Value) {
-    let mut todo = vec![v];
-    while let Some(v) = todo.pop() {
-        match v {
-            Value::Array(r) if r.access != Access::Moved => {
-                crate::array::release(&r.name, r.generation, r.access);
-            }
-            Value::List(items)
-            | Value::Tuple(items)
-            | Value::Set(items)
-            | Value::FrozenSet(items) => todo.extend(items),
-            Value::Dict(entries) => {
-                for (k, v) in entries {
-                    todo.push(k);
-                    todo.push(v);
-                }
-            }
-            _ => {}
+    v.for_each_array(|r| {
+        if r.access != Access::Moved {
+            crate::array::release(&r.name, r.generation, r.access);
         }
-    }
+    });
 }
 
 /// Decodes a CHANNEL_CLOSE_ERROR payload: execnet's formatted traceback (a str), or

@@ -52,6 +52,28 @@ pub enum Value {
 }
 
 impl Value {
+    /// Calls `f` on every array reference in the value, at any depth; one step per node
+    /// (nothing to scan for a scalar or a big bytes item).
+    pub(crate) fn for_each_array(&self, mut f: impl FnMut(&ArrayRef)) {
+        let mut todo = vec![self];
+        while let Some(v) = todo.pop() {
+            match v {
+                Value::Array(r) => f(r),
+                Value::List(items)
+                | Value::Tuple(items)
+                | Value::Set(items)
+                | Value::FrozenSet(items) => todo.extend(items),
+                Value::Dict(entries) => {
+                    for (k, v) in entries {
+                        todo.push(k);
+                        todo.push(v);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Builds a [`Value::Bytes`].
     pub fn bytes(data: impl Into<Vec<u8>>) -> Value {
         Value::Bytes(data.into())

@@ -139,7 +139,7 @@ fn inspect_prints_every_header_field_and_the_metadata() {
         ("ndim", "3".to_string()),
         ("flags", "0x1 (C-contiguous)".to_string()),
         ("creator_pid", format!("{pid} (alive)")),
-        ("generation", "0".to_string()),
+        ("generation", "1".to_string()), // set_dims bumped it
         ("state", "0 (owned)".to_string()),
         ("owner_pid", pid.to_string()),
         ("reserved", "0".to_string()),

@@ -36,7 +36,7 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
     from typing import Any
 
     import numpy as np
@@ -49,8 +49,9 @@ from ._segment import Segment
 # uint8 array over the data area; every array made by map_array, and every numpy view
 # of one, has it as its ``base`` (numpy collapses view chains down to the array whose
 # base is not an ndarray, here the anchor, whose base is the mapping's memoryview).
-# The entry holds the segment alive exactly as long as the anchor exists.
-_anchors: dict[int, tuple[Any, Segment]] = {}
+# The entry holds the segment alive exactly as long as the anchor exists, and the lease
+# given to map_array (what the array was mapped for; see lease_of).
+_anchors: dict[int, tuple[Any, Segment, object]] = {}
 
 
 def _numpy() -> Any:
@@ -63,13 +64,23 @@ def _numpy() -> Any:
     return numpy
 
 
-def map_array(segment: Segment) -> np.ndarray:
+def map_array(
+    segment: Segment,
+    lease: object = None,
+    on_release: Callable[[], object] | None = None,
+) -> np.ndarray:
     """The array a segment holds, as a numpy view of its mapping.
+
+    Every call makes a new array (and a new anchor), also for a segment mapped before.
 
     Parameters
     ----------
     segment : Segment
         An open segment; its header has been validated.
+    lease : object, optional
+        Anything; :func:`lease_of` returns it for this array and its views.
+    on_release : callable, optional
+        Called once when this array and every view of it have been garbage-collected.
 
     Returns
     -------
@@ -93,7 +104,9 @@ def map_array(segment: Segment) -> np.ndarray:
         if entry is not None and entry[0] is ref:
             del _anchors[key]
 
-    _anchors[key] = (weakref.ref(anchor, forget), segment)
+    _anchors[key] = (weakref.ref(anchor, forget), segment, lease)
+    if on_release is not None:
+        weakref.finalize(anchor, on_release)
     return arr
 
 
@@ -112,6 +125,18 @@ def segment_of(arr: object) -> tuple[Segment, bool] | None:
         ``arr`` is exactly the segment's array: the same data pointer, shape, strides
         and dtype. A view of part of it (or of its bytes as another type) gives False.
     """
+    found = _entry_of(arr)
+    return None if found is None else (found[0], found[1])
+
+
+def lease_of(arr: object) -> object:
+    """The ``lease`` :func:`map_array` was given for ``arr`` (or the array ``arr`` is a
+    view of); None when there is none or ``arr`` is not a segment's array."""
+    found = _entry_of(arr)
+    return None if found is None else found[2]
+
+
+def _entry_of(arr: object) -> tuple[Segment, bool, object] | None:
     np = sys.modules.get("numpy")
     if np is None or not isinstance(arr, np.ndarray) or not _anchors:
         return None
@@ -126,7 +151,7 @@ def segment_of(arr: object) -> tuple[Segment, bool] | None:
                 and arr.strides == seg.strides
                 and arr.dtype == np.dtype(seg.dtype)
             )
-            return seg, whole
+            return seg, whole, entry[2]
         base = base.base
     return None
 

@@ -4,7 +4,8 @@ A received array reference becomes a numpy array over the segment's mapping:
 read-only for a *shared* reference, writable for a *lent* or *moved* one (a moved
 segment becomes this process's to unlink). When the array of a shared or lent
 reference is garbage-collected, the worker sends RELEASE so the host may use it again;
-sending it back to the host releases it instead.
+sending it back to the host releases it instead. The mapping of a shared or lent
+segment is kept for the next reference to it until the host sends FORGET.
 
 An array being sent becomes a reference: the host's own array goes back with the access
 it came with; a whole shared array this process created moves to the host; anything
@@ -15,7 +16,7 @@ docs/SEGMENT_FORMAT.md.
 
 from __future__ import annotations
 
-__all__ = ["install", "RELEASE"]
+__all__ = ["FORGET", "RELEASE", "forget", "install"]
 
 import sys
 
@@ -29,10 +30,11 @@ if TYPE_CHECKING:
     from ._segment import Segment
 
 RELEASE = 36
+FORGET = 37
 
 
 class _Held:
-    """A host segment mapped here under a shared or lent reference."""
+    """One shared or lent reference from the host, mapped here: the lease of its array."""
 
     __slots__ = ("name", "generation", "access", "returned")
 
@@ -43,13 +45,14 @@ class _Held:
         self.returned = False
 
 
-# id(Segment) -> _Held, for the host segments this worker holds. A Segment lives as long
-# as the arrays made from it (the array layer's registry keeps it).
-_held: dict[int, _Held] = {}
+# (name, writable) -> the host's segment, kept mapped across references until the host
+# sends FORGET (docs/PROTOCOL.md 4.13): the next reference to it then costs no open, map,
+# validation or page faults. Arrays keep their segment alive by themselves (the array
+# layer's registry), so dropping an entry unmaps only once they are gone too.
+_resident: dict[tuple[str, bool], Segment] = {}
 
 
-def _send_release(held: _Held, key: int) -> None:
-    _held.pop(key, None)
+def _send_release(held: _Held) -> None:
     if held.returned:
         return
     from . import _worker
@@ -64,35 +67,55 @@ def _send_release(held: _Held, key: int) -> None:
         pass  # the host is gone; nothing to release to
 
 
+def forget(name: str) -> None:
+    """Drop the mappings kept of the host's segment ``name`` (FORGET)."""
+    _resident.pop((name, False), None)
+    _resident.pop((name, True), None)
+
+
+def _mapped(ref: _wire.ArrayRef, writable: bool, keep: bool) -> Segment:
+    """The segment of a reference: the kept mapping when it is current, else a new one;
+    kept for the next reference when ``keep``."""
+    from . import _segment
+
+    key = (ref.name, writable)
+    seg = _resident.pop(key, None)
+    # Another generation: the header may have changed (metadata rewritten, pool slot
+    # reused); read it anew.
+    if seg is None or seg.closed or seg.header.generation != ref.generation:
+        # Lazily: the first handoff costs the same at any size, and only pages the code
+        # touches are faulted in; a kept mapping keeps its faulted pages.
+        seg = _segment.open(ref.name, writable=writable, populate=False)
+    if seg.generation != ref.generation:
+        raise LoadError(
+            f"array {ref.name}: reference of generation {ref.generation}, "
+            f"segment at generation {seg.generation} (stale reference)"
+        )
+    if keep:
+        _resident[key] = seg
+    return seg
+
+
 def _import(ref: _wire.ArrayRef) -> Any:
     """Map a received reference as a numpy array."""
-    import weakref
-
-    from . import _array, _segment
+    from . import _array
 
     try:
-        # Lazily: a handoff then costs the same at any size, and only pages the code
-        # touches are faulted in (populating cost ~40 ms/GiB per handoff and saved
-        # nothing measurable when every page was read: BENCHMARKS.md, P2/P3).
-        seg = _segment.open(ref.name, writable=ref.access != _wire.SHARED, populate=False)
-        if seg.generation != ref.generation:
-            raise LoadError(
-                f"array {ref.name}: reference of generation {ref.generation}, "
-                f"segment at generation {seg.generation} (stale reference)"
-            )
-        arr = _array.map_array(seg)
+        if ref.access == _wire.MOVED:
+            # Ours from now on: a mapping kept from an earlier lend serves once more, and
+            # then the array's lifetime decides.
+            _resident.pop((ref.name, False), None)
+            seg = _mapped(ref, True, keep=False)
+            arr = _array.map_array(seg)
+            seg.adopt()
+            return arr
+        seg = _mapped(ref, ref.access != _wire.SHARED, keep=True)
+        held = _Held(ref.name, ref.generation, ref.access)
+        return _array.map_array(seg, lease=held, on_release=lambda: _send_release(held))
     except LoadError:
         raise
     except (Error, OSError, ImportError) as exc:
         raise LoadError(f"array {ref.name}: {exc}") from exc
-    if ref.access == _wire.MOVED:
-        seg.adopt()
-    else:
-        held = _Held(ref.name, ref.generation, ref.access)
-        key = id(seg)
-        _held[key] = held
-        weakref.finalize(seg, _send_release, held, key)
-    return arr
 
 
 def _export(obj: object) -> _wire.ArrayRef | None:
@@ -105,8 +128,8 @@ def _export(obj: object) -> _wire.ArrayRef | None:
     found = _array.segment_of(obj)
     if found is not None and found[1]:
         seg: Segment = found[0]
-        held = _held.get(id(seg))
-        if held is not None:
+        held = _array.lease_of(obj)
+        if isinstance(held, _Held):
             if held.returned:
                 raise DumpError(f"array {seg.name} was already given back to the host")
             held.returned = True

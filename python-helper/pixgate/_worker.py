@@ -53,6 +53,7 @@ HANDSHAKE = 32
 OUTPUT = 33
 CANCEL = 34
 EXEC_MAIN = 35
+FORGET = 37
 
 _DEFAULT_MAX_FRAME = 256 * 1024 * 1024
 # How long the reading baton stays free before the background reader takes it.
@@ -673,6 +674,17 @@ class _WorkerGateway:
             ch = self.channel(chid)
             if ch is not None:
                 ch._cancel()
+        elif msgtype == FORGET:
+            try:
+                name = _wire.loads_payload(payload)
+                if not isinstance(name, str):
+                    raise LoadError(f"expected a str, got {type(name).__name__}")
+            except DataFormatError as exc:
+                _warn(f"malformed forget message: {exc}")
+            else:
+                from . import _transfer
+
+                _transfer.forget(name)
         elif msgtype == GATEWAY_TERMINATE:
             return True
         elif msgtype == STATUS:

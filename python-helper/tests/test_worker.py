@@ -25,6 +25,7 @@ from pixgate._worker import (
     CHANNEL_EXEC,
     CHANNEL_LAST_MESSAGE,
     EXEC_MAIN,
+    FORGET,
     GATEWAY_TERMINATE,
     HANDSHAKE,
     OUTPUT,
@@ -306,3 +307,26 @@ def test_error_after_the_code_closed_its_channel_goes_to_stderr() -> None:
     assert h.close() == 0
     assert "RuntimeError: after close" in h.stderr_text
     assert "late" in h.stdout_text
+
+
+def test_forget_drops_a_kept_mapping_and_a_malformed_one_is_reported() -> None:
+    h = Host()
+    h.frame()
+    # The worker keeps a mapping under a name; FORGET drops it, whatever else arrives.
+    h.exec(
+        1,
+        "from pixgate import _transfer\n"
+        "_transfer._resident[('/pxg-1-kept', False)] = object()\n"
+        "channel.send(len(_transfer._resident))\n"
+        "channel.receive(10)\n"
+        "channel.send(len(_transfer._resident))",
+    )
+    assert h.next_on(1) == (CHANNEL_DATA, 1)
+    h.send(FORGET, 0, _wire.dumps_payload(7))
+    h.send(FORGET, 0, _wire.dumps_payload("/pxg-1-unknown"))
+    h.send(FORGET, 0, _wire.dumps_payload("/pxg-1-kept"))
+    h.send(CHANNEL_DATA, 1, _wire.dumps_payload(None))
+    assert h.next_on(1) == (CHANNEL_DATA, 0)
+    assert h.next_on(1) == (CHANNEL_CLOSE, None)
+    assert h.close() == 0
+    assert "pixgate worker: malformed forget message: expected a str, got int" in h.stderr_text

@@ -148,3 +148,12 @@ pub fn host_running(id: &str, source: &str) -> (std::process::Child, String) {
         .expect("first line from the host");
     (host, line.trim().to_string())
 }
+
+/// Waits up to [`T`] for `cond` to hold, then asserts it.
+pub fn wait_until(cond: impl Fn() -> bool, what: &str) {
+    let start = std::time::Instant::now();
+    while !cond() && start.elapsed() < T {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(cond(), "timed out waiting: {what}");
+}

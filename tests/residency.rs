@@ -1,0 +1,198 @@
+//! The worker keeps the host's segments mapped across handoffs, and lets go of them when
+//! the host drops the array (FORGET).
+
+mod common;
+
+use common::{T, assert_no_segments, gateway, serial};
+use pixgate::{Channel, ErrorKind, Meta, SharedArray, Value};
+
+/// Answers each `(kind, value)` with facts about the worker's mapping of the array.
+const PROBE: &str = r#"
+import numpy as np
+from pixgate import _array, _transfer
+
+def mapped(name):
+    with open("/proc/self/maps") as f:
+        return any(name in line for line in f)
+
+for kind, arr in channel:
+    if kind == "double":
+        seg = _array.segment_of(arr)[0]
+        arr *= 2
+        channel.send((id(seg.mapping), arr.__array_interface__["data"][0],
+                      seg.meta.get("name"), arr))
+        del seg
+    elif kind == "write":
+        try:
+            arr[...] = 7
+            channel.send("wrote")
+        except ValueError:
+            channel.send("refused")
+    elif kind == "keep":
+        channel.send(None)
+    elif kind == "kept":
+        # `arr` is a segment name here.
+        channel.send(([n for n, _ in _transfer._resident], mapped(arr)))
+    del arr
+"#;
+
+fn ask(ch: &Channel, kind: &str, v: Value) -> Value {
+    ch.send(Value::Tuple(vec![kind.into(), v])).unwrap();
+    ch.receive_timeout(T).unwrap()
+}
+
+/// (mapping id, data address, metadata name) of a lent array doubled by the worker.
+fn double(ch: &Channel, a: &mut SharedArray<u16>) -> (i64, i64, Value) {
+    let r = ask(ch, "double", a.lend().unwrap());
+    let t = r.as_seq().unwrap();
+    assert!(!a.is_lent(), "given back, so released");
+    (t[0].as_i64().unwrap(), t[1].as_i64().unwrap(), t[2].clone())
+}
+
+/// (names the worker keeps mapped, whether its address space still maps `name`).
+fn kept(ch: &Channel, name: &str) -> (Vec<String>, bool) {
+    let r = ask(ch, "kept", name.into());
+    let t = r.as_seq().unwrap();
+    let names = t[0].as_seq().unwrap();
+    let names = names.iter().map(|n| n.as_str().unwrap().to_string());
+    (names.collect(), t[1].as_bool().unwrap())
+}
+
+#[test]
+fn a_lent_array_stays_mapped_in_the_worker_between_handoffs() {
+    let _serial = serial();
+    let gw = gateway();
+    let ch = gw.remote_exec(PROBE).unwrap();
+    let mut a = SharedArray::<u16>::zeros(&[256, 1024]).unwrap();
+    a.view_mut().unwrap().fill(1);
+    let first = double(&ch, &mut a);
+    for _ in 0..3 {
+        let again = double(&ch, &mut a);
+        assert_eq!((again.0, again.1), (first.0, first.1), "the same mapping");
+    }
+    assert!(a.view().unwrap().iter().all(|&v| v == 16));
+    assert_eq!(kept(&ch, a.name()), (vec![a.name().to_string()], true));
+    drop(a);
+    ch.close().unwrap();
+    gw.exit(T).unwrap();
+    assert_no_segments();
+}
+
+#[test]
+fn dropping_the_array_unmaps_it_in_the_worker() {
+    let _serial = serial();
+    let gw = gateway();
+    let ch = gw.remote_exec(PROBE).unwrap();
+    let mut a = SharedArray::<u16>::zeros(&[64]).unwrap();
+    let b = SharedArray::<u16>::zeros(&[64]).unwrap();
+    double(&ch, &mut a);
+    ask(&ch, "keep", b.share().unwrap());
+    common::wait_until(|| b.peer_shares() == 0, "share released");
+    let name = a.name().to_string();
+    let (names, mapped) = kept(&ch, &name);
+    assert!(mapped && names.contains(&name) && names.contains(&b.name().to_string()));
+    drop(a);
+    // Frames are handled in order: FORGET before the question.
+    let (names, mapped) = kept(&ch, &name);
+    assert_eq!(names, vec![b.name().to_string()], "only b is kept");
+    assert!(!mapped, "the worker no longer maps {name}");
+    assert!(!std::path::Path::new(&format!("/dev/shm{name}")).exists());
+    // b is still served from its mapping.
+    assert_eq!(
+        ask(&ch, "write", b.share().unwrap()).as_str(),
+        Some("refused")
+    );
+    drop(b);
+    ch.close().unwrap();
+    gw.exit(T).unwrap();
+    assert_no_segments();
+}
+
+#[test]
+fn new_metadata_reaches_a_worker_that_kept_the_mapping() {
+    let _serial = serial();
+    let gw = gateway();
+    let ch = gw.remote_exec(PROBE).unwrap();
+    let mut a = SharedArray::<u16>::zeros(&[8]).unwrap();
+    for name in ["first", "second", "third"] {
+        a.set_meta(Meta {
+            name: Some(name.to_string()),
+            ..Meta::default()
+        })
+        .unwrap();
+        let (_, _, seen) = double(&ch, &mut a);
+        assert_eq!(seen.as_str(), Some(name));
+    }
+    drop(a);
+    ch.close().unwrap();
+    gw.exit(T).unwrap();
+    assert_no_segments();
+}
+
+#[test]
+fn a_share_after_a_lend_is_mapped_read_only() {
+    let _serial = serial();
+    let gw = gateway();
+    let ch = gw.remote_exec(PROBE).unwrap();
+    let mut a = SharedArray::<u16>::zeros(&[16]).unwrap();
+    a.view_mut().unwrap().fill(3);
+    double(&ch, &mut a);
+    let r = ask(&ch, "write", a.share().unwrap());
+    assert_eq!(r.as_str(), Some("refused"));
+    common::wait_until(|| a.peer_shares() == 0, "share released");
+    assert!(a.view().unwrap().iter().all(|&v| v == 6), "bytes unchanged");
+    let r = ask(&ch, "write", a.lend().unwrap());
+    assert_eq!(r.as_str(), Some("wrote"));
+    common::wait_until(|| !a.is_lent(), "lend released");
+    assert!(a.view().unwrap().iter().all(|&v| v == 7));
+    drop(a);
+    ch.close().unwrap();
+    gw.exit(T).unwrap();
+    assert_no_segments();
+}
+
+#[test]
+fn an_array_moved_after_a_lend_is_unlinked_by_the_worker() {
+    let _serial = serial();
+    let gw = gateway();
+    let ch = gw.remote_exec(PROBE).unwrap();
+    let mut a = SharedArray::<u16>::zeros(&[16]).unwrap();
+    double(&ch, &mut a);
+    let name = a.name().to_string();
+    ask(&ch, "keep", a.into_value().unwrap());
+    let (names, mapped) = kept(&ch, &name);
+    assert!(names.is_empty(), "a moved array is not kept: {names:?}");
+    assert!(!mapped, "collected, unmapped");
+    assert!(!std::path::Path::new(&format!("/dev/shm{name}")).exists());
+    ch.close().unwrap();
+    gw.exit(T).unwrap();
+    assert_no_segments();
+}
+
+#[test]
+fn a_stale_reference_is_refused_by_a_worker_that_kept_the_mapping() {
+    let _serial = serial();
+    let gw = gateway();
+    let ch = gw.remote_exec(PROBE).unwrap();
+    let mut a = SharedArray::<u16>::zeros(&[16]).unwrap();
+    a.view_mut().unwrap().fill(2);
+    let old = a.share().unwrap();
+    assert!(ask(&ch, "keep", old.clone()).is_none());
+    common::wait_until(|| a.peer_shares() == 0, "share released");
+    a.set_dims(&["x"]).unwrap(); // a new generation
+    let other = gw.remote_exec(PROBE).unwrap();
+    other.send(Value::Tuple(vec!["keep".into(), old])).unwrap();
+    let err = other.receive_timeout(T).unwrap_err();
+    let ErrorKind::Remote(r) = err.kind() else {
+        panic!("expected the worker's error, got {err}");
+    };
+    assert!(r.message.contains("stale reference"), "{}", r.message);
+    // Nothing lost: the array, its mapping in the worker and the first channel.
+    assert!(a.view().unwrap().iter().all(|&v| v == 2));
+    double(&ch, &mut a);
+    assert!(a.view().unwrap().iter().all(|&v| v == 4));
+    drop(a);
+    ch.close().unwrap();
+    gw.exit(T).unwrap();
+    assert_no_segments();
+}
