@@ -6,10 +6,11 @@ works without numpy; xarray is optional and only :func:`to_xarray` imports it.
 
 Lifetime
 --------
-The data of a segment's array is a view of ``np.frombuffer(mapping, ...)``, which holds
-a buffer export on the mapping: the mapping stays mapped as long as the array or any
-view of it exists, whatever happens to the :class:`~pixgate._segment.Segment` object
-(``np.ndarray(buffer=mapping)`` alone would not keep it alive). A segment this process
+The data of a segment's array is a view of ``np.frombuffer(segment.data)`` (``data`` is
+a memoryview of the mapping's data area), which holds a buffer export on the mapping:
+the mapping stays mapped as long as the array or any view of it exists, whatever happens
+to the :class:`~pixgate._segment.Segment` object (``np.ndarray(buffer=mapping)`` alone
+would not keep it alive: numpy releases the export it takes). A segment this process
 owns is unlinked when its last array is garbage-collected (or at exit), unless its
 ownership was handed to another process with :func:`disown`.
 
@@ -23,6 +24,7 @@ __all__ = [
     "asarray",
     "disown",
     "empty",
+    "entry_of",
     "full",
     "is_shared",
     "map_array",
@@ -45,13 +47,17 @@ from . import _segment
 from ._errors import DTypeError, LayoutError
 from ._segment import Segment
 
-# id(anchor) -> (weak reference to the anchor, its segment). The anchor is the flat
-# uint8 array over the data area; every array made by map_array, and every numpy view
-# of one, has it as its ``base`` (numpy collapses view chains down to the array whose
-# base is not an ndarray, here the anchor, whose base is the mapping's memoryview).
-# The entry holds the segment alive exactly as long as the anchor exists, and the lease
-# given to map_array (what the array was mapped for; see lease_of).
-_anchors: dict[int, tuple[Any, Segment, object]] = {}
+# id(anchor) -> (weak reference to the anchor, its segment, its lease, weak reference to
+# the array map_array returned over it). The anchor is
+# the flat uint8 array over the data area that map_array makes for each array; every
+# array it makes, and every numpy view of one, has it as its ``base`` (numpy collapses
+# view chains down to the array whose base is not an ndarray, here the anchor, whose
+# base is a memoryview of the mapping). The entry holds the segment alive exactly as
+# long as the anchor exists; the lease is what the array was mapped for (see entry_of).
+_anchors: dict[int, tuple[Any, Segment, object, Any]] = {}
+
+# typestr -> numpy dtype, built once per type.
+_dtypes: dict[str, Any] = {}
 
 
 def _numpy() -> Any:
@@ -71,16 +77,17 @@ def map_array(
 ) -> np.ndarray:
     """The array a segment holds, as a numpy view of its mapping.
 
-    Every call makes a new array (and a new anchor), also for a segment mapped before.
+    Every call makes a new array, also for a segment mapped before.
 
     Parameters
     ----------
     segment : Segment
         An open segment; its header has been validated.
     lease : object, optional
-        Anything; :func:`lease_of` returns it for this array and its views.
+        Anything; :func:`entry_of` returns it for this array and its views.
     on_release : callable, optional
-        Called once when this array and every view of it have been garbage-collected.
+        Called once when this array and every view of it have been garbage-collected
+        (from a weakref callback: it must not raise).
 
     Returns
     -------
@@ -91,22 +98,23 @@ def map_array(
     import weakref
 
     np = _numpy()
-    anchor = np.frombuffer(
-        segment.mapping, dtype=np.uint8, count=segment.data_len, offset=segment.header_len
-    )
-    arr = np.ndarray(
-        segment.shape, dtype=np.dtype(segment.dtype), buffer=anchor, strides=segment.strides
-    )
+    dtype = _dtypes.get(segment.dtype)
+    if dtype is None:
+        dtype = _dtypes[segment.dtype] = np.dtype(segment.dtype)
+    # The anchor, one per call, holds the export that pins the mapping; numpy makes it
+    # the base of the array and of every view of it.
+    anchor = np.frombuffer(segment.data, dtype=np.uint8)
+    arr = np.ndarray(segment.shape, dtype=dtype, buffer=anchor, strides=segment.strides)
     key = id(anchor)
 
-    def forget(ref: object, key: int = key) -> None:
+    def gone(ref: object, key: int = key) -> None:
         entry = _anchors.get(key)
         if entry is not None and entry[0] is ref:
             del _anchors[key]
+        if on_release is not None:
+            on_release()
 
-    _anchors[key] = (weakref.ref(anchor, forget), segment, lease)
-    if on_release is not None:
-        weakref.finalize(anchor, on_release)
+    _anchors[key] = (weakref.ref(anchor, gone), segment, lease, weakref.ref(arr))
     return arr
 
 
@@ -125,18 +133,13 @@ def segment_of(arr: object) -> tuple[Segment, bool] | None:
         ``arr`` is exactly the segment's array: the same data pointer, shape, strides
         and dtype. A view of part of it (or of its bytes as another type) gives False.
     """
-    found = _entry_of(arr)
+    found = entry_of(arr)
     return None if found is None else (found[0], found[1])
 
 
-def lease_of(arr: object) -> object:
-    """The ``lease`` :func:`map_array` was given for ``arr`` (or the array ``arr`` is a
-    view of); None when there is none or ``arr`` is not a segment's array."""
-    found = _entry_of(arr)
-    return None if found is None else found[2]
-
-
-def _entry_of(arr: object) -> tuple[Segment, bool, object] | None:
+def entry_of(arr: object) -> tuple[Segment, bool, object] | None:
+    """As :func:`segment_of`, with the ``lease`` :func:`map_array` was given as third
+    item."""
     np = sys.modules.get("numpy")
     if np is None or not isinstance(arr, np.ndarray) or not _anchors:
         return None
@@ -145,11 +148,11 @@ def _entry_of(arr: object) -> tuple[Segment, bool, object] | None:
         entry = _anchors.get(id(base))
         if entry is not None and entry[0]() is base:
             seg = entry[1]
-            whole = (
+            whole = entry[3]() is arr or (
                 arr.__array_interface__["data"][0] == base.__array_interface__["data"][0]
                 and arr.shape == seg.shape
                 and arr.strides == seg.strides
-                and arr.dtype == np.dtype(seg.dtype)
+                and arr.dtype == _dtypes[seg.dtype]
             )
             return seg, whole, entry[2]
         base = base.base

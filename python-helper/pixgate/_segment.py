@@ -1000,7 +1000,16 @@ class Segment:
     the segment object and every array made from it are gone, or on :meth:`unlink`.
     """
 
-    __slots__ = ("__weakref__", "_finalizer", "_mm", "directory", "header", "name", "writable")
+    __slots__ = (
+        "__weakref__",
+        "_data",
+        "_finalizer",
+        "_mm",
+        "directory",
+        "header",
+        "name",
+        "writable",
+    )
 
     def __init__(
         self,
@@ -1015,6 +1024,7 @@ class Segment:
         self.writable = writable
         self.directory = directory
         self._mm = mm
+        self._data: memoryview | None = None
         self._finalizer: weakref.finalize | None = None
 
     # -- header fields --------------------------------------------------------
@@ -1087,6 +1097,19 @@ class Segment:
         if self._mm.closed:
             raise SegmentError(f"segment {self.name}: closed", "closed", self.name)
         return self._mm
+
+    @property
+    def data(self) -> memoryview:
+        """The data area of the mapping (read-only unless :attr:`writable`).
+
+        The view holds a buffer export on the mapping: while it, or an array over it,
+        exists, the mapping cannot be closed. Made once and kept.
+        """
+        view = self._data
+        if view is None:
+            start = self.header.header_len
+            view = self._data = memoryview(self.mapping)[start : start + self.data_len]
+        return view
 
     @property
     def generation(self) -> int:
@@ -1181,6 +1204,8 @@ class Segment:
         last of them is garbage-collected. Closing does not unlink: an owned segment is
         still unlinked when this object and its arrays are gone, or at exit.
         """
+        # Only our reference goes: arrays over the view keep it, and so the mapping.
+        self._data = None
         try:
             self._mm.close()
         except BufferError:

@@ -20,7 +20,7 @@ __all__ = ["FORGET", "RELEASE", "forget", "install"]
 
 import sys
 
-from . import _wire
+from . import _array, _segment, _wire
 from ._errors import DumpError, Error, LoadError
 
 TYPE_CHECKING = False
@@ -76,8 +76,6 @@ def forget(name: str) -> None:
 def _mapped(ref: _wire.ArrayRef, writable: bool, keep: bool) -> Segment:
     """The segment of a reference: the kept mapping when it is current, else a new one;
     kept for the next reference when ``keep``."""
-    from . import _segment
-
     key = (ref.name, writable)
     seg = _resident.pop(key, None)
     # Another generation: the header may have changed (metadata rewritten, pool slot
@@ -98,8 +96,6 @@ def _mapped(ref: _wire.ArrayRef, writable: bool, keep: bool) -> Segment:
 
 def _import(ref: _wire.ArrayRef) -> Any:
     """Map a received reference as a numpy array."""
-    from . import _array
-
     try:
         if ref.access == _wire.MOVED:
             # Ours from now on: a mapping kept from an earlier lend serves once more, and
@@ -123,12 +119,10 @@ def _export(obj: object) -> _wire.ArrayRef | None:
     np = sys.modules.get("numpy")
     if np is None or not isinstance(obj, np.ndarray):
         return None
-    from . import _array
-
-    found = _array.segment_of(obj)
+    found = _array.entry_of(obj)
     if found is not None and found[1]:
         seg: Segment = found[0]
-        held = _array.lease_of(obj)
+        held = found[2]
         if isinstance(held, _Held):
             if held.returned:
                 raise DumpError(f"array {seg.name} was already given back to the host")
