@@ -50,6 +50,10 @@ const OFF_STRIDES: usize = 352;
 pub const FLAG_C_CONTIGUOUS: u32 = 1;
 /// Flag bit: the array is F-contiguous (column-major, numpy's definition).
 pub const FLAG_F_CONTIGUOUS: u32 = 2;
+/// Flag bit: the segment is a slot of a pool. Its layout is rewritten (and its
+/// generation bumped) each time the slot is reused; receivers map it populated and
+/// keep it mapped.
+pub const FLAG_POOL_SLOT: u32 = 4;
 
 /// An element type a segment can hold, named by its numpy typestr.
 ///
@@ -374,6 +378,15 @@ pub(crate) struct HeaderFields {
     pub(crate) generation: u64,
     pub(crate) state: u32,
     pub(crate) owner_pid: u32,
+    /// A pool's slot ([`FLAG_POOL_SLOT`]).
+    pub(crate) pool_slot: bool,
+}
+
+impl HeaderFields {
+    /// The flags word: contiguity, and whether this is a pool slot.
+    pub(crate) fn flags(&self) -> u32 {
+        self.layout.flags() | if self.pool_slot { FLAG_POOL_SLOT } else { 0 }
+    }
 }
 
 /// The fixed header fields as stored, decoded without validation: what `pixgate inspect`
@@ -507,7 +520,7 @@ pub(crate) fn encode_header(f: &HeaderFields) -> std::result::Result<Vec<u8>, Se
         &(layout.dtype.itemsize() as u32).to_le_bytes(),
     );
     put(OFF_NDIM, &(layout.ndim() as u32).to_le_bytes());
-    put(OFF_FLAGS, &layout.flags().to_le_bytes());
+    put(OFF_FLAGS, &f.flags().to_le_bytes());
     put(OFF_CREATOR_PID, &f.creator_pid.to_le_bytes());
     put(OFF_CREATOR_START, &f.creator_start.to_le_bytes());
     put(OFF_GENERATION, &f.generation.to_le_bytes());
@@ -685,10 +698,11 @@ pub(crate) fn parse_header(
         strides: usizes(&strides, "a stride")?,
     };
     let flags = u32_at(bytes, OFF_FLAGS);
-    if flags != layout.flags() {
+    let pool_slot = flags & FLAG_POOL_SLOT != 0;
+    if flags & !FLAG_POOL_SLOT != layout.flags() {
         return Err(P::Flags {
             found: flags,
-            expected: layout.flags(),
+            expected: layout.flags() | (flags & FLAG_POOL_SLOT),
         });
     }
     // Step 7: the metadata block.
@@ -707,6 +721,7 @@ pub(crate) fn parse_header(
         generation: u64_at(bytes, OFF_GENERATION),
         state: u32_at(bytes, OFF_STATE),
         owner_pid: u32_at(bytes, OFF_OWNER_PID),
+        pool_slot,
     })
 }
 

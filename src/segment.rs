@@ -287,6 +287,7 @@ impl Segment {
             generation: 0,
             state: STATE_OWNED,
             owner_pid: pid,
+            pool_slot: false,
         };
         let header = header::encode_header(&fields)?;
         let size = u64::from(fields.header_len)
@@ -540,6 +541,78 @@ impl Segment {
         }
         version.store(VERSION, Ordering::Release);
         self.fields.meta = meta.clone();
+        Ok(())
+    }
+
+    /// Rewrites the header for a new use of this segment as a pool slot: `layout` and
+    /// `meta` replace the old ones, the pool-slot flag is set, and the generation is
+    /// bumped; the data area and its size stay. Returns the new generation.
+    ///
+    /// The owner calls it only while nobody else holds a reference to the segment: a
+    /// peer that keeps the segment mapped re-reads the header when a reference of the
+    /// new generation arrives (docs/SEGMENT_FORMAT.md §5).
+    ///
+    /// # Errors
+    ///
+    /// [`SegmentProblem::ReadOnly`] on a read-only mapping; [`SegmentProblem::Extent`]
+    /// when `layout` does not fit the data area; as [`Segment::set_meta`] for `meta`.
+    pub fn reuse_as(&mut self, layout: &Layout, meta: &Meta) -> Result<u64> {
+        self.check_writable()?;
+        let fields = HeaderFields {
+            layout: layout.clone(),
+            meta: meta.clone(),
+            pool_slot: true,
+            ..self.fields.clone()
+        };
+        let bytes = header::encode_header(&fields).map_err(|p| p.at(&self.name))?;
+        let version = atomic_u32(&self.map, OFF_VERSION);
+        version.store(0, Ordering::Relaxed);
+        fence(Ordering::Release);
+        let base = self.map.as_mut_ptr();
+        // Everything but the version word and the atomic words (generation, state,
+        // owner_pid), which keep their live values.
+        for (start, end) in [
+            (0, OFF_VERSION),
+            (OFF_VERSION + 4, OFF_GENERATION),
+            (OFF_OWNER_PID + 4, bytes.len()),
+        ] {
+            // SAFETY: the mapping is writable (checked above) and at least header_len
+            // = bytes.len() bytes long (encode_header kept this segment's header_len);
+            // [start, end) lies inside it, outside the atomic words, and does not
+            // overlap the heap buffer `bytes`. Peers only read these bytes, and refuse
+            // the header until the version is restored below.
+            unsafe {
+                ptr::copy_nonoverlapping(bytes.as_ptr().add(start), base.add(start), end - start);
+            }
+        }
+        version.store(VERSION, Ordering::Release);
+        let generation = self.bump_generation()?;
+        self.fields = HeaderFields {
+            generation,
+            ..fields
+        };
+        Ok(generation)
+    }
+
+    /// Touches one byte of every page of the data area, so that this process's page
+    /// table maps all of it (and tmpfs has allocated it) before the first real write.
+    ///
+    /// # Errors
+    ///
+    /// [`SegmentProblem::ReadOnly`] on a read-only mapping.
+    pub fn prefault(&self) -> Result<()> {
+        self.check_writable()?;
+        let (ptr, len) = (self.data_ptr(), self.data_len());
+        for off in (0..len).step_by(PAGE) {
+            // SAFETY: off < data_len, inside the writable data area of the mapping. The
+            // byte is read and written back with volatile accesses (the value does not
+            // change); the owner calls this before any peer holds a reference, so no
+            // other process writes the byte meanwhile.
+            unsafe {
+                let p = ptr.add(off);
+                p.write_volatile(p.read_volatile());
+            }
+        }
         Ok(())
     }
 

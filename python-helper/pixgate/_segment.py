@@ -142,6 +142,9 @@ STATE_MOVED = 3
 
 FLAG_C_CONTIGUOUS = 1
 FLAG_F_CONTIGUOUS = 2
+# A pool's slot: its layout is rewritten (generation bumped) on every reuse; receivers
+# map it populated and keep it mapped.
+FLAG_POOL_SLOT = 4
 
 #: Keys of the metadata dict, in the order they are written.
 META_KEYS = ("dims", "scale", "units", "channel_names", "name", "attrs")
@@ -695,7 +698,7 @@ def parse_header(
             f"beyond data_len {data_len}",
         )
 
-    expected_flags = _layout_flags(shape, strides, itemsize)
+    expected_flags = _layout_flags(shape, strides, itemsize) | (flags & FLAG_POOL_SLOT)
     if flags != expected_flags:
         raise _bad(
             name,

@@ -18,6 +18,7 @@ pub(super) fn fields(layout: Layout, meta: Meta, data_len: u64) -> HeaderFields 
         generation: 7,
         state: 0,
         owner_pid: 4242,
+        pool_slot: false,
     }
 }
 
@@ -293,14 +294,25 @@ fn flags_must_match_the_layout() {
             expected: 1
         })
     );
-    put(&mut b, OFF_FLAGS, &5u32.to_le_bytes());
+    put(&mut b, OFF_FLAGS, &9u32.to_le_bytes());
     assert_eq!(
         parse(&b),
         Err(SegmentProblem::Flags {
-            found: 5,
+            found: 9,
             expected: 1
         })
     );
+    put(&mut b, OFF_FLAGS, &7u32.to_le_bytes());
+    assert_eq!(
+        parse(&b),
+        Err(SegmentProblem::Flags {
+            found: 7,
+            expected: 5
+        })
+    );
+    // The pool-slot bit beside the right contiguity bits is valid.
+    put(&mut b, OFF_FLAGS, &5u32.to_le_bytes());
+    assert!(parse(&b).unwrap().pool_slot);
 }
 
 #[test]
@@ -626,12 +638,14 @@ proptest! {
         (layout, meta) in arb_layout().prop_flat_map(|l| { let n = l.ndim(); (Just(l), arb_meta(n)) }),
         slack in 0u64..100,
         creator_pid: u32, creator_start: u64, generation: u64, state: u32, owner_pid: u32,
+        pool_slot: bool,
     ) {
         let data_len = layout.extent() as u64 + slack;
         let meta_len = meta.encode(layout.ndim()).unwrap().len();
         let f = HeaderFields {
             header_len: header_len_for(meta_len).unwrap(),
             layout, meta, data_len, creator_pid, creator_start, generation, state, owner_pid,
+            pool_slot,
         };
         let b = stamped(&f);
         prop_assert_eq!(b.len(), f.header_len as usize);
