@@ -88,6 +88,10 @@ impl GatewayBuilder {
 
     /// Starts the worker and completes the handshake.
     ///
+    /// The first start in a process also sweeps `/dev/shm` of segments left by killed
+    /// processes ([`segment::sweep`](crate::segment::sweep)), on a background thread;
+    /// the sweep's outcome never affects the start.
+    ///
     /// # Errors
     ///
     /// [`ErrorKind::Spec`] for a bad spec, [`ErrorKind::InterpreterNotFound`] when the
@@ -153,6 +157,9 @@ impl Gateway {
             }
         }
         let python = interpreter(&spec);
+        // Segments left by killed processes: removed on a thread of its own, once per
+        // process; the outcome never affects the start (docs/ARCHITECTURE.md).
+        crate::segment::sweep_once_in_background();
 
         // Protocol pipes. The child's ends are moved to descriptors 3 and 4 in the child;
         // copies at 10 and above keep dup2 from clobbering one with the other.

@@ -1,4 +1,4 @@
-//! The `pixgate` command line: `demo`, `doctor`, `exec`, `ls`, `inspect`.
+//! The `pixgate` command line: `demo`, `doctor`, `exec`, `ls`, `inspect`, `gc`.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 #[path = "cli/demo.rs"]
 mod demo;
-use pixgate::segment::{self, SegmentInfo};
+use pixgate::segment::{self, SegmentInfo, SweepReport};
 use pixgate::{ErrorKind, Gateway, Value};
 
 #[derive(Parser)]
@@ -67,6 +67,25 @@ enum Command {
         /// The segment's name, with or without the leading slash.
         name: String,
     },
+    /// Remove the pixgate segments in /dev/shm whose creator is dead.
+    ///
+    /// A segment is removed when the process that created it no longer runs (judged by
+    /// pid and start time, so a reused pid does not keep it) and the process it was
+    /// handed to, if any, no longer runs either. A segment whose header cannot be read
+    /// is removed only when no process has the pid in its name. Segments of running
+    /// processes, objects of other users, symlinks, FIFOs and names that are not
+    /// exactly pixgate's are never touched. Prints each segment with the reason
+    /// (creator_dead, pid_reused, owner_dead, unreadable) and the count; exits 1 only
+    /// when a segment could not be examined or removed. Gateways run the same sweep
+    /// once per process when they start.
+    Gc {
+        /// Print what would be removed, and remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print a JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -91,6 +110,7 @@ fn main() -> ExitCode {
         } => exec(&spec, timeout, &source),
         Command::Ls { json } => ls(json),
         Command::Inspect { name } => inspect(&name),
+        Command::Gc { dry_run, json } => gc(dry_run, json),
     };
     match result {
         Ok(code) => code,
@@ -285,14 +305,19 @@ fn segments_table(segments: &[SegmentInfo]) -> String {
             ]
         }))
         .collect();
-    let mut widths = [0; LS_COLUMNS.len()];
-    for row in &rows {
+    aligned(&rows)
+}
+
+/// Rows of cells as text: each column padded to its widest cell, two spaces apart.
+fn aligned<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0; N];
+    for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    for row in &rows {
+    for row in rows {
         let cells: Vec<String> = row
             .iter()
             .zip(widths)
@@ -438,6 +463,90 @@ fn json_string(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+/// `pixgate gc`: sweeps /dev/shm and prints each segment removed (or, with `dry_run`,
+/// that would be removed) with its reason, then the count.
+fn gc(dry_run: bool, json: bool) -> pixgate::Result<ExitCode> {
+    let report = segment::sweep(dry_run)?;
+    if json {
+        println!("{}", sweep_json(&report, dry_run));
+    } else {
+        print!("{}", sweep_table(&report, dry_run));
+    }
+    for e in &report.failed {
+        eprintln!("pixgate: {e}");
+    }
+    Ok(if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+const GC_COLUMNS: [&str; 3] = ["NAME", "SIZE", "REASON"];
+
+/// The `gc` table (omitted when nothing was swept) and a count line.
+fn sweep_table(report: &SweepReport, dry_run: bool) -> String {
+    let mut out = String::new();
+    if !report.swept.is_empty() {
+        let rows: Vec<[String; 3]> = std::iter::once(GC_COLUMNS.map(str::to_string))
+            .chain(report.swept.iter().map(|s| {
+                [
+                    s.name.clone(),
+                    human_size(s.size),
+                    one_line(&s.reason.to_string()),
+                ]
+            }))
+            .collect();
+        out.push_str(&aligned(&rows));
+    }
+    let count = report.swept.len();
+    let bytes: u64 = report.swept.iter().map(|s| s.size).sum();
+    out.push_str(&format!(
+        "{} {count} segment{} ({})\n",
+        if dry_run { "would remove" } else { "removed" },
+        if count == 1 { "" } else { "s" },
+        human_size(bytes)
+    ));
+    out
+}
+
+/// `gc --json`: `dry_run`, `count`, `bytes`, one object per segment (`name`, `size`,
+/// `reason` as a code, `message`), and the messages of segments that failed.
+fn sweep_json(report: &SweepReport, dry_run: bool) -> String {
+    let segments: Vec<String> = report
+        .swept
+        .iter()
+        .map(|s| {
+            format!(
+                "{{\"name\": {}, \"size\": {}, \"reason\": {}, \"message\": {}}}",
+                json_string(&s.name),
+                s.size,
+                json_string(s.reason.code()),
+                json_string(&s.reason.to_string())
+            )
+        })
+        .collect();
+    let failed: Vec<String> = report
+        .failed
+        .iter()
+        .map(|e| json_string(&e.to_string()))
+        .collect();
+    let list = |items: &[String]| {
+        if items.is_empty() {
+            "[]".to_string()
+        } else {
+            format!("[\n    {}\n  ]", items.join(",\n    "))
+        }
+    };
+    format!(
+        "{{\n  \"dry_run\": {dry_run},\n  \"count\": {},\n  \"bytes\": {},\n  \"segments\": {},\n  \"failed\": {}\n}}",
+        report.swept.len(),
+        report.swept.iter().map(|s| s.size).sum::<u64>(),
+        list(&segments),
+        list(&failed)
+    )
 }
 
 /// `pixgate inspect NAME`: the whole header and the metadata of one segment. Exits 1

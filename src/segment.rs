@@ -9,14 +9,17 @@
 //! The public part is the inspection API behind `pixgate ls` and `pixgate inspect`:
 //! [`list`], [`inspect`], [`SegmentInfo`], the liveness helpers [`process_start_time`]
 //! and [`creator_alive`], and [`SegmentProblem`], the reason carried by
-//! [`ErrorKind::Segment`](crate::ErrorKind::Segment).
+//! [`ErrorKind::Segment`](crate::ErrorKind::Segment); and the sweeper behind
+//! `pixgate gc` and the sweep at gateway start: [`sweep`], [`sweep_in`], [`Swept`],
+//! [`SweepReason`], [`SweepReport`].
 //!
 //! # Platforms
 //!
 //! Linux is the primary platform. On macOS segments are created without
 //! `posix_fallocate` (shared-memory objects cannot be reserved there, so a full
-//! system can still fail at first touch), [`list`] returns nothing (shared-memory
-//! objects have no directory to scan) and creator start times are unknown (0).
+//! system can still fail at first touch), [`list`] and [`sweep`] find nothing
+//! (shared-memory objects have no directory to scan) and creator start times are
+//! unknown (0).
 
 use std::fs::{File, OpenOptions, Permissions};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -38,10 +41,13 @@ use crate::header::{
 
 mod info;
 mod problem;
+mod sweep;
 
 pub use info::{SegmentInfo, creator_alive, inspect, list, process_start_time};
 pub use problem::SegmentProblem;
 use problem::{io, os};
+pub(crate) use sweep::sweep_once_in_background;
+pub use sweep::{SweepReason, SweepReport, Swept, sweep, sweep_in};
 
 /// The longest segment name, slash included (macOS's limit).
 pub const MAX_NAME_LEN: usize = 31;

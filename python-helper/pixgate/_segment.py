@@ -1168,9 +1168,16 @@ class Segment:
         return self._finalizer is not None and self._finalizer.alive and self.name in _owned
 
     def adopt(self) -> None:
-        """Take ownership: this process will unlink the segment (moved to it)."""
+        """Take ownership: this process will unlink the segment (moved to it).
+
+        On a writable mapping this process is also recorded in the header (``owner_pid``,
+        state owned), as the format asks of a receiver: sweepers keep a segment whose
+        owner runs, also after its creator has died.
+        """
         if not self.owned:
             _register_owned(self)
+        if self.writable:
+            self.set_state(STATE_OWNED, owner_pid=os.getpid())
 
     def disown(self) -> None:
         """Give up ownership: another process will unlink the segment."""

@@ -792,6 +792,20 @@ def test_a_disowned_segment_is_kept() -> None:
     assert not os.path.exists(shm_path(name))
 
 
+def test_adopting_a_writable_segment_records_this_process_as_owner() -> None:
+    seg = _segment.create("|u1", (1,))
+    seg.set_state(_segment.STATE_MOVED, owner_pid=12345)
+    seg.disown()
+    reader = _segment.open(seg.name)
+    reader.adopt()  # read-only: the header cannot be written
+    assert (reader.state, reader.owner_pid) == (_segment.STATE_MOVED, 12345)
+    reader.disown()
+    adopted = _segment.open(seg.name, writable=True)
+    adopted.adopt()
+    assert (adopted.state, adopted.owner_pid) == (_segment.STATE_OWNED, os.getpid())
+    adopted.unlink()
+
+
 def test_opened_segments_are_not_owned() -> None:
     seg = _segment.create("|u1", (1,))
     other = _segment.open(seg.name)

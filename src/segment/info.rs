@@ -175,7 +175,7 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
 
 /// The state letter and start time from `/proc/PID/stat`.
 #[cfg(target_os = "linux")]
-fn proc_stat(pid: u32) -> Option<(char, u64)> {
+pub(super) fn proc_stat(pid: u32) -> Option<(char, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace();
@@ -186,7 +186,7 @@ fn proc_stat(pid: u32) -> Option<(char, u64)> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn proc_stat(_pid: u32) -> Option<(char, u64)> {
+pub(super) fn proc_stat(_pid: u32) -> Option<(char, u64)> {
     None
 }
 
