@@ -28,8 +28,9 @@
 //!
 //! - The peer's access changes when the reference is *made*, not when it is sent: a
 //!   reference made and never sent keeps the array marked until the process ends.
-//! - A peer that dies while holding a lend leaves the array lent; its contents may have
-//!   been half-written. Dropping the array still unmaps and unlinks it.
+//! - A worker that dies releases everything only it held: a lent array becomes usable
+//!   again with whatever the worker had written (possibly half of it), a pool slot goes
+//!   back to its pool.
 //! - The guarantee holds against a cooperating helper. A hostile process of the same
 //!   user can map any segment it can name; segments are mode 0600, so other users cannot.
 //!
@@ -55,6 +56,7 @@
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use ndarray::{ArrayViewD, ArrayViewMutD, IxDyn, ShapeBuilder};
@@ -63,6 +65,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::header::{DType, Layout, Meta};
 use crate::inbox::Shared;
 use crate::output::lock;
+use crate::pool::PoolShared;
 use crate::segment::Segment;
 use crate::value::{Access, ArrayRef, Value};
 
@@ -125,7 +128,10 @@ pub(crate) struct Held {
     pub(crate) access: PeerAccess,
     /// The gateways whose workers were sent a shared or lent reference: they may keep
     /// the segment mapped until told it is gone.
-    peers: Vec<Weak<Shared>>,
+    pub(crate) peers: Vec<Weak<Shared>>,
+    /// A pool slot whose handle was dropped while the peer held it: it goes back to its
+    /// pool when the peer releases it.
+    orphan: Option<(Segment, Arc<PoolShared>)>,
 }
 
 type Registry = Mutex<HashMap<String, Arc<Mutex<Held>>>>;
@@ -140,6 +146,7 @@ fn register(name: &str, generation: u64) -> Arc<Mutex<Held>> {
             ..PeerAccess::default()
         },
         peers: Vec::new(),
+        orphan: None,
     }));
     lock(&REGISTRY).insert(name.to_string(), Arc::clone(&held));
     held
@@ -174,21 +181,76 @@ pub(crate) fn release(name: &str, generation: u64, what: Access) -> bool {
     let Some(entry) = lock(&REGISTRY).get(name).cloned() else {
         return false;
     };
-    let mut held = lock(&entry);
-    let a = &mut held.access;
-    if a.generation != generation {
-        return false;
+    let back = {
+        let mut held = lock(&entry);
+        let a = &mut held.access;
+        if a.generation != generation {
+            return false;
+        }
+        match what {
+            Access::Shared if a.shares > 0 => a.shares -= 1,
+            Access::Lent if a.lent => a.lent = false,
+            _ => return false,
+        }
+        if a.shares == 0 && !a.lent {
+            held.orphan
+                .take()
+                .map(|o| (o, std::mem::take(&mut held.peers)))
+        } else {
+            None
+        }
+    };
+    if let Some(((seg, pool), peers)) = back {
+        unregister(name, &entry);
+        pool.put_back(seg, peers);
     }
-    match what {
-        Access::Shared if a.shares > 0 => {
-            a.shares -= 1;
-            true
+    true
+}
+
+/// The worker of `peer` is gone: whatever only it could hold is released (a lent array
+/// becomes usable again, its contents as the worker left them; a pool slot goes back).
+pub(crate) fn peer_gone(peer: &Shared) {
+    let entries: Vec<(String, Arc<Mutex<Held>>)> = lock(&REGISTRY)
+        .iter()
+        .map(|(k, v)| (k.clone(), Arc::clone(v)))
+        .collect();
+    for (name, entry) in entries {
+        let back = {
+            let mut held = lock(&entry);
+            let ours = held.peers.iter().any(|p| std::ptr::eq(p.as_ptr(), peer));
+            let others = held
+                .peers
+                .iter()
+                .any(|p| !std::ptr::eq(p.as_ptr(), peer) && p.strong_count() > 0);
+            if !ours || others || (held.access.shares == 0 && !held.access.lent) {
+                continue;
+            }
+            held.access.shares = 0;
+            held.access.lent = false;
+            held.orphan
+                .take()
+                .map(|o| (o, std::mem::take(&mut held.peers)))
+        };
+        if let Some(((seg, pool), peers)) = back {
+            unregister(&name, &entry);
+            pool.put_back(seg, peers);
         }
-        Access::Lent if a.lent => {
-            a.lent = false;
-            true
-        }
-        _ => false,
+    }
+}
+
+/// True while the peer holds the named segment at `generation` (a share or the lend).
+pub(crate) fn is_out(name: &str, generation: u64) -> bool {
+    let Some(entry) = lock(&REGISTRY).get(name).cloned() else {
+        return false;
+    };
+    let held = lock(&entry);
+    held.access.generation == generation && (held.access.shares > 0 || held.access.lent)
+}
+
+fn unregister(name: &str, entry: &Arc<Mutex<Held>>) {
+    let mut reg = lock(&REGISTRY);
+    if reg.get(name).is_some_and(|a| Arc::ptr_eq(a, entry)) {
+        reg.remove(name);
     }
 }
 
@@ -196,8 +258,11 @@ pub(crate) fn release(name: &str, generation: u64, what: Access) -> bool {
 ///
 /// Dropping it unmaps the segment and, if this process owns it, unlinks it.
 pub struct SharedArray<T: Element> {
-    seg: Segment,
+    /// Taken only by `drop`.
+    seg: ManuallyDrop<Segment>,
     access: Arc<Mutex<Held>>,
+    /// The pool this array's segment belongs to, if it is a pool slot.
+    home: Option<Arc<PoolShared>>,
     _t: PhantomData<T>,
 }
 
@@ -237,8 +302,9 @@ impl<T: Element> SharedArray<T> {
         let seg = Segment::create(&layout, meta)?;
         let access = register(seg.name(), seg.generation());
         Ok(SharedArray {
-            seg,
+            seg: ManuallyDrop::new(seg),
             access,
+            home: None,
             _t: PhantomData,
         })
     }
@@ -301,10 +367,29 @@ impl<T: Element> SharedArray<T> {
         }
         let access = register(seg.name(), seg.generation());
         Ok(SharedArray {
-            seg,
+            seg: ManuallyDrop::new(seg),
             access,
+            home: None,
             _t: PhantomData,
         })
+    }
+
+    /// An array in a pool slot: `seg` was just rewritten for `T` and this use.
+    pub(crate) fn in_slot(seg: Segment, peers: Vec<Weak<Shared>>, home: Arc<PoolShared>) -> Self {
+        let access = register(seg.name(), seg.generation());
+        lock(&access).peers = peers;
+        SharedArray {
+            seg: ManuallyDrop::new(seg),
+            access,
+            home: Some(home),
+            _t: PhantomData,
+        }
+    }
+
+    /// The segment's generation: it changes with each use of a pool slot (and with new
+    /// metadata), and a reference names the generation it was made at.
+    pub fn generation(&self) -> u64 {
+        self.seg.generation()
     }
 
     /// The segment's name.
@@ -517,9 +602,15 @@ impl<T: Element> SharedArray<T> {
     /// # Errors
     ///
     /// [`ErrorKind::Busy`] while the peer holds a reference (moving it would leave them
-    /// a mapping of a segment whose owner changed under them).
+    /// a mapping of a segment whose owner changed under them), and for a pool slot.
     pub fn into_value(self) -> Result<Value> {
         self.check(|a| a.shares == 0 && !a.lent, "move")?;
+        if self.home.is_some() {
+            return Err(Error::new(ErrorKind::Busy(format!(
+                "array {} is a pool slot, which stays in its pool: lend or share it",
+                self.seg.name()
+            ))));
+        }
         let v = self.reference(Access::Moved);
         // The receiver unlinks it now; this process only unmaps.
         self.seg.set_unlink_on_drop(false);
@@ -556,28 +647,41 @@ fn distinct_elements(shape: &[usize], strides: &[usize]) -> bool {
 
 impl<T: Element> Drop for SharedArray<T> {
     fn drop(&mut self) {
-        {
-            let mut reg = lock(&REGISTRY);
-            if reg
-                .get(self.seg.name())
-                .is_some_and(|a| Arc::ptr_eq(a, &self.access))
-            {
-                reg.remove(self.seg.name());
+        // SAFETY: `seg` is taken here only, and `self` is not used after `drop`.
+        let seg = unsafe { ManuallyDrop::take(&mut self.seg) };
+        let peers = {
+            let mut held = lock(&self.access);
+            if let Some(pool) = &self.home {
+                if held.access.shares > 0 || held.access.lent {
+                    // The peer still holds it: it returns to the pool on release.
+                    held.orphan = Some((seg, Arc::clone(pool)));
+                    return;
+                }
+                let peers = std::mem::take(&mut held.peers);
+                drop(held);
+                unregister(seg.name(), &self.access);
+                pool.put_back(seg, peers);
+                return;
             }
-        }
-        let peers = std::mem::take(&mut lock(&self.access).peers);
-        if peers.is_empty() {
-            return;
-        }
-        // Workers keep what they were sent mapped. Unlink first, so that no reference
-        // still on its way can map the segment anew, then tell them it is gone; their
-        // mappings (and the memory) go when their last array of it does.
-        if self.seg.unlinks_on_drop() {
-            let _ = self.seg.unlink();
-        }
-        for peer in peers.iter().filter_map(Weak::upgrade) {
-            peer.forget(self.seg.name());
-        }
+            std::mem::take(&mut held.peers)
+        };
+        unregister(seg.name(), &self.access);
+        forget_everywhere(seg, peers);
+    }
+}
+
+/// Drops a segment that workers may keep mapped: unlinks it first (if this process owns
+/// it), so that no reference still on its way can map it anew, then tells them it is
+/// gone; their mappings, and the memory, go when their last array of it does.
+pub(crate) fn forget_everywhere(seg: Segment, peers: Vec<Weak<Shared>>) {
+    if peers.is_empty() {
+        return;
+    }
+    if seg.unlinks_on_drop() {
+        let _ = seg.unlink();
+    }
+    for peer in peers.iter().filter_map(Weak::upgrade) {
+        peer.forget(seg.name());
     }
 }
 

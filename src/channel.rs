@@ -105,6 +105,19 @@ impl Channel {
         self.send_checked(frame, true)
     }
 
+    /// Waits until the worker has released the named array of this generation (or
+    /// never held it), reading the pipe meanwhile if no other thread does.
+    pub(crate) fn wait_released(
+        &self,
+        name: &str,
+        generation: u64,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        self.shared
+            .wait(self.id, Want::Released(name, generation), deadline)
+            .map(|_| ())
+    }
+
     /// Sends any `serde::Serialize` value, converted with [`to_value`](crate::to_value).
     ///
     /// # Errors

@@ -160,6 +160,26 @@ pub enum ErrorKind {
     /// shared, anything while lent).
     #[error("{0}")]
     Busy(String),
+    /// Every slot of a pool's size class is in flight: at once with
+    /// [`WhenFull::Fail`](crate::WhenFull::Fail), or after waiting as long as
+    /// [`WhenFull::Block`](crate::WhenFull::Block) allows.
+    #[error("pool: all {slots} slots of {slot_bytes} bytes are in use (waited {waited:?})")]
+    PoolExhausted {
+        /// The size class's slot size in bytes.
+        slot_bytes: usize,
+        /// Its number of slots.
+        slots: usize,
+        /// How long the call waited for one.
+        waited: Duration,
+    },
+    /// No size class of a pool is large enough for the array.
+    #[error("pool: an array of {needs} bytes fits no size class (the largest holds {largest})")]
+    PoolNoClass {
+        /// The array's extent in bytes.
+        needs: usize,
+        /// The largest slot size of the pool.
+        largest: usize,
+    },
     /// The worker process ended while the operation needed it.
     #[error("{0}")]
     WorkerDied(WorkerExit),

@@ -73,6 +73,8 @@ pub(crate) struct State {
     kicked: bool,
     /// Threads waiting for some channel (they want the baton when it is free).
     waiting: usize,
+    /// Those of them waiting for a release.
+    release_waiters: usize,
     pub(crate) channels: HashMap<i32, ChanState>,
     pub(crate) next_id: i32,
     /// The pipe ended.
@@ -109,9 +111,11 @@ pub(crate) struct Shared {
 }
 
 /// What a thread waiting on a channel wants to know.
-pub(crate) enum Want {
+pub(crate) enum Want<'a> {
     Item,
     Close,
+    /// That the worker released the named array (of this generation).
+    Released(&'a str, u64),
 }
 
 impl Shared {
@@ -136,6 +140,7 @@ impl Shared {
                 bg_reading: false,
                 kicked: false,
                 waiting: 0,
+                release_waiters: 0,
                 channels: HashMap::new(),
                 next_id: 1,
                 eof: false,
@@ -258,6 +263,10 @@ impl Shared {
         let mut st = self.lock();
         st.child_gone = true;
         st.exit = Some(exit);
+        drop(st);
+        // Before waking anyone: a thread waiting for a release sees it done.
+        crate::array::peer_gone(self);
+        let st = self.lock();
         self.notify_everyone(&st);
         drop(st);
         let _ = nix::unistd::write(self.dead_w.as_fd(), b"x");
@@ -273,7 +282,7 @@ impl Shared {
 
     /// Waits until the channel has what `want` asks for, reading the pipe when the baton
     /// is free. `deadline == None` waits as long as the worker lives.
-    pub(crate) fn wait(&self, id: i32, want: Want, deadline: Option<Instant>) -> Result<Value> {
+    pub(crate) fn wait(&self, id: i32, want: Want<'_>, deadline: Option<Instant>) -> Result<Value> {
         let st = self.lock();
         let (mut st, out) = self.wait_locked(st, id, want, deadline);
         self.hand_off(&mut st);
@@ -285,10 +294,11 @@ impl Shared {
         &'a self,
         mut st: MutexGuard<'a, State>,
         id: i32,
-        want: Want,
+        want: Want<'_>,
         deadline: Option<Instant>,
     ) -> (MutexGuard<'a, State>, Result<Value>) {
         loop {
+            let child_gone = st.child_gone;
             let Some(ch) = st.channels.get_mut(&id) else {
                 return (st, Err(Error::new(ErrorKind::ChannelClosed { id })));
             };
@@ -314,6 +324,20 @@ impl Shared {
                         return (st, out);
                     }
                 }
+                Want::Released(name, generation) => {
+                    // A worker that died released everything: that is its death, below.
+                    if !child_gone && !crate::array::is_out(name, generation) {
+                        return (st, Ok(Value::None));
+                    }
+                    if ch.remote_closed {
+                        // The remote code ended holding it: its error says why.
+                        let err = ch
+                            .remote_error
+                            .clone()
+                            .unwrap_or_else(|| Error::new(ErrorKind::ChannelClosed { id }));
+                        return (st, Err(err));
+                    }
+                }
             }
             if st.eof || st.broken.is_some() || st.exit.is_some() || st.closed_by_host {
                 if !st.eof && st.reader.is_some() {
@@ -331,8 +355,14 @@ impl Shared {
             let now = Instant::now();
             if let Some(d) = deadline {
                 if now >= d {
+                    let operation = match want {
+                        Want::Released(name, _) => {
+                            format!("waiting for the release of {name} by gateway {}", self.id)
+                        }
+                        _ => format!("receive on channel {id} of gateway {}", self.id),
+                    };
                     let err = Error::new(ErrorKind::Timeout {
-                        operation: format!("receive on channel {id} of gateway {}", self.id),
+                        operation,
                         after: Duration::ZERO,
                     });
                     return (st, Err(err));
@@ -351,6 +381,8 @@ impl Shared {
             ch.waiters += 1;
             let cond = Arc::clone(&ch.cond);
             st.waiting += 1;
+            let for_release = matches!(want, Want::Released(..));
+            st.release_waiters += usize::from(for_release);
             st = match deadline {
                 None => cond.wait(st).unwrap_or_else(|e| e.into_inner()),
                 Some(d) => {
@@ -360,6 +392,7 @@ impl Shared {
                 }
             };
             st.waiting -= 1;
+            st.release_waiters -= usize::from(for_release);
             if let Some(ch) = st.channels.get_mut(&id) {
                 ch.waiters -= 1;
             }
@@ -407,7 +440,7 @@ impl Shared {
                     }
                     MsgType::Release => {
                         self.release(&f.payload);
-                        Prepared::Nothing
+                        Prepared::Released
                     }
                     // execnet's "the peer will send nothing more" (no payload).
                     MsgType::ChannelClose | MsgType::ChannelLastMessage => {
@@ -528,6 +561,14 @@ impl Shared {
     fn apply(&self, st: &mut State, ev: Prepared) {
         let target = match ev {
             Prepared::Nothing => return,
+            Prepared::Released => {
+                if st.release_waiters > 0 {
+                    for ch in st.channels.values().filter(|c| c.waiters > 0) {
+                        ch.cond.notify_all();
+                    }
+                }
+                return;
+            }
             Prepared::Data { channel, item } => {
                 let Some(ch) = st.channels.get_mut(&channel) else {
                     return;
@@ -659,6 +700,8 @@ impl Shared {
 
 enum Prepared {
     Nothing,
+    /// A RELEASE was applied: threads waiting for one look again.
+    Released,
     Data {
         channel: i32,
         item: Result<Value>,

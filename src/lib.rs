@@ -29,9 +29,11 @@ mod gateway;
 mod header;
 mod inbox;
 mod output;
+mod pool;
 pub mod segment;
 mod serde_value;
 mod spec;
+mod stream;
 mod value;
 
 pub use array::{Element, SharedArray};
@@ -45,9 +47,11 @@ pub use gateway::{
 };
 pub use header::{DType, FLAG_C_CONTIGUOUS, FLAG_F_CONTIGUOUS, Layout, MAX_NDIM, Meta, RawHeader};
 pub use output::{OutputCallback, OutputLine, OutputMode, Stream};
+pub use pool::{ClassStats, Pool, PoolBuilder, WhenFull};
 pub use segment::{SegmentInfo, SegmentProblem};
 pub use serde_value::{from_value, to_value};
 pub use spec::{HelperSource, Spec};
+pub use stream::{FrameStream, StreamMode};
 pub use value::{Access, ArrayRef, Value};
 
 /// The README's example, compiled and run as a doctest.

@@ -11,7 +11,9 @@ byte-compatible with ``execnet.dumps``/``execnet.loads``) and the error classes,
 Arrays in shared memory (numpy needed, imported on first use): :func:`empty`,
 :func:`zeros`, :func:`full` and :func:`asarray` make arrays the host can map without a
 copy; :func:`meta` and :func:`to_xarray` give the metadata stored with them;
-:func:`is_shared` tells them apart from plain arrays.
+:func:`is_shared` tells them apart from plain arrays. :func:`frames` iterates over a
+host's frame stream, releasing each frame when the loop moves on; :func:`release` gives
+one array back at once.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ._errors import (
     LayoutError,
     LoadError,
     ProtocolError,
+    ReleaseError,
     RemoteError,
     SegmentError,
     TimeoutError,
@@ -50,16 +53,19 @@ __all__ = [
     "LayoutError",
     "LoadError",
     "ProtocolError",
+    "ReleaseError",
     "RemoteError",
     "SegmentError",
     "TimeoutError",
     "asarray",
     "dumps",
     "empty",
+    "frames",
     "full",
     "is_shared",
     "loads",
     "meta",
+    "release",
     "to_xarray",
     "zeros",
 ]
@@ -67,17 +73,22 @@ __all__ = [
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._array import asarray, empty, full, is_shared, meta, to_xarray, zeros
+    from ._transfer import frames, release
 
 # The array functions live in ._array, imported on first use: a bootstrapped worker
 # compiles every module it imports from source, and most workers never share an array.
 _ARRAY_NAMES = frozenset({"asarray", "empty", "full", "is_shared", "meta", "to_xarray", "zeros"})
+_TRANSFER_NAMES = frozenset({"frames", "release"})
 
 
 def __getattr__(name: str) -> object:
-    if name in _ARRAY_NAMES:
-        from . import _array
+    if name in _ARRAY_NAMES or name in _TRANSFER_NAMES:
+        import importlib
 
-        value = getattr(_array, name)
+        module = importlib.import_module(
+            "._array" if name in _ARRAY_NAMES else "._transfer", __name__
+        )
+        value = getattr(module, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,6 +16,7 @@ __all__ = [
     "TimeoutError",
     "Cancelled",
     "ChannelClosed",
+    "ReleaseError",
     "SegmentError",
     "HeaderError",
     "DTypeError",
@@ -75,6 +76,11 @@ class Cancelled(Error):
 
 class ChannelClosed(Error, EOFError):
     """The channel is closed: no more items will arrive, or it can no longer send."""
+
+
+class ReleaseError(Error, ValueError):
+    """An array cannot be released: it is not one the host shared or lent to this
+    process, or it was released or sent back already."""
 
 
 class SegmentError(Error, OSError):

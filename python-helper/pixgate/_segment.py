@@ -161,7 +161,12 @@ _OFF_HEADER_LEN = 12
 _OFF_GENERATION = 72
 _OFF_STATE = 80
 _OFF_OWNER_PID = 84
+_OFF_META_LEN = 88
 _OFF_SHAPE = 96
+# Linux 5.14's madvise advice that maps every page of a range (MADV_POPULATE_READ and
+# MADV_POPULATE_WRITE); Python 3.11's mmap module does not name them.
+_MADV_POPULATE_READ = 22
+_MADV_POPULATE_WRITE = 23
 _OFF_STRIDES = 352
 
 _U32_MAX = 2**32 - 1
@@ -1007,6 +1012,7 @@ class Segment:
         "__weakref__",
         "_data",
         "_finalizer",
+        "_raw",
         "_mm",
         "directory",
         "header",
@@ -1028,6 +1034,8 @@ class Segment:
         self.directory = directory
         self._mm = mm
         self._data: memoryview | None = None
+        # The header bytes this object's header was validated from, when kept (reread).
+        self._raw: bytes | None = None
         self._finalizer: weakref.finalize | None = None
 
     # -- header fields --------------------------------------------------------
@@ -1154,6 +1162,61 @@ class Segment:
         generation = (_U64.unpack_from(mm, _OFF_GENERATION)[0] + 1) & _U64_MAX
         _U64.pack_into(mm, _OFF_GENERATION, generation)
         return generation
+
+    @property
+    def pool_slot(self) -> bool:
+        """Whether the owner reuses this segment for one array after another."""
+        return bool(self.header.flags & FLAG_POOL_SLOT)
+
+    def reread(self) -> Segment:
+        """The segment as its header now says, over the same mapping.
+
+        For a pool slot the owner has rewritten for its next use: the header is copied
+        and validated again (quickly, when only the generation changed) and a new
+        :class:`Segment` shares this one's mapping; arrays made from this one keep it.
+
+        Raises
+        ------
+        HeaderError
+            The header no longer validates, or its data area moved or changed size.
+        """
+        mm = self.mapping
+        header_len = self.header.header_len
+        raw = mm[:header_len]
+        old, known = self.header, self._raw
+        if (
+            known is not None
+            and raw[:_OFF_GENERATION] == known[:_OFF_GENERATION]
+            and raw[_OFF_META_LEN:] == known[_OFF_META_LEN:]
+        ):
+            # The same layout and metadata: a validated copy with the new generation.
+            header = Header(**{k: getattr(old, k) for k in Header.__slots__})
+            header.generation = _U64.unpack_from(raw, _OFF_GENERATION)[0]
+        else:
+            header = _read_header(mm, len(mm), self.name)
+            if (header.header_len, header.data_len) != (header_len, old.data_len):
+                raise _bad(
+                    self.name,
+                    "changed",
+                    f"header_len/data_len changed from {header_len}/{old.data_len} to "
+                    f"{header.header_len}/{header.data_len}",
+                )
+        seg = Segment(self.name, header, mm, self.writable, self.directory)
+        seg._data = self._data
+        seg._raw = raw
+        return seg
+
+    def populate(self) -> None:
+        """Map every page of the segment now (where the kernel can), instead of one by
+        one as they are touched."""
+        advice = _MADV_POPULATE_WRITE if self.writable else _MADV_POPULATE_READ
+        try:
+            self.mapping.madvise(advice)
+        except (OSError, ValueError):
+            # An older kernel: touch a byte per page.
+            data = self.data
+            for off in range(0, len(data), PAGE):
+                data[off]
 
     def _writable_mapping(self) -> mmap.mmap:
         if not self.writable:

@@ -16,15 +16,16 @@ docs/SEGMENT_FORMAT.md.
 
 from __future__ import annotations
 
-__all__ = ["FORGET", "RELEASE", "forget", "install"]
+__all__ = ["FORGET", "RELEASE", "forget", "frames", "install", "release"]
 
 import sys
 
 from . import _array, _segment, _wire
-from ._errors import DumpError, Error, LoadError
+from ._errors import DumpError, Error, LoadError, ReleaseError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any
 
     from ._segment import Segment
@@ -53,8 +54,14 @@ _resident: dict[tuple[str, bool], Segment] = {}
 
 
 def _send_release(held: _Held) -> None:
+    """The array of a reference was garbage-collected: release it, unless that was done."""
     if held.returned:
         return
+    held.returned = True
+    _notify(held)
+
+
+def _notify(held: _Held) -> None:
     from . import _worker
 
     gw = _worker.current_gateway()
@@ -78,12 +85,17 @@ def _mapped(ref: _wire.ArrayRef, writable: bool, keep: bool) -> Segment:
     kept for the next reference when ``keep``."""
     key = (ref.name, writable)
     seg = _resident.pop(key, None)
-    # Another generation: the header may have changed (metadata rewritten, pool slot
-    # reused); read it anew.
-    if seg is None or seg.closed or seg.header.generation != ref.generation:
+    if seg is not None and (seg.closed or seg.header.generation != ref.generation):
+        # Another generation: the header may have changed. A pool slot is re-read over
+        # the same mapping (that is what the slot is for); anything else is opened anew.
+        seg = seg.reread() if seg.pool_slot and not seg.closed else None
+    if seg is None:
         # Lazily: the first handoff costs the same at any size, and only pages the code
-        # touches are faulted in; a kept mapping keeps its faulted pages.
+        # touches are faulted in; a kept mapping keeps its faulted pages. A pool slot is
+        # populated once, as it will be mapped for good.
         seg = _segment.open(ref.name, writable=writable, populate=False)
+        if seg.pool_slot and keep:
+            seg.populate()
     if seg.generation != ref.generation:
         raise LoadError(
             f"array {ref.name}: reference of generation {ref.generation}, "
@@ -137,6 +149,82 @@ def _export(obj: object) -> _wire.ArrayRef | None:
         raise DumpError(f"cannot share an array of {obj.dtype} {obj.shape}: {exc}") from exc
     seg = _array.disown(copy)
     return _wire.ArrayRef(seg.name, seg.generation, _wire.MOVED)
+
+
+def release(arr: object) -> None:
+    """Give an array the host shared or lent back to the host now, without sending it.
+
+    From then on the host may write it again (a pool slot goes back to its pool and
+    is reused), so this process must not touch the array after the call: numpy cannot
+    revoke it. Without this, the release happens when the array and every view of it
+    have been garbage-collected.
+
+    Parameters
+    ----------
+    arr : numpy.ndarray
+        An array received from the host (shared or lent), or a view of one.
+
+    Raises
+    ------
+    ReleaseError
+        ``arr`` is not such an array, or it was released or sent back already.
+    """
+    found = _array.entry_of(arr)
+    held = found[2] if found is not None else None
+    if not isinstance(held, _Held):
+        raise ReleaseError(
+            "release() needs an array the host shared or lent to this process, got "
+            + (f"an array of segment {found[0].name}" if found else type(arr).__name__)
+        )
+    if held.returned:
+        raise ReleaseError(f"array {held.name} was already released or given back")
+    held.returned = True
+    _notify(held)
+
+
+def _release_all(item: object) -> None:
+    """Release every array from the host in ``item`` that is still held."""
+    todo = [item]
+    while todo:
+        x = todo.pop()
+        if isinstance(x, (list, tuple)):
+            todo.extend(x)
+        elif isinstance(x, dict):
+            todo.extend(x.keys())
+            todo.extend(x.values())
+        else:
+            found = _array.entry_of(x)
+            held = found[2] if found is not None else None
+            if isinstance(held, _Held) and not held.returned:
+                held.returned = True
+                _notify(held)
+
+
+def frames(channel: Any) -> Iterator[Any]:
+    """Iterate over the items the host sends on ``channel`` until it closes it, giving
+    the host's arrays in each item back as soon as the next item is asked for.
+
+    The consumer side of a host's frame stream: each frame (or anything holding arrays
+    the host shared or lent) is released when the loop moves on, or when it ends, so a
+    pool slot is free for the next frame without waiting for garbage collection. An
+    array the loop body sends back is not released twice. Keep nothing of a frame past
+    its iteration; copy what must outlive it.
+
+    Parameters
+    ----------
+    channel : pixgate.Channel
+        The channel of the remote code.
+
+    Yields
+    ------
+    object
+        Each item, in the order the host sent them.
+    """
+    for item in channel:
+        try:
+            yield item
+        finally:
+            _release_all(item)
 
 
 def install() -> None:

@@ -203,6 +203,7 @@ class Channel:
         self._remote_error: RemoteError | None = None
         self._receive_done = False
         self._local_closed = False
+        self._finished = False
         self._cancelled = False
         self._pending: dict[int, list[str]] = {1: [], 2: []}
         self._has_pending = False
@@ -356,6 +357,21 @@ class Channel:
 
     def _deliver(self, item: Any) -> None:
         self._items.put(item)
+        if self._finished:
+            self._drain()
+
+    def _finish(self) -> None:
+        """The remote code has ended: nothing will take items any more. Dropping them
+        lets the host's arrays in them be released."""
+        self._finished = True
+        self._drain()
+
+    def _drain(self) -> None:
+        try:
+            while True:
+                self._items.get_nowait()
+        except Empty:
+            pass
 
     def _remote_close(self, error: RemoteError | None) -> None:
         self._remote_error = error
@@ -649,6 +665,12 @@ class _WorkerGateway:
         if msgtype == CHANNEL_DATA:
             ch = self.channel(chid)
             if ch is None:
+                if b"U" in payload:
+                    # Possibly arrays of the host: mapped and dropped, they are released.
+                    try:
+                        _wire.loads_payload(payload)
+                    except DataFormatError:
+                        pass
                 return False
             try:
                 item: Any = _wire.loads_payload(payload)
@@ -719,6 +741,7 @@ class _WorkerGateway:
                 raise LoadError(f"exec kwargs must be dict, got {type(kwargs).__name__}")
         except (DataFormatError, ValueError, TypeError) as exc:
             _report_error(ch, type(exc).__name__, f"bad exec request: {exc}", "")
+            ch._finish()
             return
 
         def run() -> None:
@@ -752,6 +775,7 @@ def _execute(
         _tls.channel = None
         tb = _format_exception(exc)
         _report_error(ch, type(exc).__name__, str(exc), tb)
+        ch._finish()
         return
     finally:
         _tls.channel = None
@@ -761,6 +785,7 @@ def _execute(
         ch.close()
     except OSError:
         pass
+    ch._finish()
 
 
 def _safe_text(text: str) -> str:

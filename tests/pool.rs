@@ -1,0 +1,355 @@
+//! Pools of reused segments and frame streams, with a real CPython worker.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{T, assert_no_segments, gateway, serial};
+use pixgate::{Channel, ErrorKind, FrameStream, Pool, SharedArray, StreamMode, Value, WhenFull};
+
+/// Answers `(kind, value)` requests about the arrays it is sent.
+const PROBE: &str = r#"
+import numpy as np
+import pixgate
+from pixgate import _array
+held = []
+for kind, arr in channel:
+    if kind == "describe":
+        seg = _array.segment_of(arr)[0]
+        channel.send((arr.dtype.str, list(arr.shape), float(arr.sum()),
+                      id(seg.mapping), arr))
+        del seg
+    elif kind == "hold":
+        held.append(arr)
+        channel.send(len(held))
+    elif kind == "release held":
+        pixgate.release(held.pop(0))
+        channel.send(len(held))
+    elif kind == "release twice":
+        try:
+            pixgate.release(arr)
+            pixgate.release(arr)
+            channel.send("released twice")
+        except pixgate.ReleaseError as e:
+            channel.send("ReleaseError: " + str(e))
+    elif kind == "keep":
+        channel.send(None)
+    del arr
+"#;
+
+fn ask(ch: &Channel, kind: &str, v: Value) -> Value {
+    ch.send(Value::Tuple(vec![kind.into(), v])).unwrap();
+    ch.receive_timeout(T).unwrap()
+}
+
+fn free(pool: &Pool) -> usize {
+    pool.stats().iter().map(|c| c.free).sum()
+}
+
+fn wait_free(pool: &Pool, n: usize) {
+    common::wait_until(|| free(pool) == n, &format!("{n} free slots"));
+}
+
+#[test]
+fn a_reused_slot_has_a_new_generation_and_refuses_stale_references() {
+    let _serial = serial();
+    let gw = gateway();
+    let ch = gw.remote_exec(PROBE).unwrap();
+    let pool = Pool::builder().class(4096).slots(1).build().unwrap();
+    assert_eq!(free(&pool), 1, "prefilled");
+
+    let mut a = pool.take::<u16>(&[4, 4]).unwrap();
+    a.view_mut().unwrap().fill(2);
+    let (name, first_gen) = (a.name().to_string(), a.generation());
+    let first = a.lend().unwrap();
+    let r = ask(&ch, "describe", first.clone());
+    let r = r.as_seq().unwrap();
+    assert_eq!(r[0].as_str(), Some("<u2"));
+    assert_eq!(r[2].as_f64(), Some(32.0));
+    let mapping = r[3].as_i64().unwrap();
+    drop(a);
+    assert_eq!(free(&pool), 1, "given back and dropped: in the pool again");
+
+    // The same slot, another type and shape: the worker re-reads the header over the
+    // mapping it kept.
+    let mut b = pool.take::<f32>(&[2, 3]).unwrap();
+    b.view_mut().unwrap().fill(1.5);
+    assert_eq!(b.name(), name, "the same slot");
+    assert!(b.generation() > first_gen);
+    let r = ask(&ch, "describe", b.lend().unwrap());
+    let r = r.as_seq().unwrap();
+    assert_eq!(r[0].as_str(), Some("<f4"));
+    assert_eq!(r[1], Value::List(vec![2.into(), 3.into()]));
+    assert_eq!(r[2].as_f64(), Some(9.0));
+    assert_eq!(r[3].as_i64(), Some(mapping), "the same mapping");
+
+    // The first use's reference is stale now.
+    let other = gw.remote_exec(PROBE).unwrap();
+    other
+        .send(Value::Tuple(vec!["keep".into(), first]))
+        .unwrap();
+    let err = other.receive_timeout(T).unwrap_err();
+    assert!(err.to_string().contains("stale reference"), "{err}");
+    assert!(b.view().unwrap().iter().all(|&x| x == 1.5), "nothing lost");
+    drop(b);
+    drop(pool);
+    ch.close().unwrap();
+    gw.exit(T).unwrap();
+    assert_no_segments();
+}
+
+#[test]
+fn a_slot_comes_back_when_the_worker_releases_it_and_not_twice() {
+    let _serial = serial();
+    let gw = gateway();
+    let ch = gw.remote_exec(PROBE).unwrap();
+    let pool = Pool::builder().class(1 << 16).slots(2).build().unwrap();
+    let mut a = pool.take::<u8>(&[100]).unwrap();
+    let r = ask(&ch, "release twice", a.lend().unwrap());
+    let text = r.as_str().unwrap();
+    assert!(
+        text.starts_with("ReleaseError:") && text.contains("already released"),
+        "{text}"
+    );
+    drop(a);
+    wait_free(&pool, 2);
+
+    // A frame dropped by the host while the worker holds it comes back on release.
+    let mut b = pool.take::<u8>(&[100]).unwrap();
+    assert_eq!(ask(&ch, "hold", b.lend().unwrap()).as_i64(), Some(1));
+    drop(b);
+    assert_eq!(free(&pool), 1, "still out");
+    assert_eq!(ask(&ch, "release held", Value::None).as_i64(), Some(0));
+    wait_free(&pool, 2);
+
+    // Releasing something that is not the host's array is an error too.
+    let r = ask(&ch, "release twice", Value::None);
+    assert!(r.as_str().unwrap().starts_with("ReleaseError:"));
+    drop(pool);
+    ch.close().unwrap();
+    gw.exit(T).unwrap();
+    assert_no_segments();
+}
+
+#[test]
+fn back_pressure_blocks_then_times_out() {
+    let _serial = serial();
+    let gw = gateway();
+    let ch = gw.remote_exec(PROBE).unwrap();
+    let wait = Duration::from_millis(300);
+    let pool = Pool::builder()
+        .class(4096)
+        .slots(2)
+        .when_full(WhenFull::Block(wait))
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let mut a = pool.take::<u8>(&[10]).unwrap();
+        ask(&ch, "hold", a.lend().unwrap());
+    }
+    let start = Instant::now();
+    let err = pool.take::<u8>(&[10]).unwrap_err();
+    let waited = start.elapsed();
+    assert!(
+        matches!(err.kind(), ErrorKind::PoolExhausted { slots: 2, .. }),
+        "{err}"
+    );
+    assert!(waited >= wait && waited < T, "waited {waited:?}");
+
+    // A release while it waits lets it through.
+    std::thread::scope(|s| {
+        let taker = s.spawn(|| {
+            let start = Instant::now();
+            let got = pool.take::<u8>(&[10]);
+            (got.is_ok(), start.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        ask(&ch, "release held", Value::None);
+        let (ok, after) = taker.join().unwrap();
+        assert!(ok && after < wait, "took {after:?}");
+    });
+
+    // With WhenFull::Fail it fails at once.
+    let fail = Pool::builder()
+        .class(4096)
+        .slots(1)
+        .when_full(WhenFull::Fail)
+        .build()
+        .unwrap();
+    let _held = fail.take::<u8>(&[1]).unwrap();
+    let err = fail.take::<u8>(&[1]).unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::PoolExhausted { .. }),
+        "{err}"
+    );
+    // An array larger than every class fits none.
+    let err = fail.take::<u8>(&[4097]).unwrap_err();
+    assert!(matches!(
+        err.kind(),
+        ErrorKind::PoolNoClass {
+            needs: 4097,
+            largest: 4096
+        }
+    ));
+    drop((pool, fail, _held));
+    ch.close().unwrap();
+    gw.exit(T).unwrap();
+    assert_no_segments();
+}
+
+/// Collects the first element of every frame, releasing each as the loop moves on.
+const CONSUMER: &str = r#"
+import pixgate
+seen = []
+for frame in pixgate.frames(channel):
+    seen.append(int(frame[0]))
+channel.send(seen)
+"#;
+
+fn stream_in_order(mode: StreamMode, frames: u32) {
+    let gw = gateway();
+    let ch = gw.remote_exec(CONSUMER).unwrap();
+    let pool = Pool::builder().class(1 << 12).slots(5).build().unwrap();
+    let mut stream = FrameStream::new(&ch, &pool, mode).timeout(T);
+    for i in 0..frames {
+        let mut f = stream.frame::<u32>(&[256]).unwrap();
+        f.view_mut().unwrap().fill(i);
+        stream.send(f).unwrap();
+        assert!(stream.in_flight() <= 4);
+    }
+    stream.finish().unwrap();
+    assert_eq!(stream.sent(), u64::from(frames));
+    ch.close().unwrap();
+    let seen = ch.receive_timeout(T).unwrap();
+    let seen: Vec<i64> = seen
+        .as_seq()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert_eq!(seen, (0..i64::from(frames)).collect::<Vec<_>>());
+    let stats = pool.stats();
+    assert_eq!((stats[0].free, stats[0].created), (5, 5), "every slot back");
+    drop(stream);
+    drop(pool);
+    gw.exit(T).unwrap();
+    assert_no_segments();
+}
+
+#[test]
+fn a_pipelined_stream_of_10000_frames_arrives_complete_and_in_order() {
+    let _serial = serial();
+    stream_in_order(StreamMode::Pipelined(4), 10_000);
+}
+
+#[test]
+fn a_lock_step_stream_arrives_complete_and_in_order() {
+    let _serial = serial();
+    stream_in_order(StreamMode::LockStep, 1_000);
+}
+
+#[test]
+fn a_stream_whose_consumer_fails_reports_its_error() {
+    let _serial = serial();
+    let gw = gateway();
+    let ch = gw
+        .remote_exec("import pixgate\nfor f in pixgate.frames(channel):\n    held = f\n    raise ValueError('bad frame')\n")
+        .unwrap();
+    let pool = Pool::builder().class(4096).slots(2).build().unwrap();
+    let mut stream = FrameStream::new(&ch, &pool, StreamMode::LockStep).timeout(T);
+    // The first frame may be released before the error closes the channel; a later
+    // send or the finish reports it.
+    let err = (0..10)
+        .find_map(|_| {
+            let f = stream.frame::<u8>(&[8]).unwrap();
+            stream.send(f).err()
+        })
+        .or_else(|| stream.finish().err())
+        .expect("an error");
+    assert!(
+        matches!(err.kind(), ErrorKind::Remote(r) if r.message == "bad frame"),
+        "{err}"
+    );
+    // The slot still comes back once the worker lets go of it.
+    drop(stream);
+    wait_free(&pool, 2);
+    // The gateway is intact.
+    let echo = gw.remote_exec("channel.send(channel.receive())").unwrap();
+    echo.send(5).unwrap();
+    assert_eq!(echo.receive_timeout(T).unwrap().as_i64(), Some(5));
+    drop(pool);
+    gw.exit(T).unwrap();
+    assert_no_segments();
+}
+
+#[test]
+fn dropping_the_pool_unlinks_its_slots_also_those_in_flight() {
+    let _serial = serial();
+    let gw = gateway();
+    let ch = gw.remote_exec(PROBE).unwrap();
+    let pool = Pool::builder()
+        .class(4096)
+        .class(1 << 20)
+        .slots(2)
+        .build()
+        .unwrap();
+    let mut a: SharedArray<u8> = pool.take(&[5000]).unwrap();
+    assert_eq!(pool.stats()[1].free, 1, "the larger class");
+    ask(&ch, "hold", a.lend().unwrap());
+    drop(a);
+    drop(pool);
+    // One slot is still held by the worker; it goes when released.
+    let names = std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("pxg-{:x}-", std::process::id()))
+        })
+        .count();
+    assert_eq!(names, 1, "only the slot in flight is left");
+    ask(&ch, "release held", Value::None);
+    common::wait_until(
+        || {
+            std::fs::read_dir("/dev/shm")
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .all(|e| {
+                    !e.file_name()
+                        .to_string_lossy()
+                        .starts_with(&format!("pxg-{:x}-", std::process::id()))
+                })
+        },
+        "the last slot unlinked",
+    );
+    ch.close().unwrap();
+    gw.exit(T).unwrap();
+    assert_no_segments();
+}
+
+#[test]
+fn a_worker_that_dies_holding_arrays_gives_them_back() {
+    let _serial = serial();
+    let gw = gateway();
+    let ch = gw.remote_exec(PROBE).unwrap();
+    let pool = Pool::builder().class(4096).slots(1).build().unwrap();
+    let mut slot = pool.take::<u8>(&[16]).unwrap();
+    ask(&ch, "hold", slot.lend().unwrap());
+    drop(slot);
+    let mut plain = SharedArray::<u8>::zeros(&[16]).unwrap();
+    ask(&ch, "hold", plain.lend().unwrap());
+    assert!(plain.view().is_err(), "lent");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(gw.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    common::wait_until(|| !plain.is_lent(), "the lend ended with the worker");
+    assert_eq!(plain.view().unwrap().sum(), 0);
+    assert_eq!(free(&pool), 1, "the slot is back");
+    let err = ch.receive_timeout(T).unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::WorkerDied(_)), "{err}");
+    drop((pool, plain));
+    assert_no_segments();
+}
