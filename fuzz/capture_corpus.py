@@ -1,7 +1,7 @@
 """Regenerates the seed corpus in fuzz/corpus/ from a real host-worker exchange.
 
 A host speaking the raw protocol (the one of python-helper/tests/test_worker.py) starts
-a real worker, runs a short session in it (values of every kind both ways, printed
+a real worker, runs a short exchange in it (values of every kind both ways, printed
 output, a remote error, shared arrays with metadata) and records every byte that
 crosses the pipes. From the recording:
 
@@ -76,7 +76,7 @@ VALUES = [
     [0.25 * i for i in range(20)],
 ]
 
-SESSION = """
+REMOTE_CODE = """
 import numpy as np
 import pixgate
 for item in channel:
@@ -121,7 +121,7 @@ def record() -> tuple[RecordingHost, list[bytes]]:
     try:
         t, ch, _ = host.frame()
         assert (t, ch) == (HANDSHAKE, 0), (t, ch)
-        host.exec(1, SESSION)
+        host.exec(1, REMOTE_CODE)
         for value in VALUES:
             host.send(CHANNEL_DATA, 1, _wire.dumps_payload(value))
             t, _ = host.next_on(1)
