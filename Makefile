@@ -1,5 +1,7 @@
 # The two commands of the README: `make demo` and `make test`. Both create .venv with
-# what Python needs when it is missing, build, and run.
+# what Python needs when it is missing, build, and run. Fuzzing: `make fuzz` (long runs,
+# FUZZ_TIME seconds per target) and `make fuzz-corpus` (regenerates the seed corpus);
+# see TESTING.md.
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -12,7 +14,16 @@ export PIXGATE_TEST_STRICT := 1
 # Generous bound on the whole test run; each test has its own timeouts too.
 TEST_TIMEOUT ?= 3000
 
-.PHONY: demo test venv build test-rust test-python lint bench clean
+# Fuzzing (fuzz/, cargo-fuzz, nightly). The targets run without a sanitizer: the decoders
+# they cover contain no unsafe code, and AddressSanitizer slows the frame target tenfold;
+# debug assertions stay on so that integer overflow panics.
+FUZZ_TARGETS := frame_decoder value_decoder header_parser
+FUZZ_TIME ?= 600
+FUZZ_SMOKE_TIME ?= 20
+FUZZ_FLAGS := --sanitizer none --debug-assertions
+FUZZ_ARGS := -rss_limit_mb=2048 -timeout=10
+
+.PHONY: demo test venv build test-rust test-python lint bench clean fuzz fuzz-smoke fuzz-corpus
 
 demo: $(STAMP)
 	cargo build --release
@@ -23,6 +34,7 @@ test: $(STAMP)
 	cargo build --all-targets
 	timeout $(TEST_TIMEOUT) cargo test --all-targets
 	cd python-helper && timeout 900 $(VPY) -m pytest -q tests
+	$(MAKE) --no-print-directory fuzz-smoke
 	@# A leak is a segment whose creator is gone (every test process has ended by now).
 	@leaks=""; for f in $$(ls /dev/shm | grep '^pxg-' || true); do \
 	  pid=$$((16#$$(echo $$f | cut -d- -f2))); [ -d /proc/$$pid ] || leaks="$$leaks $$f"; \
@@ -39,6 +51,33 @@ $(STAMP): python-helper/pyproject.toml Makefile
 bench: $(STAMP)
 	cargo bench --bench roundtrip
 	cargo bench --bench arrays
+
+# Each fuzz target for FUZZ_SMOKE_TIME seconds, when a nightly toolchain is installed;
+# cargo-fuzz is installed when it is missing. New inputs go to fuzz/work/ (ignored by
+# git); fuzz/corpus/ holds the committed seeds, which `cargo test` replays on stable.
+fuzz-smoke:
+	@if ! cargo +nightly --version >/dev/null 2>&1; then \
+	  echo "fuzz-smoke: no nightly toolchain, fuzz targets not run"; exit 0; fi; \
+	if ! cargo +nightly fuzz --version >/dev/null 2>&1; then \
+	  cargo install cargo-fuzz --locked || { \
+	    echo "fuzz-smoke: cargo-fuzz could not be installed, fuzz targets not run"; exit 0; }; fi; \
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/work/$$t && \
+	  cargo +nightly fuzz run $(FUZZ_FLAGS) $$t fuzz/work/$$t fuzz/corpus/$$t -- \
+	    $(FUZZ_ARGS) -max_total_time=$(FUZZ_SMOKE_TIME) -print_final_stats=1 || exit 1; \
+	done
+
+# Long runs, one target after the other: `make fuzz FUZZ_TIME=3600`.
+fuzz:
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/work/$$t && \
+	  cargo +nightly fuzz run $(FUZZ_FLAGS) $$t fuzz/work/$$t fuzz/corpus/$$t -- \
+	    $(FUZZ_ARGS) -max_total_time=$(FUZZ_TIME) -print_final_stats=1 || exit 1; \
+	done
+
+# Regenerates fuzz/corpus/ from a real exchange with a worker (fuzz/capture_corpus.py).
+fuzz-corpus: $(STAMP)
+	$(VPY) fuzz/capture_corpus.py
 
 lint:
 	cargo fmt --all -- --check

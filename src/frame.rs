@@ -135,35 +135,45 @@ impl std::fmt::Display for ReadError {
 
 const CHUNK: usize = 64 * 1024;
 
-/// Reads frames from a pipe with a deadline, keeping partial frames between calls.
+/// The byte-level half of [`FrameReader`]: buffers what the peer has sent and cuts it
+/// into events. It does no I/O, so it can be driven from any byte source, including a
+/// test feeding it arbitrary reads.
 ///
-/// Bytes are read only as the peer provides them: a header announcing a large payload
+/// Bytes are taken only as the peer provides them: a header announcing a large payload
 /// causes no allocation beyond what actually arrives, and a payload over `max_len` is
-/// read and discarded in fixed-size chunks.
-pub(crate) struct FrameReader {
-    fd: OwnedFd,
+/// discarded as it arrives.
+pub(crate) struct FrameBuffer {
+    /// `buf[start..end]` is received and not yet consumed; `buf[end..]` is spare room
+    /// that was zeroed once and is reused by later reads without zeroing it again.
     buf: Vec<u8>,
     start: usize,
+    end: usize,
     /// Remaining bytes of an oversized payload still to discard, with its header.
     discarding: Option<(Header, u64)>,
     max_len: u32,
 }
 
-impl FrameReader {
-    pub(crate) fn new(fd: OwnedFd, max_len: u32) -> FrameReader {
-        FrameReader {
-            fd,
+impl FrameBuffer {
+    pub(crate) fn new(max_len: u32) -> FrameBuffer {
+        FrameBuffer {
             buf: Vec::with_capacity(CHUNK),
             start: 0,
+            end: 0,
             discarding: None,
             max_len,
         }
     }
 
-    /// True when a complete frame (or discard result) can be produced without reading.
+    /// The next complete frame (or discard result) that needs no more bytes, if any.
+    pub(crate) fn next_buffered(&mut self) -> Result<Option<Event>, ReadError> {
+        let ev = self.buffered_event();
+        self.compact();
+        ev
+    }
+
     fn buffered_event(&mut self) -> Result<Option<Event>, ReadError> {
         if let Some((h, left)) = self.discarding {
-            let avail = (self.buf.len() - self.start) as u64;
+            let avail = (self.end - self.start) as u64;
             let take = avail.min(left);
             self.start += take as usize;
             if take == left {
@@ -177,7 +187,7 @@ impl FrameReader {
             self.discarding = Some((h, left - take));
             return Ok(None);
         }
-        let avail = &self.buf[self.start..];
+        let avail = &self.buf[self.start..self.end];
         if avail.len() < HEADER_LEN {
             return Ok(None);
         }
@@ -207,9 +217,9 @@ impl FrameReader {
         })))
     }
 
-    /// Bytes the reader still wants for the frame in progress (at least one chunk).
+    /// Bytes the buffer still wants for the frame in progress (at least one chunk).
     fn want(&self) -> usize {
-        let avail = self.buf.len() - self.start;
+        let avail = self.end - self.start;
         if self.discarding.is_some() || avail < HEADER_LEN {
             return CHUNK;
         }
@@ -223,6 +233,72 @@ impl FrameReader {
         need.clamp(CHUNK, CHUNK + (1 << 20))
     }
 
+    /// Appends what one call of `read` puts into a spare area of [`Self::want`] bytes
+    /// and returns how many bytes that was (0 at end of stream).
+    ///
+    /// # Errors
+    ///
+    /// Whatever `read` returns; the buffer is left as it was.
+    pub(crate) fn fill(
+        &mut self,
+        read: impl FnOnce(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let want = self.want();
+        if self.buf.len() < self.end + want {
+            self.buf.resize(self.end + want, 0);
+        }
+        let n = read(&mut self.buf[self.end..self.end + want])?;
+        let n = n.min(want);
+        self.end += n;
+        Ok(n)
+    }
+
+    /// The event for the end of the stream, once [`Self::next_buffered`] has nothing
+    /// more: [`Event::Eof`] between frames, an error inside one.
+    pub(crate) fn at_eof(&self) -> Result<Event, ReadError> {
+        let have = self.end - self.start;
+        if have > 0 || self.discarding.is_some() {
+            return Err(ReadError::TruncatedAtEof { have });
+        }
+        Ok(Event::Eof)
+    }
+
+    /// Bytes allocated for buffering.
+    pub(crate) fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    fn compact(&mut self) {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            if self.buf.capacity() > 4 * CHUNK {
+                self.buf.clear();
+                self.buf.shrink_to(CHUNK);
+            }
+        } else if self.start > CHUNK && self.start * 2 > self.end {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+    }
+}
+
+/// Reads frames from a pipe with a deadline, keeping partial frames between calls: a
+/// [`FrameBuffer`] fed from a file descriptor.
+pub(crate) struct FrameReader {
+    fd: OwnedFd,
+    frames: FrameBuffer,
+}
+
+impl FrameReader {
+    pub(crate) fn new(fd: OwnedFd, max_len: u32) -> FrameReader {
+        FrameReader {
+            fd,
+            frames: FrameBuffer::new(max_len),
+        }
+    }
+
     /// Produces the next event, waiting until `deadline` (forever if `None`) or until one
     /// of `wake` becomes readable.
     pub(crate) fn next_event(
@@ -231,11 +307,9 @@ impl FrameReader {
         wake: &[BorrowedFd<'_>],
     ) -> Result<Event, ReadError> {
         loop {
-            if let Some(ev) = self.buffered_event()? {
-                self.compact();
+            if let Some(ev) = self.frames.next_buffered()? {
                 return Ok(ev);
             }
-            self.compact();
             let timeout = match deadline {
                 None => PollTimeout::NONE,
                 Some(d) => {
@@ -263,40 +337,21 @@ impl FrameReader {
                 // A wake descriptor fired and the pipe has nothing for us.
                 return Ok(Event::Idle);
             }
-            let want = self.want();
-            let old = self.buf.len();
-            self.buf.resize(old + want, 0);
-            let n = loop {
-                match nix::unistd::read(self.fd.as_fd(), &mut self.buf[old..]) {
-                    Ok(n) => break n,
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => {
-                        self.buf.truncate(old);
-                        return Err(ReadError::Io(e.into()));
+            let fd = self.fd.as_fd();
+            let n = self
+                .frames
+                .fill(|spare| {
+                    loop {
+                        match nix::unistd::read(fd, spare) {
+                            Err(nix::errno::Errno::EINTR) => continue,
+                            r => return r.map_err(io::Error::from),
+                        }
                     }
-                }
-            };
-            self.buf.truncate(old + n);
+                })
+                .map_err(ReadError::Io)?;
             if n == 0 {
-                let have = self.buf.len() - self.start;
-                if have > 0 || self.discarding.is_some() {
-                    return Err(ReadError::TruncatedAtEof { have });
-                }
-                return Ok(Event::Eof);
+                return self.frames.at_eof();
             }
-        }
-    }
-
-    fn compact(&mut self) {
-        if self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-            if self.buf.capacity() > 4 * CHUNK {
-                self.buf.shrink_to(CHUNK);
-            }
-        } else if self.start > CHUNK && self.start * 2 > self.buf.len() {
-            self.buf.drain(..self.start);
-            self.start = 0;
         }
     }
 }
@@ -455,7 +510,7 @@ mod tests {
             rd.next_event(soon(), &[]),
             Err(ReadError::TruncatedAtEof { .. })
         ));
-        assert!(rd.buf.capacity() < 4 << 20, "{}", rd.buf.capacity());
+        assert!(rd.frames.capacity() < 4 << 20, "{}", rd.frames.capacity());
     }
 
     #[test]

@@ -25,6 +25,9 @@ mod channel;
 pub mod codec;
 mod error;
 mod frame;
+/// Fuzz target bodies, shared by `fuzz/` and `tests/fuzz_corpus.rs`; not part of the API.
+#[doc(hidden)]
+pub mod fuzzing;
 mod gateway;
 mod header;
 mod inbox;

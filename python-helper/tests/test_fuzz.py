@@ -1,0 +1,162 @@
+"""Property tests of the Python decoders on arbitrary and damaged bytes.
+
+The codec (``_wire.loads``, ``_wire.loads_payload``) and the header parser
+(``_segment.parse_header``) read bytes another process wrote. On any input they either
+return or raise their documented error (``LoadError``, ``HeaderError``); and whatever
+they accept survives a round trip: encoding it and decoding again gives the same value,
+and encoding that gives the same bytes.
+
+Besides plain random bytes, the inputs are damaged copies of the seed corpus that the
+Rust fuzz targets start from (``fuzz/corpus/``, recorded from a real exchange with a
+worker), so that the tests reach past the first checks.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_wire import same_value
+
+from pixgate import HeaderError, LoadError, _segment, _wire
+
+CORPUS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "fuzz",
+    "corpus",
+)
+
+
+def corpus(target: str) -> list[bytes]:
+    d = os.path.join(CORPUS, target)
+    out = []
+    for name in sorted(os.listdir(d)):
+        with open(os.path.join(d, name), "rb") as f:
+            out.append(f.read())
+    assert out, f"{d} holds no corpus"
+    return out
+
+
+@st.composite
+def damaged(draw: st.DrawFn, seeds: list[bytes], max_edits: int = 6) -> bytes:
+    """A seed with a few bytes replaced, inserted or deleted, maybe cut short."""
+    data = bytearray(draw(st.sampled_from(seeds)))
+    for _ in range(draw(st.integers(0, max_edits))):
+        kind = draw(st.sampled_from(["replace", "insert", "delete", "word"]))
+        at = draw(st.integers(0, len(data)))
+        if kind == "replace" and at < len(data):
+            data[at] = draw(st.integers(0, 255))
+        elif kind == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=4))
+        elif kind == "delete" and at < len(data):
+            del data[at]
+        elif kind == "word":
+            # A length, count or header field overwritten with an interesting value.
+            word = draw(st.sampled_from([0, 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 4096]))
+            data[at : at + 4] = word.to_bytes(4, draw(st.sampled_from(["big", "little"])))
+    if draw(st.booleans()):
+        data = data[: draw(st.integers(0, len(data)))]
+    return bytes(data)
+
+
+# ---------------------------------------------------------------------------------------
+# The codec
+
+Loader = Callable[[bytes], Any]
+Dumper = Callable[[Any], bytes]
+FORMS: list[tuple[Loader, Dumper]] = [
+    (_wire.loads, _wire.dumps),
+    (_wire.loads_payload, _wire.dumps_payload),
+]
+
+
+def check_codec(data: bytes) -> None:
+    """Each loader raises only LoadError, and what it accepts round-trips."""
+    for loads, dumps in FORMS:
+        try:
+            value = loads(data)
+        except LoadError:
+            continue
+        encoded = dumps(value)
+        back = loads(encoded)
+        assert same_value(back, value), (data, value, back)
+        assert dumps(back) == encoded
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.binary(max_size=120))
+def test_arbitrary_bytes_raise_load_error_or_round_trip(data: bytes) -> None:
+    check_codec(data)
+    check_codec(b"\x02" + data)
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(damaged(corpus("value_decoder")))
+def test_damaged_real_payloads_raise_load_error_or_round_trip(data: bytes) -> None:
+    check_codec(data)
+
+
+def test_real_payloads_round_trip() -> None:
+    for data in corpus("value_decoder"):
+        loads, dumps = FORMS[0] if data[:1] == b"\x02" else FORMS[1]
+        value = loads(data)
+        assert same_value(loads(dumps(value)), value)
+
+
+# ---------------------------------------------------------------------------------------
+# The header parser
+
+
+def check_header(data: bytes, file_size: int) -> None:
+    """parse_header raises only HeaderError; what it accepts re-encodes to the bytes
+    it was read from (the padding after the metadata block aside) and parses back."""
+    try:
+        parsed = _segment.parse_header(data, file_size)
+    except HeaderError:
+        return
+    encoded = _segment.encode_header(parsed)
+    used = _segment.FIXED_HEADER_LEN + parsed.meta_len
+    assert encoded[:used] == data[:used]
+    assert encoded[used:] == bytes(parsed.header_len - used)
+    back = _segment.parse_header(encoded, file_size)
+    for key in _segment.Header.__slots__:
+        assert same_value(getattr(back, key), getattr(parsed, key)), key
+    assert _segment.encode_header(back) == encoded
+
+
+def announced_size(data: bytes) -> int:
+    """header_len + data_len as the header states them (0 when it is too short)."""
+    if len(data) < 24:
+        return 0
+    return int.from_bytes(data[12:16], "little") + int.from_bytes(data[16:24], "little")
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.sampled_from([b"", b"PXGSEG\0\0\x01\0\0\0\0\x10\0\0"]),
+    st.binary(max_size=700),
+    st.integers(0, 4500),
+    st.integers(-(2**70), 2**70),
+)
+def test_arbitrary_bytes_raise_header_error_or_round_trip(
+    prefix: bytes, data: bytes, pad: int, size: int
+) -> None:
+    data = prefix + data + bytes(pad)
+    check_header(data, size)
+    check_header(data, announced_size(data))
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(damaged(corpus("header_parser"), max_edits=4), st.integers(-8192, 2**64))
+def test_damaged_real_headers_raise_header_error_or_round_trip(data: bytes, size: int) -> None:
+    check_header(data, size)
+    check_header(data, announced_size(data))
+
+
+def test_real_headers_parse_and_round_trip() -> None:
+    for data in corpus("header_parser"):
+        size = (announced_size(data) + 4095) // 4096 * 4096
+        _segment.parse_header(data, size)
+        check_header(data, size)
