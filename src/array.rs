@@ -300,7 +300,7 @@ impl<T: Element> SharedArray<T> {
 
     fn with_layout(layout: Layout, meta: &Meta) -> Result<SharedArray<T>> {
         let seg = Segment::create(&layout, meta)?;
-        let access = register(seg.name(), seg.generation());
+        let access = register(&seg.wire_name(), seg.generation());
         Ok(SharedArray {
             seg: ManuallyDrop::new(seg),
             access,
@@ -365,7 +365,7 @@ impl<T: Element> SharedArray<T> {
             seg.set_owner_pid(std::process::id())?;
             seg.set_state(crate::segment::STATE_OWNED)?;
         }
-        let access = register(seg.name(), seg.generation());
+        let access = register(&seg.wire_name(), seg.generation());
         Ok(SharedArray {
             seg: ManuallyDrop::new(seg),
             access,
@@ -376,7 +376,7 @@ impl<T: Element> SharedArray<T> {
 
     /// An array in a pool slot: `seg` was just rewritten for `T` and this use.
     pub(crate) fn in_slot(seg: Segment, peers: Vec<Weak<Shared>>, home: Arc<PoolShared>) -> Self {
-        let access = register(seg.name(), seg.generation());
+        let access = register(&seg.wire_name(), seg.generation());
         lock(&access).peers = peers;
         SharedArray {
             seg: ManuallyDrop::new(seg),
@@ -392,9 +392,16 @@ impl<T: Element> SharedArray<T> {
         self.seg.generation()
     }
 
-    /// The segment's name.
+    /// The segment's name (`/pxg-…`). A pool slot in a backing directory is the file of
+    /// that name in the directory.
     pub fn name(&self) -> &str {
         self.seg.name()
+    }
+
+    /// The name references carry: the name, or the file's path for a segment in a
+    /// backing directory.
+    pub(crate) fn wire_name(&self) -> String {
+        self.seg.wire_name()
     }
 
     /// The shape.
@@ -560,7 +567,7 @@ impl<T: Element> SharedArray<T> {
 
     fn reference(&self, access: Access) -> Value {
         Value::Array(ArrayRef {
-            name: self.seg.name().to_string(),
+            name: self.seg.wire_name(),
             generation: self.seg.generation(),
             access,
         })
@@ -659,13 +666,13 @@ impl<T: Element> Drop for SharedArray<T> {
                 }
                 let peers = std::mem::take(&mut held.peers);
                 drop(held);
-                unregister(seg.name(), &self.access);
+                unregister(&seg.wire_name(), &self.access);
                 pool.put_back(seg, peers);
                 return;
             }
             std::mem::take(&mut held.peers)
         };
-        unregister(seg.name(), &self.access);
+        unregister(&seg.wire_name(), &self.access);
         forget_everywhere(seg, peers);
     }
 }
@@ -681,7 +688,7 @@ pub(crate) fn forget_everywhere(seg: Segment, peers: Vec<Weak<Shared>>) {
         let _ = seg.unlink();
     }
     for peer in peers.iter().filter_map(Weak::upgrade) {
-        peer.forget(seg.name());
+        peer.forget(&seg.wire_name());
     }
 }
 

@@ -390,6 +390,17 @@ impl Segment {
         &self.name
     }
 
+    /// What names the segment on the wire: its name for POSIX shared memory, the full
+    /// path of its file for a segment in a backing directory (docs/PROTOCOL.md §5.5).
+    pub fn wire_name(&self) -> String {
+        match &self.backing {
+            Backing::Shm => self.name.clone(),
+            Backing::Dir(dir) => Backing::path(dir, &self.name)
+                .to_string_lossy()
+                .into_owned(),
+        }
+    }
+
     /// The header as validated at creation or opening. `generation`, `state` and
     /// `owner_pid` are that moment's values; the accessors read the live ones.
     #[allow(dead_code)]

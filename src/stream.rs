@@ -113,7 +113,7 @@ impl<'c> FrameStream<'c> {
             }
         }
         let value = frame.lend()?;
-        let (name, generation) = (frame.name().to_string(), frame.generation());
+        let (name, generation) = (frame.wire_name(), frame.generation());
         // Out of our hands: the slot comes back with the worker's release.
         drop(frame);
         if let Err(e) = self.channel.send_value(&value) {

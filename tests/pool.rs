@@ -353,3 +353,84 @@ fn a_worker_that_dies_holding_arrays_gives_them_back() {
     drop((pool, plain));
     assert_no_segments();
 }
+
+/// A tmpfs with transparent huge pages, mounted for the test (root only), or a plain
+/// temporary directory otherwise.
+struct BackingDir(std::path::PathBuf, bool);
+
+impl BackingDir {
+    fn new() -> BackingDir {
+        let dir = std::env::temp_dir().join(format!("pxgpool-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mounted = nix::unistd::geteuid().is_root()
+            && std::process::Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    "size=64m,mode=0700,huge=always",
+                    "pxgpool",
+                ])
+                .arg(&dir)
+                .status()
+                .is_ok_and(|s| s.success());
+        BackingDir(dir, mounted)
+    }
+
+    fn files(&self) -> usize {
+        std::fs::read_dir(&self.0).unwrap().count()
+    }
+}
+
+impl Drop for BackingDir {
+    fn drop(&mut self) {
+        if self.1 {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_pool_in_a_backing_directory_crosses_like_any_other() {
+    let _serial = serial();
+    let dir = BackingDir::new();
+    if !dir.1 && std::env::var_os("PIXGATE_TEST_STRICT").is_some() {
+        panic!("could not mount a huge-page tmpfs for the backing-directory test");
+    }
+    let gw = gateway();
+    let ch = gw.remote_exec(PROBE).unwrap();
+    let pool = Pool::builder()
+        .class(4 << 20)
+        .slots(2)
+        .backing_dir(&dir.0)
+        .build()
+        .unwrap();
+    assert_eq!(dir.files(), 2);
+    for round in 0..3u16 {
+        let mut a = pool.take::<u16>(&[1024, 1024]).unwrap();
+        a.view_mut().unwrap().fill(round);
+        let r = ask(&ch, "describe", a.lend().unwrap());
+        let r = r.as_seq().unwrap();
+        assert_eq!(r[2].as_f64(), Some(f64::from(round) * 1024.0 * 1024.0));
+        assert!(!a.is_lent(), "given back");
+    }
+    // A stream from the directory, too.
+    let consumer = gw.remote_exec(CONSUMER).unwrap();
+    let mut stream = FrameStream::new(&consumer, &pool, StreamMode::Pipelined(1)).timeout(T);
+    for i in 0..20u32 {
+        let mut f = stream.frame::<u32>(&[8]).unwrap();
+        f.view_mut().unwrap().fill(i);
+        stream.send(f).unwrap();
+    }
+    stream.finish().unwrap();
+    drop(stream);
+    consumer.close().unwrap();
+    let seen = consumer.receive_timeout(T).unwrap();
+    assert_eq!(seen.as_seq().unwrap().len(), 20);
+    drop(pool);
+    assert_eq!(dir.files(), 0, "the pool's files are gone");
+    ch.close().unwrap();
+    gw.exit(T).unwrap();
+    assert_no_segments();
+}

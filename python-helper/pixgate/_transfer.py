@@ -93,7 +93,8 @@ def _mapped(ref: _wire.ArrayRef, writable: bool, keep: bool) -> Segment:
         # Lazily: the first handoff costs the same at any size, and only pages the code
         # touches are faulted in; a kept mapping keeps its faulted pages. A pool slot is
         # populated once, as it will be mapped for good.
-        seg = _segment.open(ref.name, writable=writable, populate=False)
+        name, directory = _split(ref.name)
+        seg = _segment.open(name, writable=writable, populate=False, directory=directory)
         if seg.pool_slot and keep:
             seg.populate()
     if seg.generation != ref.generation:
@@ -104,6 +105,20 @@ def _mapped(ref: _wire.ArrayRef, writable: bool, keep: bool) -> Segment:
     if keep:
         _resident[key] = seg
     return seg
+
+
+def _split(wire_name: str) -> tuple[str, str | None]:
+    """A reference's name as (segment name, backing directory): a POSIX shared-memory
+    name stands alone; a segment in a backing directory travels as its file's absolute
+    path (docs/PROTOCOL.md 5.5)."""
+    import os.path
+
+    if wire_name.startswith("/pxg-"):
+        return wire_name, None
+    directory, base = os.path.split(wire_name)
+    if not os.path.isabs(directory) or os.path.normpath(directory) != directory:
+        raise LoadError(f"array reference {wire_name!r}: not a segment name or absolute path")
+    return "/" + base, directory
 
 
 def _import(ref: _wire.ArrayRef) -> Any:
@@ -139,7 +154,7 @@ def _export(obj: object) -> _wire.ArrayRef | None:
             if held.returned:
                 raise DumpError(f"array {seg.name} was already given back to the host")
             held.returned = True
-            return _wire.ArrayRef(seg.name, held.generation, held.access)
+            return _wire.ArrayRef(held.name, held.generation, held.access)
         if seg.owned:
             seg.disown()
             return _wire.ArrayRef(seg.name, seg.generation, _wire.MOVED)
