@@ -33,6 +33,7 @@ test: $(STAMP)
 	$(VPY) -m pip install --quiet --no-build-isolation --no-deps ./python-helper
 	cargo build --all-targets
 	timeout $(TEST_TIMEOUT) cargo test --all-targets
+	timeout 600 cargo test --doc
 	cd python-helper && timeout 900 $(VPY) -m pytest -q tests
 	$(MAKE) --no-print-directory fuzz-smoke
 	@# A leak is a segment whose creator is gone (every test process has ended by now).

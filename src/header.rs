@@ -390,7 +390,7 @@ impl HeaderFields {
 }
 
 /// The fixed header fields as stored, decoded without validation: what `pixgate inspect`
-/// shows, right or wrong. Validation is [`parse_header`]'s alone.
+/// shows, right or wrong. Validation happens only when a segment is opened.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawHeader {
     /// The magic bytes.

@@ -18,7 +18,7 @@
 //! ```no_run
 //! # fn main() -> pixgate::Result<()> {
 //! use pixgate::{FrameStream, Gateway, Pool, StreamMode};
-//! let gw = Gateway::popen()?;
+//! let gw = Gateway::spawn("popen")?;
 //! let ch = gw.remote_exec("import pixgate\nfor f in pixgate.frames(channel): pass")?;
 //! let pool = Pool::builder().class(2048 * 2048 * 2).slots(8).build()?;
 //! let mut stream = FrameStream::new(&ch, &pool, StreamMode::Pipelined(4));
