@@ -330,7 +330,8 @@ impl<T: Element> SharedArray<T> {
     /// # Errors
     ///
     /// [`ErrorKind::Convert`] when the value is no array or its dtype is not `T`;
-    /// [`ErrorKind::Segment`] when the segment fails validation.
+    /// [`ErrorKind::Segment`] when the segment fails validation; [`ErrorKind::Busy`] for
+    /// an array this process already holds (one it shared or lent, coming back).
     pub fn from_value(v: Value) -> Result<SharedArray<T>> {
         match v {
             Value::Array(r) => Self::from_ref(&r),
@@ -342,6 +343,14 @@ impl<T: Element> SharedArray<T> {
     }
 
     fn from_ref(r: &ArrayRef) -> Result<SharedArray<T>> {
+        if lock(&REGISTRY).contains_key(&r.name) {
+            // Two handles on one segment would let one view it while the other is lent.
+            return Err(Error::new(ErrorKind::Busy(format!(
+                "array {} is already held by this process (it came back from the worker): \
+                 use the SharedArray it was sent from",
+                r.name
+            ))));
+        }
         let writable = r.access != Access::Shared;
         let seg = Segment::open(&r.name, writable)?;
         let dtype = seg.layout().dtype;

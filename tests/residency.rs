@@ -196,3 +196,22 @@ fn a_stale_reference_is_refused_by_a_worker_that_kept_the_mapping() {
     gw.exit(T).unwrap();
     assert_no_segments();
 }
+
+#[test]
+fn an_array_coming_back_cannot_become_a_second_handle() {
+    let _serial = serial();
+    let gw = gateway();
+    let ch = gw.remote_exec(PROBE).unwrap();
+    let mut a = SharedArray::<u16>::zeros(&[4]).unwrap();
+    let r = ask(&ch, "double", a.lend().unwrap());
+    let back = r.as_seq().unwrap()[3].clone();
+    let err = SharedArray::<u16>::from_value(back).unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Busy(_)), "{err}");
+    // The original handle is intact and can be lent again.
+    double(&ch, &mut a);
+    assert_eq!(a.view().unwrap().sum(), 0);
+    drop(a);
+    ch.close().unwrap();
+    gw.exit(T).unwrap();
+    assert_no_segments();
+}
