@@ -1172,8 +1172,9 @@ class Segment:
         """The segment as its header now says, over the same mapping.
 
         For a pool slot the owner has rewritten for its next use: the header is copied
-        and validated again (quickly, when only the generation changed) and a new
-        :class:`Segment` shares this one's mapping; arrays made from this one keep it.
+        and validated again, and a new :class:`Segment` shares this one's mapping
+        (arrays made from this one keep it). When only the generation changed, this
+        segment itself is returned with the new generation.
 
         Raises
         ------
@@ -1189,18 +1190,18 @@ class Segment:
             and raw[:_OFF_GENERATION] == known[:_OFF_GENERATION]
             and raw[_OFF_META_LEN:] == known[_OFF_META_LEN:]
         ):
-            # The same layout and metadata: a validated copy with the new generation.
-            header = Header(**{k: getattr(old, k) for k in Header.__slots__})
-            header.generation = _U64.unpack_from(raw, _OFF_GENERATION)[0]
-        else:
-            header = _read_header(mm, len(mm), self.name)
-            if (header.header_len, header.data_len) != (header_len, old.data_len):
-                raise _bad(
-                    self.name,
-                    "changed",
-                    f"header_len/data_len changed from {header_len}/{old.data_len} to "
-                    f"{header.header_len}/{header.data_len}",
-                )
+            # The same layout and metadata, validated before: only the generation moves
+            # (arrays of earlier uses see the same layout, so they may share it).
+            old.generation = _U64.unpack_from(raw, _OFF_GENERATION)[0]
+            return self
+        header = _read_header(mm, len(mm), self.name)
+        if (header.header_len, header.data_len) != (header_len, old.data_len):
+            raise _bad(
+                self.name,
+                "changed",
+                f"header_len/data_len changed from {header_len}/{old.data_len} to "
+                f"{header.header_len}/{header.data_len}",
+            )
         seg = Segment(self.name, header, mm, self.writable, self.directory)
         seg._data = self._data
         seg._raw = raw

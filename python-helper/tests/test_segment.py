@@ -896,3 +896,36 @@ def test_a_fifo_under_a_pixgate_name_is_refused_without_hanging() -> None:
             _segment.open(name)
     finally:
         os.unlink(path)
+
+
+def test_reread_follows_a_pool_slot_through_its_uses() -> None:
+    seg = _segment.create("<u2", (4, 4))
+    try:
+        mm = seg.mapping
+        struct.pack_into("<I", mm, 56, seg.flags | _segment.FLAG_POOL_SLOT)
+        first = _segment.open(seg.name, writable=True)
+        assert first.pool_slot
+        # A full re-read the first time, then the fast path while only the generation moves.
+        second = first.reread()
+        assert second is not first and second.shape == (4, 4)
+        seg.bump_generation()
+        third = second.reread()
+        assert third is second and third.header.generation == seg.generation
+        # A new layout: a new Segment over the same mapping.
+        header = _segment.build_header("<f4", (2, 3), meta={"name": "next"})
+        body = _segment.encode_header(header)
+        # As the owner rewrites a slot: the layout fields and the metadata; data_len,
+        # the creator and the atomic words stay.
+        for start, end in ((24, 60), (88, 4096)):
+            mm[start:end] = body[start:end]
+        struct.pack_into("<I", mm, 56, 1 | _segment.FLAG_POOL_SLOT)
+        seg.bump_generation()
+        fourth = third.reread()
+        assert fourth is not third and fourth.mapping is third.mapping
+        assert (fourth.dtype, fourth.shape, fourth.meta["name"]) == ("<f4", (2, 3), "next")
+        # A header that no longer validates is refused.
+        struct.pack_into("<I", mm, 52, 40)  # ndim 40
+        with pytest.raises(HeaderError):
+            fourth.reread()
+    finally:
+        seg.unlink()
