@@ -3,7 +3,8 @@
 //! - `raw_pipe_echo`: Rust writes 8 bytes into a pipe, a Python `os.read`/`os.write`
 //!   loop echoes them on another pipe (the floor for any pipe protocol with a Python peer);
 //! - `pixgate_channel`: `channel.send(i)` and `channel.receive()` against an echoing
-//!   remote_exec;
+//!   remote_exec; `pixgate_channel_spin50us` the same with both sides polling the pipe
+//!   for up to 50 µs before they sleep (`GatewayBuilder::spin`);
 //! - `execnet_channel`: the same exchange with execnet (`benches/peer_execnet.py`), when
 //!   the interpreter has execnet.
 //!
@@ -47,21 +48,29 @@ fn roundtrip(c: &mut Criterion) {
     drop(to);
     let _ = child.wait();
 
-    let gw = Gateway::spawn(&format!("popen//python={py}//id=bench")).expect("gateway");
-    let ch = gw
-        .remote_exec("for x in channel:\n    channel.send(x)")
-        .expect("remote_exec");
-    let mut i = 0i64;
-    g.bench_function("pixgate_channel", |b| {
-        b.iter(|| {
-            i += 1;
-            ch.send(i).expect("send");
-            ch.receive_timeout(Duration::from_secs(10))
-                .expect("receive")
-        })
-    });
-    ch.close().expect("close");
-    gw.exit(Duration::from_secs(5)).expect("exit");
+    for (label, spin) in [
+        ("pixgate_channel", Duration::ZERO),
+        ("pixgate_channel_spin50us", Duration::from_micros(50)),
+    ] {
+        let gw = Gateway::builder(&format!("popen//python={py}//id=bench"))
+            .spin(spin)
+            .spawn()
+            .expect("gateway");
+        let ch = gw
+            .remote_exec("for x in channel:\n    channel.send(x)")
+            .expect("remote_exec");
+        let mut i = 0i64;
+        g.bench_function(label, |b| {
+            b.iter(|| {
+                i += 1;
+                ch.send(i).expect("send");
+                ch.receive_timeout(Duration::from_secs(10))
+                    .expect("receive")
+            })
+        });
+        ch.close().expect("close");
+        gw.exit(Duration::from_secs(5)).expect("exit");
+    }
 
     let peer = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/peer_execnet.py");
     let has_execnet = Command::new(&py)

@@ -5,7 +5,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
@@ -306,9 +306,23 @@ impl FrameReader {
         deadline: Option<Instant>,
         wake: &[BorrowedFd<'_>],
     ) -> Result<Event, ReadError> {
+        self.next_event_spinning(deadline, wake, Duration::ZERO)
+    }
+
+    /// As [`FrameReader::next_event`], but polls without blocking for up to `spin`
+    /// before it sleeps: a reply that comes within `spin` then costs no wake-up.
+    pub(crate) fn next_event_spinning(
+        &mut self,
+        deadline: Option<Instant>,
+        wake: &[BorrowedFd<'_>],
+        spin: Duration,
+    ) -> Result<Event, ReadError> {
         loop {
             if let Some(ev) = self.frames.next_buffered()? {
                 return Ok(ev);
+            }
+            if !spin.is_zero() {
+                self.spin_until_readable(spin, deadline);
             }
             let timeout = match deadline {
                 None => PollTimeout::NONE,
@@ -352,6 +366,22 @@ impl FrameReader {
             if n == 0 {
                 return self.frames.at_eof();
             }
+        }
+    }
+}
+
+impl FrameReader {
+    /// Polls the pipe without blocking until it is readable, `spin` has passed, or the
+    /// deadline; yields the CPU between polls so that a peer on the same core runs.
+    fn spin_until_readable(&self, spin: Duration, deadline: Option<Instant>) {
+        let start = Instant::now();
+        let until = deadline.map_or(start + spin, |d| d.min(start + spin));
+        loop {
+            let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+            if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0)) || Instant::now() >= until {
+                return;
+            }
+            std::thread::yield_now();
         }
     }
 }

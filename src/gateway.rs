@@ -58,6 +58,7 @@ pub struct GatewayBuilder {
     exit_timeout: Duration,
     output: OutputMode,
     max_frame_len: u32,
+    spin: Duration,
 }
 
 impl GatewayBuilder {
@@ -83,6 +84,18 @@ impl GatewayBuilder {
     /// `i32::MAX`, the wire's limit).
     pub fn max_frame_len(mut self, len: u32) -> Self {
         self.max_frame_len = len.min(i32::MAX as u32);
+        self
+    }
+
+    /// How long a thread waiting for the worker, and the worker waiting for the host,
+    /// poll the pipe before they sleep (default 0: they sleep at once; at most 10 ms).
+    ///
+    /// A reply that arrives within that time then costs no wake-up, which on a virtual
+    /// machine is most of a small round trip (BENCHMARKS.md, P1). The price is a core
+    /// kept busy for up to `spin` after each message while waiting; the poll yields the
+    /// CPU between attempts.
+    pub fn spin(mut self, spin: Duration) -> Self {
+        self.spin = spin.min(Duration::from_millis(10));
         self
     }
 
@@ -139,6 +152,7 @@ impl Gateway {
             exit_timeout: DEFAULT_EXIT_TIMEOUT,
             output: OutputMode::default(),
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            spin: Duration::ZERO,
         }
     }
 
@@ -183,7 +197,8 @@ impl Gateway {
             cmd.env(k, v);
         }
         cmd.env("PIXGATE_GATEWAY_ID", &id)
-            .env("PIXGATE_MAX_FRAME", b.max_frame_len.to_string());
+            .env("PIXGATE_MAX_FRAME", b.max_frame_len.to_string())
+            .env("PIXGATE_SPIN_US", b.spin.as_micros().to_string());
         match spec.helper {
             HelperSource::Bootstrap => cmd.env("PIXGATE_BOOTSTRAP", "1"),
             HelperSource::Installed => cmd.env_remove("PIXGATE_BOOTSTRAP"),
@@ -215,8 +230,16 @@ impl Gateway {
         let sink = OutputSink::new(id.clone(), b.output.clone());
         let reader = FrameReader::new(from_worker_r, b.max_frame_len);
         let shared = Arc::new(
-            Shared::new(id.clone(), pid, reader, to_worker_w, b.max_frame_len, sink)
-                .map_err(|e| Error::io("creating wake-up pipes", e))?,
+            Shared::new(
+                id.clone(),
+                pid,
+                reader,
+                to_worker_w,
+                b.max_frame_len,
+                sink,
+                b.spin,
+            )
+            .map_err(|e| Error::io("creating wake-up pipes", e))?,
         );
 
         let s = Arc::clone(&shared);

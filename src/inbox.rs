@@ -39,6 +39,13 @@ pub(crate) struct ChanState {
 }
 
 impl ChanState {
+    /// Why nothing more comes from a channel the remote side closed.
+    fn closed_error(&self, id: i32) -> Error {
+        self.remote_error
+            .clone()
+            .unwrap_or_else(|| Error::new(ErrorKind::ChannelClosed { id }))
+    }
+
     pub(crate) fn new() -> ChanState {
         ChanState {
             items: VecDeque::new(),
@@ -99,6 +106,8 @@ pub(crate) struct Shared {
     pub(crate) id: String,
     pub(crate) pid: u32,
     pub(crate) max_frame_len: u32,
+    /// How long a waiting thread polls the pipe before it sleeps.
+    spin: Duration,
     pub(crate) state: Mutex<State>,
     bg_cond: Condvar,
     pub(crate) exit_cond: Condvar,
@@ -126,6 +135,7 @@ impl Shared {
         writer: OwnedFd,
         max_frame_len: u32,
         sink: OutputSink,
+        spin: Duration,
     ) -> std::io::Result<Shared> {
         let (kick_r, kick_w) = nonblocking_pipe()?;
         let (dead_r, dead_w) = nonblocking_pipe()?;
@@ -133,6 +143,7 @@ impl Shared {
             id,
             pid,
             max_frame_len,
+            spin,
             state: Mutex::new(State {
                 reader: Some(reader),
                 baton_free_since: Instant::now(),
@@ -308,10 +319,7 @@ impl Shared {
                         return (st, item);
                     }
                     if ch.remote_closed {
-                        let err = ch
-                            .remote_error
-                            .clone()
-                            .unwrap_or_else(|| Error::new(ErrorKind::ChannelClosed { id }));
+                        let err = ch.closed_error(id);
                         return (st, Err(err));
                     }
                 }
@@ -331,10 +339,7 @@ impl Shared {
                     }
                     if ch.remote_closed {
                         // The remote code ended holding it: its error says why.
-                        let err = ch
-                            .remote_error
-                            .clone()
-                            .unwrap_or_else(|| Error::new(ErrorKind::ChannelClosed { id }));
+                        let err = ch.closed_error(id);
                         return (st, Err(err));
                     }
                 }
@@ -408,7 +413,7 @@ impl Shared {
     ) -> (MutexGuard<'a, State>, bool) {
         let mut reader = st.reader.take().expect("caller checked the baton is free");
         drop(st);
-        let ev = reader.next_event(deadline, &[self.dead_r.as_fd()]);
+        let ev = reader.next_event_spinning(deadline, &[self.dead_r.as_fd()], self.spin);
         let idle = matches!(ev, Ok(Event::Idle));
         let ev = self.prepare(ev);
         let mut st = self.lock();

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{run_pixgate, text};
+use common::{pixgate_ok, run_pixgate, text};
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -13,18 +13,6 @@ use common::{assert_no_segments, serial};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use pixgate::SharedArray;
-
-/// Stdout of a run that must succeed.
-fn stdout_of(args: &[&str]) -> String {
-    let out = run_pixgate(args);
-    assert!(
-        out.status.success(),
-        "pixgate {args:?} failed: {}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
 
 /// A 3 × 4 × 5 `u16` array with axes z, y, x.
 fn zyx_array() -> SharedArray<u16> {
@@ -54,7 +42,7 @@ fn ls_lists_a_live_array_until_it_is_dropped() {
     let a = zyx_array();
     let name = a.name().to_string();
 
-    let stdout = stdout_of(&["ls"]);
+    let stdout = pixgate_ok(&["ls"]);
     let header = stdout.lines().next().unwrap_or_default();
     for column in [
         "NAME", "CREATOR", "OWNER", "DTYPE", "SHAPE", "SIZE", "STATE", "PROBLEM",
@@ -84,7 +72,7 @@ fn ls_lists_a_live_array_until_it_is_dropped() {
     );
 
     drop(a);
-    let stdout = stdout_of(&["ls"]);
+    let stdout = pixgate_ok(&["ls"]);
     assert!(!stdout.contains(&name), "{name} still listed:\n{stdout}");
     assert_no_segments();
 }
@@ -93,7 +81,7 @@ fn ls_lists_a_live_array_until_it_is_dropped() {
 fn ls_json_describes_the_array() {
     let _serial = serial();
     let a = zyx_array();
-    let stdout = stdout_of(&["ls", "--json"]);
+    let stdout = pixgate_ok(&["ls", "--json"]);
     let json = stdout.trim();
     assert!(json.starts_with('[') && json.ends_with(']'), "{json}");
     let object = json
@@ -121,8 +109,8 @@ fn inspect_prints_every_header_field_and_the_metadata() {
     let a = zyx_array();
     let pid = std::process::id();
     let bare = a.name().trim_start_matches('/').to_string();
-    let with_slash = stdout_of(&["inspect", a.name()]);
-    let without_slash = stdout_of(&["inspect", &bare]);
+    let with_slash = pixgate_ok(&["inspect", a.name()]);
+    let without_slash = pixgate_ok(&["inspect", &bare]);
     assert_eq!(with_slash, without_slash);
 
     let report = with_slash;
@@ -164,7 +152,7 @@ fn inspect_prints_every_header_field_and_the_metadata() {
 fn inspect_labels_are_indented_under_their_section() {
     let _serial = serial();
     let a = zyx_array();
-    let report = stdout_of(&["inspect", a.name()]);
+    let report = pixgate_ok(&["inspect", a.name()]);
     let sections: Vec<&str> = report
         .lines()
         .filter(|l| !l.starts_with(' '))
@@ -207,7 +195,7 @@ fn inspect_of_a_damaged_segment_prints_what_it_can_and_fails() {
         format!("{} (alive)", std::process::id())
     );
 
-    let listed = stdout_of(&["ls"]);
+    let listed = pixgate_ok(&["ls"]);
     let line = listed
         .lines()
         .find(|l| l.starts_with(a.name()))
@@ -223,8 +211,8 @@ fn ls_says_so_when_there_are_no_segments() {
     let _serial = serial();
     // Other users of this machine may hold segments; the message is only checked when
     // the listing is empty.
-    if stdout_of(&["ls", "--json"]).trim() == "[]" {
-        assert_eq!(stdout_of(&["ls"]), "no pixgate segments\n");
+    if pixgate_ok(&["ls", "--json"]).trim() == "[]" {
+        assert_eq!(pixgate_ok(&["ls"]), "no pixgate segments\n");
     }
 }
 

@@ -336,3 +336,26 @@ fn gateway_spawned_from_a_short_lived_thread_outlives_it() {
     assert!(gw.is_alive());
     assert_eq!(ask(&gw, "channel.send(1)").as_i64(), Some(1));
 }
+
+#[test]
+fn a_spinning_gateway_tells_its_worker_and_answers_in_order() {
+    let gw = Gateway::builder(&spec(""))
+        .spin(Duration::from_micros(200))
+        .spawn()
+        .unwrap();
+    let spin = ask(&gw, "import pixgate._worker as w\nchannel.send(w._gateway.spin)");
+    assert_eq!(spin.as_f64(), Some(0.0002));
+    let ch = gw.remote_exec("for x in channel:\n    channel.send(x + 1)").unwrap();
+    for i in 0..200i64 {
+        ch.send(i).unwrap();
+        assert_eq!(ch.receive_timeout(T).unwrap().as_i64(), Some(i + 1));
+    }
+    // A receive that waits longer than the spin still gets its item.
+    let slow = gw
+        .remote_exec("import time\nchannel.receive()\ntime.sleep(0.05)\nchannel.send('late')")
+        .unwrap();
+    slow.send(0).unwrap();
+    assert_eq!(slow.receive_timeout(T).unwrap().as_str(), Some("late"));
+    ch.close().unwrap();
+    gw.exit(T).unwrap();
+}

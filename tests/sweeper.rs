@@ -17,7 +17,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{T, assert_no_segments, python, run_pixgate, serial, spec, text};
+use common::{T, assert_no_segments, pixgate_ok, python, serial, spec, text};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use pixgate::segment::{self, Segment, SweepReason, SweepReport};
@@ -137,19 +137,6 @@ fn poke_shm(name: &str, offset: u64, bytes: &[u8]) {
         .expect("shm_open")
         .write_all_at(bytes, offset)
         .expect("pwrite");
-}
-
-/// Stdout of a `pixgate` run that must succeed.
-fn pixgate_ok(args: &[&str]) -> String {
-    let out = run_pixgate(args);
-    assert!(
-        out.status.success(),
-        "pixgate {args:?} failed: {}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    assert!(!text(&out.stderr).contains("panicked"));
-    text(&out.stdout)
 }
 
 /// The line of a `gc` table that names `name`.

@@ -474,6 +474,9 @@ class _WorkerGateway:
         self._kick_r, self._kick_w = os.pipe()
         os.set_blocking(self._kick_r, False)
         self._kicked = False
+        # Seconds a channel waiting for an item polls the pipe before it sleeps (the
+        # host's spin setting): a message that comes within it costs no wake-up.
+        self.spin = 0.0
 
     def channel(self, id: int) -> Channel | None:
         # A single dict lookup is atomic; writers hold the lock.
@@ -576,7 +579,14 @@ class _WorkerGateway:
         try:
             items = ch._items
             rfd = self.conn.rfd
+            spin = self.spin
             while items.empty():
+                if spin and not self.conn.has_frame():
+                    end = time.monotonic() + spin
+                    if deadline is not None and deadline < end:
+                        end = deadline
+                    while not select.select([rfd], [], [], 0)[0] and time.monotonic() < end:
+                        pass
                 if deadline is not None and not self.conn.has_frame():
                     left = deadline - time.monotonic()
                     if left <= 0 or not select.select([rfd], [], [], left)[0]:
@@ -935,6 +945,7 @@ def serve(rfd: int = 3, wfd: int = 4) -> None:
     max_frame = int(os.environ.pop("PIXGATE_MAX_FRAME", _DEFAULT_MAX_FRAME))
     conn = _Conn(rfd, wfd, max_frame)
     gw = _gateway = _WorkerGateway(conn)
+    gw.spin = min(int(os.environ.pop("PIXGATE_SPIN_US", "0") or 0), 10_000) / 1e6
     from . import __version__
 
     info = {

@@ -126,6 +126,18 @@ pub fn run_pixgate(args: &[&str]) -> std::process::Output {
     child.wait_with_output().expect("output")
 }
 
+/// Stdout of a `pixgate` run that must succeed.
+pub fn pixgate_ok(args: &[&str]) -> String {
+    let out = run_pixgate(args);
+    assert!(
+        out.status.success(),
+        "pixgate {args:?} failed: {}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
 /// Lossy UTF-8 text of captured output.
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
