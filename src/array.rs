@@ -139,17 +139,36 @@ type Registry = Mutex<HashMap<String, Arc<Mutex<Held>>>>;
 /// Segment name → peer access of the arrays this process holds.
 static REGISTRY: LazyLock<Registry> = LazyLock::new(Default::default);
 
-fn register(name: &str, generation: u64) -> Arc<Mutex<Held>> {
-    let held = Arc::new(Mutex::new(Held {
+fn new_held(generation: u64) -> Arc<Mutex<Held>> {
+    Arc::new(Mutex::new(Held {
         access: PeerAccess {
             generation,
             ..PeerAccess::default()
         },
         peers: Vec::new(),
         orphan: None,
-    }));
+    }))
+}
+
+fn register(name: &str, generation: u64) -> Arc<Mutex<Held>> {
+    let held = new_held(generation);
     lock(&REGISTRY).insert(name.to_string(), Arc::clone(&held));
     held
+}
+
+/// Registers an array adopted from a reference, unless this process already holds an
+/// array on that segment: a second `SharedArray` over the same memory would have access
+/// bookkeeping of its own, so safe code could hold a mutable and a shared view of the
+/// same bytes at once (a cloned moved reference adopted twice, or a worker naming one of
+/// this process's arrays in a reference). Returns None in that case.
+fn register_adopted(name: &str, generation: u64) -> Option<Arc<Mutex<Held>>> {
+    let mut reg = lock(&REGISTRY);
+    if reg.contains_key(name) {
+        return None;
+    }
+    let held = new_held(generation);
+    reg.insert(name.to_string(), Arc::clone(&held));
+    Some(held)
 }
 
 /// Records that the shared and lent arrays in `v` were sent to the worker of `peer`,
@@ -329,7 +348,9 @@ impl<T: Element> SharedArray<T> {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Convert`] when the value is no array or its dtype is not `T`;
+    /// [`ErrorKind::Convert`] when the value is no array, its dtype is not `T`, its
+    /// generation is not the segment's, or this process already holds an array on that
+    /// segment (each segment is adopted once, so that its access bookkeeping is one);
     /// [`ErrorKind::Segment`] when the segment fails validation.
     pub fn from_value(v: Value) -> Result<SharedArray<T>> {
         match v {
@@ -360,12 +381,24 @@ impl<T: Element> SharedArray<T> {
                 r.generation
             ))));
         }
+        // Before the header is touched: a segment held already stays as it is.
+        let access = register_adopted(seg.name(), seg.generation()).ok_or_else(|| {
+            Error::new(ErrorKind::Convert(format!(
+                "array {} is already held by this process; an array is adopted once",
+                r.name
+            )))
+        })?;
         if r.access == Access::Moved {
+            let adopt = || -> Result<()> {
+                seg.set_owner_pid(std::process::id())?;
+                seg.set_state(crate::segment::STATE_OWNED)
+            };
+            if let Err(e) = adopt() {
+                unregister(seg.name(), &access);
+                return Err(e);
+            }
             seg.set_unlink_on_drop(true);
-            seg.set_owner_pid(std::process::id())?;
-            seg.set_state(crate::segment::STATE_OWNED)?;
         }
-        let access = register(seg.name(), seg.generation());
         Ok(SharedArray {
             seg: ManuallyDrop::new(seg),
             access,
@@ -704,6 +737,18 @@ mod tests {
         assert!(release(name, 5, Access::Shared));
         assert!(!release(name, 5, Access::Shared), "released twice");
         super::REGISTRY.lock().unwrap().remove(name);
+    }
+
+    #[test]
+    fn a_segment_is_adopted_once_per_process() {
+        use super::{register_adopted, unregister};
+        let name = "/pxg-0-adopt-once-test";
+        let first = register_adopted(name, 1).expect("first adoption");
+        assert!(register_adopted(name, 1).is_none(), "adopted twice");
+        assert!(register_adopted(name, 2).is_none(), "other generation");
+        unregister(name, &first);
+        let again = register_adopted(name, 1).expect("free again once dropped");
+        unregister(name, &again);
     }
 
     #[test]
