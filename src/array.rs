@@ -139,17 +139,36 @@ type Registry = Mutex<HashMap<String, Arc<Mutex<Held>>>>;
 /// Segment name → peer access of the arrays this process holds.
 static REGISTRY: LazyLock<Registry> = LazyLock::new(Default::default);
 
-fn register(name: &str, generation: u64) -> Arc<Mutex<Held>> {
-    let held = Arc::new(Mutex::new(Held {
+fn new_held(generation: u64) -> Arc<Mutex<Held>> {
+    Arc::new(Mutex::new(Held {
         access: PeerAccess {
             generation,
             ..PeerAccess::default()
         },
         peers: Vec::new(),
         orphan: None,
-    }));
+    }))
+}
+
+fn register(name: &str, generation: u64) -> Arc<Mutex<Held>> {
+    let held = new_held(generation);
     lock(&REGISTRY).insert(name.to_string(), Arc::clone(&held));
     held
+}
+
+/// Registers an array adopted from a reference, unless this process already holds an
+/// array on that segment: a second `SharedArray` over the same memory would have access
+/// bookkeeping of its own, so safe code could hold a mutable and a shared view of the
+/// same bytes at once (a cloned moved reference adopted twice, or a worker naming one of
+/// this process's arrays in a reference). Returns None in that case.
+fn register_adopted(name: &str, generation: u64) -> Option<Arc<Mutex<Held>>> {
+    let mut reg = lock(&REGISTRY);
+    if reg.contains_key(name) {
+        return None;
+    }
+    let held = new_held(generation);
+    reg.insert(name.to_string(), Arc::clone(&held));
+    Some(held)
 }
 
 /// Records that the shared and lent arrays in `v` were sent to the worker of `peer`,
@@ -329,9 +348,11 @@ impl<T: Element> SharedArray<T> {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Convert`] when the value is no array or its dtype is not `T`;
-    /// [`ErrorKind::Segment`] when the segment fails validation; [`ErrorKind::Busy`] for
-    /// an array this process already holds (one it shared or lent, coming back).
+    /// [`ErrorKind::Convert`] when the value is no array, its dtype is not `T` or its
+    /// generation is not the segment's; [`ErrorKind::Segment`] when the segment fails
+    /// validation; [`ErrorKind::Busy`] when this process already holds an array on that
+    /// segment (one it shared or lent, coming back, or a moved reference adopted
+    /// before): each segment has one handle here, so that its access bookkeeping is one.
     pub fn from_value(v: Value) -> Result<SharedArray<T>> {
         match v {
             Value::Array(r) => Self::from_ref(&r),
@@ -343,14 +364,6 @@ impl<T: Element> SharedArray<T> {
     }
 
     fn from_ref(r: &ArrayRef) -> Result<SharedArray<T>> {
-        if lock(&REGISTRY).contains_key(&r.name) {
-            // Two handles on one segment would let one view it while the other is lent.
-            return Err(Error::new(ErrorKind::Busy(format!(
-                "array {} is already held by this process (it came back from the worker): \
-                 use the SharedArray it was sent from",
-                r.name
-            ))));
-        }
         let writable = r.access != Access::Shared;
         let seg = Segment::open(&r.name, writable)?;
         let dtype = seg.layout().dtype;
@@ -369,12 +382,25 @@ impl<T: Element> SharedArray<T> {
                 r.generation
             ))));
         }
+        // Before the header is touched: a segment held already stays as it is. Two
+        // handles on one segment would let one view it while the other is lent.
+        let access = register_adopted(&seg.wire_name(), seg.generation()).ok_or_else(|| {
+            Error::new(ErrorKind::Busy(format!(
+                "array {} is already held by this process; an array is adopted once",
+                r.name
+            )))
+        })?;
         if r.access == Access::Moved {
+            let adopt = || -> Result<()> {
+                seg.set_owner_pid(std::process::id())?;
+                seg.set_state(crate::segment::STATE_OWNED)
+            };
+            if let Err(e) = adopt() {
+                unregister(&seg.wire_name(), &access);
+                return Err(e);
+            }
             seg.set_unlink_on_drop(true);
-            seg.set_owner_pid(std::process::id())?;
-            seg.set_state(crate::segment::STATE_OWNED)?;
         }
-        let access = register(&seg.wire_name(), seg.generation());
         Ok(SharedArray {
             seg: ManuallyDrop::new(seg),
             access,
@@ -720,6 +746,18 @@ mod tests {
         assert!(release(name, 5, Access::Shared));
         assert!(!release(name, 5, Access::Shared), "released twice");
         super::REGISTRY.lock().unwrap().remove(name);
+    }
+
+    #[test]
+    fn a_segment_is_adopted_once_per_process() {
+        use super::{register_adopted, unregister};
+        let name = "/pxg-0-adopt-once-test";
+        let first = register_adopted(name, 1).expect("first adoption");
+        assert!(register_adopted(name, 1).is_none(), "adopted twice");
+        assert!(register_adopted(name, 2).is_none(), "other generation");
+        unregister(name, &first);
+        let again = register_adopted(name, 1).expect("free again once dropped");
+        unregister(name, &again);
     }
 
     #[test]

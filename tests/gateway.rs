@@ -343,9 +343,14 @@ fn a_spinning_gateway_tells_its_worker_and_answers_in_order() {
         .spin(Duration::from_micros(200))
         .spawn()
         .unwrap();
-    let spin = ask(&gw, "import pixgate._worker as w\nchannel.send(w._gateway.spin)");
+    let spin = ask(
+        &gw,
+        "import pixgate._worker as w\nchannel.send(w._gateway.spin)",
+    );
     assert_eq!(spin.as_f64(), Some(0.0002));
-    let ch = gw.remote_exec("for x in channel:\n    channel.send(x + 1)").unwrap();
+    let ch = gw
+        .remote_exec("for x in channel:\n    channel.send(x + 1)")
+        .unwrap();
     for i in 0..200i64 {
         ch.send(i).unwrap();
         assert_eq!(ch.receive_timeout(T).unwrap().as_i64(), Some(i + 1));
