@@ -154,6 +154,9 @@ pub(crate) enum BenchError {
     /// A worker's answer was not what the scenario sent it to compute.
     #[error("unexpected answer from the worker: {0}")]
     Answer(String),
+    /// The scenario could not be set up as described.
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// The state of a run: options, sizes, progress and the results so far.
