@@ -1,10 +1,12 @@
-//! The `pixgate` command line: `demo`, `doctor`, `exec`, `ls`, `inspect`, `gc`.
+//! The `pixgate` command line: `demo`, `bench`, `doctor`, `exec`, `ls`, `inspect`, `gc`.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 
+#[path = "cli/bench/mod.rs"]
+mod bench;
 #[path = "cli/demo.rs"]
 mod demo;
 use pixgate::segment::{self, SegmentInfo, SweepReport};
@@ -38,6 +40,30 @@ enum Command {
         /// Small-value round trips to time at the end.
         #[arg(long, default_value_t = 2000)]
         round_trips: usize,
+    },
+    /// Run the performance scenarios (P1–P7) on this machine: a table of median, p10,
+    /// p90 and count per case, each target ratio from figures of the same run, and an
+    /// SVG chart (handoff latency against size, frame rate against frame size).
+    Bench {
+        /// Small sizes and few iterations (well under a minute).
+        #[arg(long)]
+        quick: bool,
+        /// Run only these scenarios, e.g. `P1,P5`.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<bench::Scenario>,
+        /// Where to write the chart.
+        #[arg(long, default_value = "pixgate-bench.svg")]
+        svg: std::path::PathBuf,
+        /// Print the results as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The interpreter for workers and peers [default: $PIXGATE_PYTHON, else python3].
+        #[arg(long)]
+        python: Option<String>,
+        /// The largest array to create, e.g. `1G` or `512M` [default: 8 GiB, less when
+        /// /dev/shm or memory has no room for it].
+        #[arg(long, value_parser = bench::parse_size)]
+        max_size: Option<u64>,
     },
     /// Report the interpreter, numpy, /dev/shm and huge pages.
     Doctor {
@@ -102,6 +128,27 @@ fn main() -> ExitCode {
             compare_copy: !no_copy,
         })
         .and_then(|()| round_trip_demo(&spec, round_trips)),
+        Command::Bench {
+            quick,
+            only,
+            svg,
+            json,
+            python,
+            max_size,
+        } => bench::run(&bench::Options {
+            quick,
+            only,
+            svg,
+            json,
+            python: python
+                .or_else(|| {
+                    std::env::var("PIXGATE_PYTHON")
+                        .ok()
+                        .filter(|p| !p.is_empty())
+                })
+                .unwrap_or_else(|| "python3".to_string()),
+            max_size,
+        }),
         Command::Doctor { spec } => doctor(&spec),
         Command::Exec {
             spec,
