@@ -1,7 +1,8 @@
 # The two commands of the README: `make demo` and `make test`. Both create .venv with
 # what Python needs when it is missing, build, and run. Fuzzing: `make fuzz` (long runs,
 # FUZZ_TIME seconds per target) and `make fuzz-corpus` (regenerates the seed corpus);
-# see TESTING.md.
+# see TESTING.md. Chaos and soak at full size: `make chaos` (CHAOS_ITERATIONS kills of a
+# host or worker, default 100) and `make soak` (SOAK_MESSAGES round trips, default 10⁶).
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -23,7 +24,12 @@ FUZZ_SMOKE_TIME ?= 20
 FUZZ_FLAGS := --sanitizer none --debug-assertions
 FUZZ_ARGS := -rss_limit_mb=2048 -timeout=10
 
-.PHONY: demo test venv build test-rust test-python lint bench clean fuzz fuzz-smoke fuzz-corpus
+# Full-size chaos and soak runs (`cargo test` runs both at a CI size).
+CHAOS_ITERATIONS ?= 100
+SOAK_MESSAGES ?= 1000000
+
+.PHONY: demo test venv build test-rust test-python lint bench clean fuzz fuzz-smoke fuzz-corpus \
+	chaos soak
 
 demo: $(STAMP)
 	cargo build --release
@@ -48,6 +54,18 @@ $(STAMP): python-helper/pyproject.toml Makefile
 	$(VPY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(VPY) -m pip install --quiet numpy pytest hypothesis execnet xarray
 	touch $(STAMP)
+
+# kill -9 of a host or its worker at random moments (tests/chaos.rs); the host is the
+# chaos_host example, which `cargo build --all-targets` builds.
+chaos: $(STAMP)
+	cargo build --all-targets
+	PIXGATE_CHAOS_ITERATIONS=$(CHAOS_ITERATIONS) timeout 3600 \
+	  cargo test --test chaos -- --nocapture
+
+# 1,000 channels, 16 gateways, and SOAK_MESSAGES round trips watching memory (tests/load.rs).
+soak: $(STAMP)
+	PIXGATE_SOAK_MESSAGES=$(SOAK_MESSAGES) timeout 3600 \
+	  cargo test --test load -- --nocapture --test-threads=1
 
 bench: $(STAMP)
 	cargo bench --bench roundtrip

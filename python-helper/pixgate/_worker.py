@@ -857,10 +857,19 @@ def _version_from(text: str) -> str | None:
 
 
 def _print_exc() -> None:
-    import traceback
+    """Print the current exception to stderr, best effort: it never raises.
 
-    _sync_linecache()
-    traceback.print_exc()
+    Callers print and then shut the worker down; when the host has died, stderr is a
+    broken pipe, and an error raised here would skip the shutdown and leave the worker
+    running with no reader.
+    """
+    try:
+        import traceback
+
+        _sync_linecache()
+        traceback.print_exc()
+    except BaseException:  # noqa: BLE001 - nowhere left to report it
+        pass
 
 
 # Sources of running remote executions, for tracebacks. Put into linecache only when

@@ -254,6 +254,25 @@ def test_worker_exits_when_the_host_goes_away() -> None:
     h.close()
 
 
+def test_worker_exits_when_the_host_dies_inside_a_frame_and_stderr_is_broken() -> None:
+    # A host killed while writing a frame leaves half of it in the pipe, and its
+    # output pipes closed: reporting the truncated frame fails, the worker must still
+    # end (it used to keep running with no reader).
+    h = Host()
+    h.frame()
+    h.proc.stderr.close()
+    h.proc.stdout.close()
+    h.proc.stdout = h.proc.stderr = None
+    frame = _wire.pack_frame(CHANNEL_DATA, 1, _wire.dumps_payload(5))
+    os.write(h.to_w, frame[:12])
+    os.close(h.to_w)
+    try:
+        assert h.proc.wait(TIMEOUT) == 70
+    finally:
+        h.to_w = os.open(os.devnull, os.O_WRONLY)  # let close() close something
+        h.close()
+
+
 def test_oversized_item_is_refused_in_the_worker() -> None:
     h = Host(max_frame=300)
     h.frame()
