@@ -87,6 +87,16 @@ class _Conn:
         self._buf = bytearray()
         self._pos = 0
 
+    def send_small(self, frames: list[tuple[int, int, bytes]]) -> None:
+        """Send small frames with one write (one wake-up of the host, not one each)."""
+        pack = _wire.HEADER.pack
+        data = b"".join(pack(t, c, len(p)) + p for t, c, p in frames)
+        with self._wlock:
+            view = memoryview(data)
+            while view:
+                n = os.write(self.wfd, view)
+                view = view[n:]
+
     def send(self, msgtype: int, channel: int, payload: bytes = b"") -> None:
         head = _wire.HEADER.pack(msgtype, channel, len(payload))
         if len(payload) < 65536:
