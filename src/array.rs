@@ -13,6 +13,11 @@
 //! - [`SharedArray::lend`] hands the worker a **writable** reference. From that call on,
 //!   Rust can neither read nor write the array until the worker releases it; `lend`
 //!   takes `&mut self`, so no view made before it can still be alive.
+//! - A **split lend** (crate-internal, made by [`Group::map_planes`](crate::Group::map_planes))
+//!   hands one writable reference to each of several workers at once, each told the
+//!   range it writes. The array counts every part, and Rust can neither read nor write
+//!   it until the last part is released; the caller holds `&mut` to the array for the
+//!   whole time, as with `lend`.
 //! - [`SharedArray::into_value`] **moves** the array: ownership (and the duty to unlink
 //!   the segment) passes to the receiver.
 //!
@@ -30,7 +35,13 @@
 //!   reference made and never sent keeps the array marked until the process ends.
 //! - A worker that dies releases everything only it held: a lent array becomes usable
 //!   again with whatever the worker had written (possibly half of it), a pool slot goes
-//!   back to its pool.
+//!   back to its pool. Of an array that other live workers were sent too, only the
+//!   references made *for* the dead worker (a group's shares and split-lend parts, which
+//!   record their gateway) are released; a plain share sent to several workers stays
+//!   counted until each releases it, since the registry cannot tell whose it was.
+//! - The parts of a split lend are separated by agreement, not by the mapping: every
+//!   worker maps the whole array writable, and keeping to its own range is the duty of
+//!   the code that writes (pixgate's group harness, or a caller's cooperating code).
 //! - The guarantee holds against a cooperating helper. A hostile process of the same
 //!   user can map any segment it can name; segments are mode 0600, so other users cannot.
 //!
@@ -116,8 +127,9 @@ impl Element for bool {
 pub(crate) struct PeerAccess {
     /// Read-only references not yet released.
     pub(crate) shares: u32,
-    /// A writable reference not yet released.
-    pub(crate) lent: bool,
+    /// Writable references not yet released: 1 for a lend, one per worker for a split
+    /// lend (each writing its own part).
+    pub(crate) lent: u32,
     /// The segment's generation; a release naming another one is stale.
     pub(crate) generation: u64,
 }
@@ -129,6 +141,10 @@ pub(crate) struct Held {
     /// The gateways whose workers were sent a shared or lent reference: they may keep
     /// the segment mapped until told it is gone.
     pub(crate) peers: Vec<Weak<Shared>>,
+    /// References made for a known gateway (a share or part of a split lend made by a
+    /// [`Group`](crate::Group)), counted in `access` too: a release from that gateway
+    /// settles its own part, and its death releases exactly its parts.
+    parts: Vec<(Weak<Shared>, Access)>,
     /// A pool slot whose handle was dropped while the peer held it: it goes back to its
     /// pool when the peer releases it.
     orphan: Option<(Segment, Arc<PoolShared>)>,
@@ -146,6 +162,7 @@ fn new_held(generation: u64) -> Arc<Mutex<Held>> {
             ..PeerAccess::default()
         },
         peers: Vec::new(),
+        parts: Vec::new(),
         orphan: None,
     }))
 }
@@ -194,30 +211,44 @@ pub(crate) fn note_sent(v: &Value, peer: &Arc<Shared>) {
     });
 }
 
-/// Applies a release from the peer: one share, or the lend, of the named segment.
-/// Returns false when the name or generation is unknown (a stale or forged release).
-pub(crate) fn release(name: &str, generation: u64, what: Access) -> bool {
+/// Applies a release from the peer: one share, or one writable reference, of the named
+/// segment. `from` is the gateway whose worker sent it: a part made for that gateway
+/// (see `Held::parts`) is settled first, else a reference made for no gateway in
+/// particular. Returns false when the name or generation is unknown, or nothing of that
+/// access is held (a stale, repeated or forged release).
+pub(crate) fn release(name: &str, generation: u64, what: Access, from: Option<&Shared>) -> bool {
     let Some(entry) = lock(&REGISTRY).get(name).cloned() else {
         return false;
     };
     let back = {
         let mut held = lock(&entry);
-        let a = &mut held.access;
-        if a.generation != generation {
+        if held.access.generation != generation {
             return false;
         }
+        let own = from.and_then(|p| {
+            held.parts
+                .iter()
+                .position(|(q, a)| *a == what && std::ptr::eq(q.as_ptr(), p))
+        });
+        let known = held.parts.iter().filter(|(_, a)| *a == what).count() as u32;
+        let total = match what {
+            Access::Shared => held.access.shares,
+            Access::Lent => held.access.lent,
+            Access::Moved => return false,
+        };
+        match own {
+            Some(i) => {
+                held.parts.swap_remove(i);
+            }
+            // Every reference out was made for some other gateway: not this sender's.
+            None if total > known => {}
+            None => return false,
+        }
         match what {
-            Access::Shared if a.shares > 0 => a.shares -= 1,
-            Access::Lent if a.lent => a.lent = false,
-            _ => return false,
+            Access::Shared => held.access.shares -= 1,
+            _ => held.access.lent -= 1,
         }
-        if a.shares == 0 && !a.lent {
-            held.orphan
-                .take()
-                .map(|o| (o, std::mem::take(&mut held.peers)))
-        } else {
-            None
-        }
+        take_orphan(&mut held)
     };
     if let Some(((seg, pool), peers)) = back {
         unregister(name, &entry);
@@ -226,8 +257,69 @@ pub(crate) fn release(name: &str, generation: u64, what: Access) -> bool {
     true
 }
 
+/// Takes a reference made for `peer` back when it was never delivered (its send
+/// failed). Does nothing if the worker's death already released it.
+pub(crate) fn revoke(name: &str, generation: u64, what: Access, peer: &Shared) {
+    let Some(entry) = lock(&REGISTRY).get(name).cloned() else {
+        return;
+    };
+    let back = {
+        let mut held = lock(&entry);
+        let own = held
+            .parts
+            .iter()
+            .position(|(q, a)| *a == what && std::ptr::eq(q.as_ptr(), peer));
+        if held.access.generation != generation || own.is_none() {
+            return;
+        }
+        release_parts(
+            &mut held,
+            |q, a| *a == what && std::ptr::eq(q.as_ptr(), peer),
+            1,
+        );
+        take_orphan(&mut held)
+    };
+    if let Some(((seg, pool), peers)) = back {
+        unregister(name, &entry);
+        pool.put_back(seg, peers);
+    }
+}
+
+/// Removes up to `limit` parts matching `which`, and counts each as released.
+fn release_parts(held: &mut Held, which: impl Fn(&Weak<Shared>, &Access) -> bool, limit: usize) {
+    let mut left = limit;
+    let access = &mut held.access;
+    held.parts.retain(|(q, a)| {
+        if left == 0 || !which(q, a) {
+            return true;
+        }
+        left -= 1;
+        match a {
+            Access::Shared => access.shares = access.shares.saturating_sub(1),
+            _ => access.lent = access.lent.saturating_sub(1),
+        }
+        false
+    });
+}
+
+/// A pool slot dropped while out goes back once nothing is out any more.
+/// A pool slot on its way back to its pool, with the gateways that keep it mapped.
+type Homecoming = ((Segment, Arc<PoolShared>), Vec<Weak<Shared>>);
+
+fn take_orphan(held: &mut Held) -> Option<Homecoming> {
+    if held.access.shares == 0 && held.access.lent == 0 {
+        held.orphan
+            .take()
+            .map(|o| (o, std::mem::take(&mut held.peers)))
+    } else {
+        None
+    }
+}
+
 /// The worker of `peer` is gone: whatever only it could hold is released (a lent array
-/// becomes usable again, its contents as the worker left them; a pool slot goes back).
+/// becomes usable again, its contents as the worker left them; a pool slot goes back),
+/// and so are the parts made for it (its share of a group's input, its part of a split
+/// lend), while the other workers' parts stay out.
 pub(crate) fn peer_gone(peer: &Shared) {
     let entries: Vec<(String, Arc<Mutex<Held>>)> = lock(&REGISTRY)
         .iter()
@@ -241,14 +333,15 @@ pub(crate) fn peer_gone(peer: &Shared) {
                 .peers
                 .iter()
                 .any(|p| !std::ptr::eq(p.as_ptr(), peer) && p.strong_count() > 0);
-            if !ours || others || (held.access.shares == 0 && !held.access.lent) {
-                continue;
+            if ours && !others {
+                // Nobody else was sent it: everything out was this worker's.
+                held.access.shares = 0;
+                held.access.lent = 0;
+                held.parts.clear();
+            } else {
+                release_parts(&mut held, |q, _| std::ptr::eq(q.as_ptr(), peer), usize::MAX);
             }
-            held.access.shares = 0;
-            held.access.lent = false;
-            held.orphan
-                .take()
-                .map(|o| (o, std::mem::take(&mut held.peers)))
+            take_orphan(&mut held)
         };
         if let Some(((seg, pool), peers)) = back {
             unregister(&name, &entry);
@@ -263,7 +356,7 @@ pub(crate) fn is_out(name: &str, generation: u64) -> bool {
         return false;
     };
     let held = lock(&entry);
-    held.access.generation == generation && (held.access.shares > 0 || held.access.lent)
+    held.access.generation == generation && (held.access.shares > 0 || held.access.lent > 0)
 }
 
 fn unregister(name: &str, entry: &Arc<Mutex<Held>>) {
@@ -472,7 +565,7 @@ impl<T: Element> SharedArray<T> {
     /// shape (e.g. `dims` of the wrong length); an error also while the peer holds the
     /// array.
     pub fn set_meta(&mut self, meta: Meta) -> Result<()> {
-        self.check(|a| a.shares == 0 && !a.lent, "change the metadata of")?;
+        self.check(|a| a.shares == 0 && a.lent == 0, "change the metadata of")?;
         self.seg.set_meta(&meta)?;
         // A worker that kept the segment mapped re-reads the header of a reference of a
         // new generation.
@@ -498,7 +591,7 @@ impl<T: Element> SharedArray<T> {
 
     /// True while the array is lent to the peer.
     pub fn is_lent(&self) -> bool {
-        lock(&self.access).access.lent
+        lock(&self.access).access.lent > 0
     }
 
     fn check(&self, ok: impl Fn(&PeerAccess) -> bool, what: &str) -> Result<()> {
@@ -506,7 +599,9 @@ impl<T: Element> SharedArray<T> {
         if ok(&a) {
             return Ok(());
         }
-        let held = if a.lent {
+        let held = if a.lent > 1 {
+            format!("lent to {} workers at once (writable, in parts)", a.lent)
+        } else if a.lent == 1 {
             "lent to the peer (writable)".to_string()
         } else {
             format!("shared with the peer ({} read-only references)", a.shares)
@@ -557,7 +652,7 @@ impl<T: Element> SharedArray<T> {
     /// for a bool array holding bytes other than 0 and 1, or strides that are not whole
     /// elements.
     pub fn view(&self) -> Result<ArrayViewD<'_, T>> {
-        self.check(|a| !a.lent, "read")?;
+        self.check(|a| a.lent == 0, "read")?;
         self.check_elements()?;
         let strides = self.element_strides()?;
         let shape = IxDyn(self.shape()).strides(IxDyn(&strides));
@@ -576,7 +671,7 @@ impl<T: Element> SharedArray<T> {
     /// [`ErrorKind::Busy`] while the peer holds any reference; [`ErrorKind::Convert`] as
     /// for [`SharedArray::view`]; [`ErrorKind::Segment`] for a read-only mapping.
     pub fn view_mut(&mut self) -> Result<ArrayViewMutD<'_, T>> {
-        self.check(|a| a.shares == 0 && !a.lent, "write")?;
+        self.check(|a| a.shares == 0 && a.lent == 0, "write")?;
         if !self.seg.is_writable() {
             return Err(Error::new(ErrorKind::Busy(format!(
                 "array {} was shared with this process read-only",
@@ -615,7 +710,7 @@ impl<T: Element> SharedArray<T> {
     ///
     /// [`ErrorKind::Busy`] while the array is lent.
     pub fn share(&self) -> Result<Value> {
-        self.check(|a| !a.lent, "share")?;
+        self.check(|a| a.lent == 0, "share")?;
         lock(&self.access).access.shares += 1;
         Ok(self.reference(Access::Shared))
     }
@@ -628,15 +723,50 @@ impl<T: Element> SharedArray<T> {
     /// [`ErrorKind::Busy`] while the peer holds any reference, or when this process
     /// maps the array read-only.
     pub fn lend(&mut self) -> Result<Value> {
-        self.check(|a| a.shares == 0 && !a.lent, "lend")?;
+        self.check(|a| a.shares == 0 && a.lent == 0, "lend")?;
         if !self.seg.is_writable() {
             return Err(Error::new(ErrorKind::Busy(format!(
                 "array {} was shared with this process read-only",
                 self.seg.name()
             ))));
         }
-        lock(&self.access).access.lent = true;
+        lock(&self.access).access.lent = 1;
         Ok(self.reference(Access::Lent))
+    }
+
+    /// A read-only reference made for the worker of `peer`: counted like a share, and
+    /// released by that worker's RELEASE or by its death, whoever else holds the array.
+    pub(crate) fn share_to(&self, peer: &Arc<Shared>) -> Result<Value> {
+        self.check(|a| a.lent == 0, "share")?;
+        let mut held = lock(&self.access);
+        held.access.shares += 1;
+        held.parts.push((Arc::downgrade(peer), Access::Shared));
+        drop(held);
+        Ok(self.reference(Access::Shared))
+    }
+
+    /// A *split lend*: one writable reference for each gateway in `peers`, made at once.
+    /// Each worker is to write only its own part of the array (the caller tells it which;
+    /// the code that writes is the caller's, so this is cooperative). Rust can neither
+    /// read nor write the array until every part is released, by the worker's RELEASE or
+    /// its death.
+    pub(crate) fn lend_split(&mut self, peers: &[&Arc<Shared>]) -> Result<Vec<Value>> {
+        self.check(|a| a.shares == 0 && a.lent == 0, "lend")?;
+        if !self.seg.is_writable() {
+            return Err(Error::new(ErrorKind::Busy(format!(
+                "array {} was shared with this process read-only",
+                self.seg.name()
+            ))));
+        }
+        let n = u32::try_from(peers.len())
+            .map_err(|_| Error::new(ErrorKind::Busy("too many parts for one lend".into())))?;
+        let mut held = lock(&self.access);
+        held.access.lent = n;
+        for p in peers {
+            held.parts.push((Arc::downgrade(p), Access::Lent));
+        }
+        drop(held);
+        Ok(peers.iter().map(|_| self.reference(Access::Lent)).collect())
     }
 
     /// Moves the array into a value: the receiver becomes its owner and unlinks it.
@@ -646,7 +776,7 @@ impl<T: Element> SharedArray<T> {
     /// [`ErrorKind::Busy`] while the peer holds a reference (moving it would leave them
     /// a mapping of a segment whose owner changed under them), and for a pool slot.
     pub fn into_value(self) -> Result<Value> {
-        self.check(|a| a.shares == 0 && !a.lent, "move")?;
+        self.check(|a| a.shares == 0 && a.lent == 0, "move")?;
         if self.home.is_some() {
             return Err(Error::new(ErrorKind::Busy(format!(
                 "array {} is a pool slot, which stays in its pool: lend or share it",
@@ -694,7 +824,7 @@ impl<T: Element> Drop for SharedArray<T> {
         let peers = {
             let mut held = lock(&self.access);
             if let Some(pool) = &self.home {
-                if held.access.shares > 0 || held.access.lent {
+                if held.access.shares > 0 || held.access.lent > 0 {
                     // The peer still holds it: it returns to the pool on release.
                     held.orphan = Some((seg, Arc::clone(pool)));
                     return;
@@ -737,14 +867,14 @@ mod tests {
         let name = "/pxg-0-release-test";
         let access = register(name, 5);
         access.lock().unwrap().access.shares = 1;
-        assert!(!release(name, 4, Access::Shared), "stale generation");
-        assert!(!release(name, 5, Access::Lent), "nothing lent");
+        assert!(!release(name, 4, Access::Shared, None), "stale generation");
+        assert!(!release(name, 5, Access::Lent, None), "nothing lent");
         assert!(
-            !release("/pxg-0-unknown", 5, Access::Shared),
+            !release("/pxg-0-unknown", 5, Access::Shared, None),
             "unknown name"
         );
-        assert!(release(name, 5, Access::Shared));
-        assert!(!release(name, 5, Access::Shared), "released twice");
+        assert!(release(name, 5, Access::Shared, None));
+        assert!(!release(name, 5, Access::Shared, None), "released twice");
         super::REGISTRY.lock().unwrap().remove(name);
     }
 

@@ -36,18 +36,22 @@ impl Error {
         *self.kind
     }
 
-    /// The remote exception, when this error is one.
+    /// The remote exception, when this error is one (or a group worker's failure
+    /// caused by one).
     pub fn remote(&self) -> Option<&RemoteError> {
         match &*self.kind {
             ErrorKind::Remote(r) => Some(r),
+            ErrorKind::GroupWorker { cause, .. } => cause.remote(),
             _ => None,
         }
     }
 
-    /// How the worker ended, when this error reports its death.
+    /// How the worker ended, when this error reports its death (or a group worker's
+    /// failure caused by it).
     pub fn worker_exit(&self) -> Option<&WorkerExit> {
         match &*self.kind {
             ErrorKind::WorkerDied(w) => Some(w),
+            ErrorKind::GroupWorker { cause, .. } => cause.worker_exit(),
             _ => None,
         }
     }
@@ -100,6 +104,7 @@ impl std::error::Error for Error {
         match &*self.kind {
             ErrorKind::Decode(e) => Some(e),
             ErrorKind::Encode(e) => Some(e),
+            ErrorKind::GroupWorker { cause, .. } => Some(&**cause),
             _ => None,
         }
     }
@@ -183,6 +188,27 @@ pub enum ErrorKind {
     /// The worker process ended while the operation needed it.
     #[error("{0}")]
     WorkerDied(WorkerExit),
+    /// An argument is out of range or inconsistent with another: an axis beyond an
+    /// array's axes, shapes that disagree, a group of no workers.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// One worker of a [`Group`](crate::Group) failed an operation of the whole group:
+    /// it could not be started, its code raised, it died, or it did not finish in time.
+    #[error("{}", group_worker_text(*.index, .gateway, *.pid, .cause, .killed))]
+    GroupWorker {
+        /// The worker's index in the group.
+        index: usize,
+        /// Its gateway id.
+        gateway: String,
+        /// Its process id, when it was started.
+        pid: Option<u32>,
+        /// What went wrong there: the remote exception ([`ErrorKind::Remote`]), its death
+        /// ([`ErrorKind::WorkerDied`]), a [`ErrorKind::Timeout`], a start-up error, ….
+        cause: Box<Error>,
+        /// Other workers (by index) that had to be killed because they did not stop in
+        /// time after this failure; their gateways are dead.
+        killed: Vec<usize>,
+    },
     /// The gateway was shut down by the host.
     #[error("gateway {id} is closed")]
     GatewayClosed {
@@ -231,6 +257,25 @@ pub enum ErrorKind {
         /// The operating system's message.
         message: String,
     },
+}
+
+fn group_worker_text(
+    index: usize,
+    gateway: &str,
+    pid: Option<u32>,
+    cause: &Error,
+    killed: &[usize],
+) -> String {
+    let pid = pid.map(|p| format!(", pid {p}")).unwrap_or_default();
+    let mut text = format!("group worker {index} (gateway {gateway}{pid}) failed: {cause}");
+    if !killed.is_empty() {
+        let list: Vec<String> = killed.iter().map(usize::to_string).collect();
+        text.push_str(&format!(
+            "; worker(s) {} did not stop in time and were killed",
+            list.join(", ")
+        ));
+    }
+    text
 }
 
 /// An exception raised by remote code, as the worker reported it.

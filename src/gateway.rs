@@ -53,7 +53,7 @@ pub struct WorkerInfo {
 /// Configures and spawns a [`Gateway`].
 #[derive(Clone, Debug)]
 pub struct GatewayBuilder {
-    spec: String,
+    pub(crate) spec: String,
     handshake_timeout: Duration,
     exit_timeout: Duration,
     output: OutputMode,
@@ -287,6 +287,11 @@ impl Gateway {
         let s = Arc::clone(&gw.shared);
         spawn_thread(format!("pixgate-{id}-reader"), move || s.background())?;
         Ok(gw)
+    }
+
+    /// The state this gateway's channels share, for arrays made for its worker.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// The gateway id (`id=` in the spec, else `gwN`).

@@ -436,7 +436,7 @@ impl Shared {
                     MsgType::ChannelData => {
                         let item = decode_payload(&f.payload).map_err(Error::from);
                         if let Ok(v) = &item {
-                            returned_arrays(v);
+                            returned_arrays(v, self);
                         }
                         Prepared::Data {
                             channel: f.channel,
@@ -516,7 +516,7 @@ impl Shared {
         };
         match parsed {
             Some((name, generation, access)) => {
-                if !crate::array::release(&name, generation, access) {
+                if !crate::array::release(&name, generation, access, Some(self)) {
                     self.sink.emit_text(
                         None,
                         Stream::Stderr,
@@ -721,10 +721,10 @@ enum Prepared {
 
 /// An array this process shared or lent that comes back in a value is released by that
 /// (once per reference): the worker gives it back instead of sending RELEASE later.
-fn returned_arrays(v: &Value) {
+fn returned_arrays(v: &Value, from: &Shared) {
     v.for_each_array(|r| {
         if r.access != Access::Moved {
-            crate::array::release(&r.name, r.generation, r.access);
+            crate::array::release(&r.name, r.generation, r.access, Some(from));
         }
     });
 }

@@ -29,6 +29,7 @@ mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 mod gateway;
+mod group;
 mod header;
 mod inbox;
 mod output;
@@ -48,6 +49,7 @@ pub use gateway::{
     DEFAULT_EXIT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, Gateway, GatewayBuilder, HELPER_VERSION,
     PROTOCOL_VERSION, WorkerInfo,
 };
+pub use group::{Group, STOP_GRACE};
 pub use header::{DType, FLAG_C_CONTIGUOUS, FLAG_F_CONTIGUOUS, Layout, MAX_NDIM, Meta, RawHeader};
 pub use output::{OutputCallback, OutputLine, OutputMode, Stream};
 pub use pool::{ClassStats, Pool, PoolBuilder, WhenFull};

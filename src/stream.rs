@@ -117,7 +117,7 @@ impl<'c> FrameStream<'c> {
         // Out of our hands: the slot comes back with the worker's release.
         drop(frame);
         if let Err(e) = self.channel.send_value(&value) {
-            crate::array::release(&name, generation, Access::Lent);
+            crate::array::release(&name, generation, Access::Lent, None);
             return Err(e);
         }
         self.sent += 1;
