@@ -74,7 +74,7 @@ fn quick_bench_prints_every_scenario_and_writes_a_two_panel_chart() {
         "first touch of fresh anonymous memory",
         "pixgate lock-step 256²",
         "pixgate pipelined 256²",
-        "not available in this build",
+        "Group of 2, row hash",
         "pixgate Gateway spawn + remote_exec answer",
         "pixgate ÷ raw pipe echo",
         "execnet ÷ pixgate",
