@@ -64,6 +64,10 @@ enum Command {
         /// /dev/shm or memory has no room for it].
         #[arg(long, value_parser = bench::parse_size)]
         max_size: Option<u64>,
+        /// Microseconds pixgate's gateways poll the pipe before they sleep
+        /// (`GatewayBuilder::spin`) [default: 0].
+        #[arg(long, default_value_t = 0)]
+        spin_us: u64,
     },
     /// Report the interpreter, numpy, /dev/shm and huge pages.
     Doctor {
@@ -135,6 +139,7 @@ fn main() -> ExitCode {
             json,
             python,
             max_size,
+            spin_us,
         } => bench::run(&bench::Options {
             quick,
             only,
@@ -148,6 +153,7 @@ fn main() -> ExitCode {
                 })
                 .unwrap_or_else(|| "python3".to_string()),
             max_size,
+            spin: std::time::Duration::from_micros(spin_us),
         }),
         Command::Doctor { spec } => doctor(&spec),
         Command::Exec {

@@ -321,8 +321,12 @@ impl Segment {
             .map_err(|e| io("fchmod", e))?;
         file.set_len(size).map_err(|e| io("ftruncate", e))?;
         reserve(&file, size)?;
+        // Populated: `reserve` has allocated (and zeroed) every page, so mapping them all
+        // now costs a fraction of faulting them in one by one on first write
+        // (BENCHMARKS.md, P4).
         let map = MmapOptions::new()
             .len(len)
+            .populate()
             .map_raw(&file)
             .map_err(|e| io("mmap", e))?;
         // SAFETY: the mapping is `len` ≥ header.len() bytes, readable and writable, and

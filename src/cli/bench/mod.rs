@@ -140,6 +140,8 @@ pub(crate) struct Options {
     pub python: String,
     /// The largest array any scenario creates; `None` chooses by the room in /dev/shm.
     pub max_size: Option<u64>,
+    /// How long pixgate's gateways poll the pipe before they sleep.
+    pub spin: Duration,
 }
 
 /// Errors of one scenario; they end that scenario, not the run.
@@ -181,6 +183,7 @@ impl Bench<'_> {
     pub(crate) fn gateway(&self, id: &str) -> Result<Gateway, BenchError> {
         Ok(
             Gateway::builder(&format!("popen//python={}//id={id}", self.opts.python))
+                .spin(self.opts.spin)
                 .output(OutputMode::Stderr)
                 .handshake_timeout(Duration::from_secs(60))
                 .exit_timeout(Duration::from_secs(20))
