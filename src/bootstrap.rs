@@ -8,6 +8,14 @@
 //! any installed copy (and their sources to tracebacks, through `get_source`). Then it
 //! imports `pixgate._worker` and serves. Without the variable
 //! it imports the installed package. See `docs/PROTOCOL.md` §2.
+//!
+//! Compiling the helper from source costs most of a bootstrapped start-up, so the loader
+//! keeps the compiled modules in a cache of the user's own (`$XDG_CACHE_HOME/pixgate`,
+//! else `~/.cache/pixgate`): a directory of mode 0700 owned by the user (else it is not
+//! used), files of mode 0600 named after the module, the interpreter's cache tag and a
+//! hash of the source, so a changed source is compiled anew. The spec key
+//! `dont_write_bytecode` turns it off (and sets `PIXGATE_NO_CODE_CACHE` for the worker);
+//! `PYTHONDONTWRITEBYTECODE`, which is about `.pyc` files beside sources, does not.
 
 /// The helper's modules, in the order they are sent.
 pub(crate) const MODULES: &[(&str, &str)] = &[
@@ -43,6 +51,53 @@ pub(crate) const MODULES: &[(&str, &str)] = &[
 
 /// The program given to `python -c`. Standard library only; kept small.
 pub(crate) const LOADER: &str = r#"import os, sys
+def _pixgate_cache():
+    # The compiled helper, per user: a directory only this uid can use, never a link.
+    if os.environ.pop("PIXGATE_NO_CODE_CACHE", ""):
+        return None
+    try:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        d = os.path.join(base, "pixgate")
+        os.makedirs(d, 0o700, exist_ok=True)
+        st = os.lstat(d)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o077 or not os.path.isdir(d) or os.path.islink(d):
+            return None
+        return d
+    except (OSError, ValueError):
+        return None
+def _pixgate_code(cache, source, fn):
+    if cache is not None:
+        import _imp, marshal
+        from importlib._bootstrap_external import MAGIC_NUMBER, _RAW_MAGIC_NUMBER
+        data = source.encode()
+        key = "%s-%s-%016x.pyc" % (fn[10:-3].replace("/", "."), sys.implementation.cache_tag, int.from_bytes(_imp.source_hash(_RAW_MAGIC_NUMBER, data), "little"))
+        path = os.path.join(cache, key)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                st = os.fstat(fd)
+                blob = os.read(fd, st.st_size + 1) if st.st_uid == os.geteuid() and not st.st_mode & 0o077 else b""
+            finally:
+                os.close(fd)
+            if blob[:4] == MAGIC_NUMBER and len(blob) > 16:
+                code = marshal.loads(blob[16:])
+                if code.co_filename == fn:
+                    return code
+        except (OSError, ValueError, EOFError, TypeError):
+            pass
+        code = compile(source, fn, "exec")
+        try:
+            tmp = "%s.%d.tmp" % (path, os.getpid())
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, MAGIC_NUMBER + bytes(12) + marshal.dumps(code))
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError:
+            pass
+        return code
+    return compile(source, fn, "exec")
 def _pixgate_boot():
     if os.environ.pop("PIXGATE_BOOTSTRAP", "") == "1":
         def rd(n):
@@ -62,6 +117,7 @@ def _pixgate_boot():
             name = rd(rdn()).decode()
             src[name] = rd(rdn()).decode()
         from importlib.machinery import ModuleSpec
+        cache = _pixgate_cache()
         class Finder:
             def find_spec(self, name, path=None, target=None):
                 if name in src:
@@ -72,7 +128,7 @@ def _pixgate_boot():
                 return src.get(name)
             def exec_module(self, mod):
                 fn = "<pixgate>/" + mod.__name__.replace(".", "/") + ".py"
-                exec(compile(src[mod.__name__], fn, "exec"), mod.__dict__)
+                exec(_pixgate_code(cache, src[mod.__name__], fn), mod.__dict__)
         sys.meta_path.insert(0, Finder())
     import pixgate._worker
     pixgate._worker.serve(3, 4)

@@ -186,7 +186,8 @@ impl Gateway {
         let mut cmd = Command::new(&python[0]);
         cmd.args(&python[1..]);
         if spec.dont_write_bytecode {
-            cmd.arg("-B");
+            // No .pyc next to sources, and no compiled helper in the code cache either.
+            cmd.arg("-B").env("PIXGATE_NO_CODE_CACHE", "1");
         }
         cmd.args(["-u", "-c", bootstrap::LOADER])
             .stdin(Stdio::null())

@@ -364,3 +364,95 @@ fn a_spinning_gateway_tells_its_worker_and_answers_in_order() {
     ch.close().unwrap();
     gw.exit(T).unwrap();
 }
+
+fn cache_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn the_bootstrapped_helper_is_compiled_once_into_a_private_cache() {
+    let base = std::env::temp_dir().join(format!("pxg-codecache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let spec_with = |extra: &str| spec(&format!("env:XDG_CACHE_HOME={}{extra}", base.display()));
+    let gw = Gateway::spawn(&spec_with("")).unwrap();
+    assert_eq!(ask(&gw, "channel.send(7)").as_i64(), Some(7));
+    gw.exit(T).unwrap();
+    let dir = base.join("pixgate");
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "the cache directory is private");
+    let files = cache_files(&dir);
+    assert!(files.len() >= 3, "compiled modules cached: {files:?}");
+    for f in &files {
+        assert_eq!(
+            std::fs::metadata(f).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    // The next start loads them: a cached module that says so is the one that runs.
+    let errors = files
+        .iter()
+        .find(|f| {
+            f.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("pixgate._errors-")
+        })
+        .expect("pixgate._errors cached");
+    let mark = format!(
+        "import marshal, sys\np = {:?}\nb = open(p, 'rb').read()\nc = marshal.loads(b[16:])\n\
+         src = open({:?}).read() + '\\nFROM_CACHE = True\\n'\n\
+         open(p, 'wb').write(b[:16] + marshal.dumps(compile(src, c.co_filename, 'exec')))",
+        errors.display(),
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/python-helper/pixgate/_errors.py"
+        ),
+    );
+    let st = Command::new(python()).args(["-c", &mark]).status().unwrap();
+    assert!(st.success());
+    let gw = Gateway::spawn(&spec_with("")).unwrap();
+    let r = ask(
+        &gw,
+        "import pixgate._errors as e\nchannel.send(getattr(e, 'FROM_CACHE', False))",
+    );
+    assert_eq!(r.as_bool(), Some(true), "loaded from the cache");
+    gw.exit(T).unwrap();
+
+    // A damaged file is compiled anew and rewritten; the worker does not mind.
+    std::fs::write(errors, b"not a code object").unwrap();
+    let gw = Gateway::spawn(&spec_with("")).unwrap();
+    let r = ask(
+        &gw,
+        "import pixgate._errors as e\nchannel.send(getattr(e, 'FROM_CACHE', False))",
+    );
+    assert_eq!(r.as_bool(), Some(false));
+    gw.exit(T).unwrap();
+    assert!(std::fs::read(errors).unwrap().len() > 100, "rewritten");
+
+    // A cache directory others can read is not used; neither is any with
+    // dont_write_bytecode.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(errors, b"not a code object").unwrap();
+    let gw = Gateway::spawn(&spec_with("")).unwrap();
+    assert_eq!(ask(&gw, "channel.send(1)").as_i64(), Some(1));
+    gw.exit(T).unwrap();
+    assert_eq!(
+        std::fs::read(errors).unwrap(),
+        b"not a code object",
+        "left alone"
+    );
+    let _ = std::fs::remove_dir_all(&base);
+    let gw = Gateway::spawn(&spec_with("//dont_write_bytecode")).unwrap();
+    assert_eq!(ask(&gw, "channel.send(1)").as_i64(), Some(1));
+    gw.exit(T).unwrap();
+    assert!(
+        cache_files(&base.join("pixgate")).is_empty(),
+        "nothing written"
+    );
+    let _ = std::fs::remove_dir_all(&base);
+}

@@ -724,9 +724,9 @@ class _WorkerGateway:
             except DataFormatError as exc:
                 _warn(f"malformed forget message: {exc}")
             else:
-                from . import _transfer
-
-                _transfer.forget(name)
+                _transfer = sys.modules.get(__package__ + "._transfer")
+                if _transfer is not None:  # else nothing is kept mapped
+                    _transfer.forget(name)
         elif msgtype == GATEWAY_TERMINATE:
             return True
         elif msgtype == STATUS:
@@ -956,6 +956,25 @@ def current_gateway() -> _WorkerGateway | None:
     return _gateway
 
 
+# The array layer (pixgate._transfer, ._array, ._segment: compiled from source when the
+# helper is bootstrapped) loads with the first array that crosses, not at start-up.
+def _first_import(ref: _wire.ArrayRef) -> Any:
+    from . import _transfer
+
+    _transfer.install()
+    return _transfer._import(ref)
+
+
+def _first_export(obj: object) -> _wire.ArrayRef | None:
+    np = sys.modules.get("numpy")
+    if np is None or not isinstance(obj, np.ndarray):
+        return None
+    from . import _transfer
+
+    _transfer.install()
+    return _transfer._export(obj)
+
+
 def serve(rfd: int = 3, wfd: int = 4) -> None:
     """Serve the host on the given pipe descriptors until it terminates or goes away."""
     global _gateway
@@ -977,9 +996,7 @@ def serve(rfd: int = 3, wfd: int = 4) -> None:
         "executable": sys.executable,
     }
     conn.send(HANDSHAKE, 0, _wire.dumps_payload(info))
-    from . import _transfer
-
-    _transfer.install()
+    _wire.set_array_hooks(_first_export, _first_import)
 
     for stream, name in ((1, "stdout"), (2, "stderr")):
         original = getattr(sys, name)

@@ -37,12 +37,10 @@ pub(crate) fn group(b: &mut Bench) -> Result<(), BenchError> {
     let mut outputs = Vec::new();
     for n in [1usize, 2] {
         b.step(format!("P6 group of {n}"));
-        let builder = Gateway::builder(&format!(
-            "popen//python={}//id=bench-p6x{n}",
-            b.opts.python
-        ))
-        .output(OutputMode::Stderr)
-        .handshake_timeout(Duration::from_secs(60));
+        let builder =
+            Gateway::builder(&format!("popen//python={}//id=bench-p6x{n}", b.opts.python))
+                .output(OutputMode::Stderr)
+                .handshake_timeout(Duration::from_secs(60));
         let g = Group::with_builder(&builder, n)?;
         let mut out = SharedArray::<f64>::zeros(&[planes, side])?;
         // The first map warms up: the workers import numpy and compile the function.
