@@ -695,6 +695,12 @@ def loads_payload(data: bytes | bytearray | memoryview) -> Any:
         return _INT4.unpack_from(buf, 1)[0]
     if not n:
         raise LoadError("empty input, expected an opcode")
+    # And for a frame of a stream: one array reference, then STOP.
+    if buf[0] == 0x55 and buf[n - 1] == 0x51 and n >= 15:
+        ref, pos = _array_ref_at(buf, 0, n)
+        if pos == n - 1:
+            hook = _array_import
+            return hook(ref) if hook is not None else ref
     return _decode(buf, 0, False)
 
 
@@ -920,37 +926,42 @@ def _decode(buf: bytes | bytearray | memoryview, pos: int, py2string_as_bytes: b
         elif op == 66:  # B CHANNEL
             raise LoadError(f"channel references are not supported (opcode 'B' at offset {pos})")
         elif op == 85:  # U ARRAY
-            if end - pos < 5:
-                raise _truncated(op, pos, 4, end)
-            n = _INT4.unpack_from(buf, pos + 1)[0]
-            if not 0 < n <= MAX_ARRAY_NAME:
-                raise LoadError(
-                    f"bad array reference at offset {pos}: name of {n} bytes, "
-                    f"expected 1 to {MAX_ARRAY_NAME}"
-                )
-            if end - pos < 5 + n + 9:
-                raise _truncated(op, pos, 4 + n + 9, end)
-            try:
-                name = bytes(buf[pos + 5 : pos + 5 + n]).decode("utf-8")
-            except UnicodeDecodeError:
-                raise LoadError(f"bad array reference at offset {pos}: name is not UTF-8") from None
-            generation, access = _ARRAY_TAIL.unpack_from(buf, pos + 5 + n)
-            if access not in _ACCESS_NAMES:
-                raise LoadError(
-                    f"bad array reference at offset {pos}: access byte {access}, "
-                    "expected 0, 1 or 2"
-                )
-            ref = ArrayRef(name, generation, access)
+            ref, pos = _array_ref_at(buf, pos, end)
             # Only channel payloads (not the versioned form, which also serves segment
             # metadata) may turn references into mapped arrays.
             hook = None if py2string_as_bytes else _array_import
             push(hook(ref) if hook is not None else ref)
-            pos += 5 + n + 9
         else:
             raise LoadError(f"unknown opcode {bytes((op,))!r} at offset {pos}")
     raise LoadError(
         f"missing stop: input ends at offset {end} with {len(stack)} values on the stack"
     )
+
+
+def _array_ref_at(
+    buf: bytes | bytearray | memoryview, pos: int, end: int
+) -> tuple[ArrayRef, int]:
+    """The array reference whose ``U`` opcode is at ``pos``, and where it ends."""
+    if end - pos < 5:
+        raise _truncated(85, pos, 4, end)
+    n = _INT4.unpack_from(buf, pos + 1)[0]
+    if not 0 < n <= MAX_ARRAY_NAME:
+        raise LoadError(
+            f"bad array reference at offset {pos}: name of {n} bytes, "
+            f"expected 1 to {MAX_ARRAY_NAME}"
+        )
+    if end - pos < 5 + n + 9:
+        raise _truncated(85, pos, 4 + n + 9, end)
+    try:
+        name = bytes(buf[pos + 5 : pos + 5 + n]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise LoadError(f"bad array reference at offset {pos}: name is not UTF-8") from None
+    generation, access = _ARRAY_TAIL.unpack_from(buf, pos + 5 + n)
+    if access not in _ACCESS_NAMES:
+        raise LoadError(
+            f"bad array reference at offset {pos}: access byte {access}, expected 0, 1 or 2"
+        )
+    return ArrayRef(name, generation, access), pos + 5 + n + 9
 
 
 def _fill_scalar_items(
