@@ -68,6 +68,10 @@ enum Command {
         /// (`GatewayBuilder::spin`) [default: 0].
         #[arg(long, default_value_t = 0)]
         spin_us: u64,
+        /// Keep pools' slots in this directory (e.g. a tmpfs mounted with huge=always)
+        /// instead of /dev/shm.
+        #[arg(long)]
+        backing_dir: Option<std::path::PathBuf>,
     },
     /// Report the interpreter, numpy, /dev/shm and huge pages.
     Doctor {
@@ -140,6 +144,7 @@ fn main() -> ExitCode {
             python,
             max_size,
             spin_us,
+            backing_dir,
         } => bench::run(&bench::Options {
             quick,
             only,
@@ -154,6 +159,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|| "python3".to_string()),
             max_size,
             spin: std::time::Duration::from_micros(spin_us),
+            backing_dir,
         }),
         Command::Doctor { spec } => doctor(&spec),
         Command::Exec {

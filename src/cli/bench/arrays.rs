@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use memmap2::MmapMut;
-use pixgate::{Element, Pool, SharedArray, Value};
+use pixgate::{Element, SharedArray, Value};
 
 use super::report::{Plot, Row, Target};
 use super::stats::median;
@@ -288,8 +288,27 @@ pub(crate) fn fill(b: &mut Bench) -> Result<(), BenchError> {
             .note(gbps(median(&memcpy))),
     );
 
+    b.step(format!("P4 fresh pool slot {size}"));
+    let mut slot = Vec::with_capacity(reps.min(3));
+    for _ in 0..reps.min(3) {
+        let t = Instant::now();
+        let pool = b.pool().class(bytes).slots(1).build()?;
+        let mut a = pool.take::<u8>(&[bytes])?;
+        bytes_of(&mut a.view_mut()?)?.copy_from_slice(&src);
+        slot.push(t.elapsed().as_secs_f64());
+        drop((a, pool));
+    }
+    let backing = match &b.opts.backing_dir {
+        Some(d) => format!("slots in {}", d.display()),
+        None => "slots in /dev/shm".to_string(),
+    };
+    b.report.row(
+        Row::new(p, format!("copy into a new pool's slot, {size}"), &slot)
+            .note(format!("pool build (create + pre-fault) + take + copy; {backing}")),
+    );
+
     b.step(format!("P4 warm pool slot {size}"));
-    let pool = Pool::builder().class(bytes).slots(1).build()?;
+    let pool = b.pool().class(bytes).slots(1).build()?;
     let mut warm = Vec::with_capacity(reps);
     for i in 0..=reps {
         let t = Instant::now();
@@ -304,7 +323,7 @@ pub(crate) fn fill(b: &mut Bench) -> Result<(), BenchError> {
     drop(pool);
     let warm = b.report.row(
         Row::new(p, format!("copy into a used pool slot, {size}"), &warm)
-            .note(format!("{}; take + copy", gbps(median(&warm)))),
+            .note(format!("{}; take + copy; {backing}", gbps(median(&warm)))),
     );
 
     let fresh_reps = b.pick(2, 3);

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use pixgate::{FrameStream, Pool, StreamMode};
+use pixgate::{FrameStream, StreamMode};
 
 use super::report::{Plot, Row, Target};
 use super::{Bench, BenchError, Scenario, TIMEOUT, peers};
@@ -25,7 +25,8 @@ pub(crate) fn stream(b: &mut Bench) -> Result<(), BenchError> {
     let ch = gw.remote_exec("import pixgate\nfor frame in pixgate.frames(channel):\n    pass")?;
     let mut largest = (None, None);
     for &side in sides {
-        let pool = Pool::builder()
+        let pool = b
+            .pool()
             .class(side * side * 2)
             .slots(SLOTS)
             .build()?;

@@ -142,6 +142,9 @@ pub(crate) struct Options {
     pub max_size: Option<u64>,
     /// How long pixgate's gateways poll the pipe before they sleep.
     pub spin: Duration,
+    /// Where pools keep their slots (a tmpfs mount, e.g. with huge pages); /dev/shm
+    /// when `None`.
+    pub backing_dir: Option<PathBuf>,
 }
 
 /// Errors of one scenario; they end that scenario, not the run.
@@ -189,6 +192,15 @@ impl Bench<'_> {
                 .exit_timeout(Duration::from_secs(20))
                 .spawn()?,
         )
+    }
+
+    /// A pool builder with the run's backing directory.
+    pub(crate) fn pool(&self) -> pixgate::PoolBuilder {
+        let p = pixgate::Pool::builder();
+        match &self.opts.backing_dir {
+            Some(d) => p.backing_dir(d),
+            None => p,
+        }
     }
 
     /// Pick `quick` or `full` by the run's mode.
