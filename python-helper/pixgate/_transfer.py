@@ -280,7 +280,7 @@ def frames(channel: Any) -> Iterator[Any]:
                 _release_all(item, pending)
                 if pending:
                     now = time.monotonic()
-                    waits = channel._items.empty() and (gw is None or not gw.conn.has_frame())
+                    waits = channel._items.empty() and (gw is None or not gw.conn.readable())
                     if waits or len(pending) >= _BATCH_RELEASES or now - last >= _BATCH_SECONDS:
                         _send_releases(pending)
                         last = now

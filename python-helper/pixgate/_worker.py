@@ -136,6 +136,10 @@ class _Conn:
             self._pos = 0
         return out
 
+    def readable(self) -> bool:
+        """Whether a frame is buffered, or bytes wait in the pipe (reading will not block)."""
+        return self.has_frame() or bool(select.select([self.rfd], [], [], 0)[0])
+
     def has_frame(self) -> bool:
         """True when a whole frame is buffered (reading it will not block)."""
         avail = len(self._buf) - self._pos

@@ -22,34 +22,42 @@ pub(crate) fn round_trip(b: &mut Bench) -> Result<(), BenchError> {
     let n = b.pick(300, 5000);
     let p = Scenario::P1;
 
-    b.step("P1 raw pipe echo");
-    let raw = raw_echo(&b.opts.python, n)?;
-    let raw = b.report.row(
-        Row::new(p, "raw pipe echo (Python os.read/os.write)", &raw)
-            .note("8 bytes each way; the floor"),
-    );
-
-    b.step("P1 pixgate channel");
+    // The raw echo and pixgate take turns, a chunk of round trips each, so that a change
+    // of the machine's regime (vCPUs that halt or not, which moves every wake-up by tens
+    // of µs) falls on both alike.
+    b.step("P1 raw pipe echo and pixgate channel in turn");
     let gw = b.gateway("bench-p1")?;
     let ch = gw.remote_exec("for x in channel:\n    channel.send(x)")?;
     let mut samples = Vec::with_capacity(n);
-    for i in 0..(WARM_UP + n) as i64 {
-        let t = Instant::now();
-        ch.send(i)?;
-        let back = ch.receive_timeout(TIMEOUT)?;
-        let dt = t.elapsed().as_secs_f64();
-        if back.as_i64() != Some(i) {
-            return Err(BenchError::Answer(format!("sent {i}, got {back}")));
+    let mut i = 0i64;
+    let mut pixgate_chunk = |trips: usize, keep: bool| -> Result<(), BenchError> {
+        for _ in 0..trips {
+            i += 1;
+            let t = Instant::now();
+            ch.send(i)?;
+            let back = ch.receive_timeout(TIMEOUT)?;
+            let dt = t.elapsed().as_secs_f64();
+            if back.as_i64() != Some(i) {
+                return Err(BenchError::Answer(format!("sent {i}, got {back}")));
+            }
+            if keep {
+                samples.push(dt);
+            }
         }
-        if i as usize >= WARM_UP {
-            samples.push(dt);
-        }
-    }
+        Ok(())
+    };
+    pixgate_chunk(WARM_UP, false)?;
+    let raw = raw_echo(&b.opts.python, n, &mut |k| pixgate_chunk(k, true))?;
     ch.close()?;
     gw.exit(Duration::from_secs(10))?;
-    let pixgate = b
-        .report
-        .row(Row::new(p, "pixgate channel.send(i) + receive", &samples));
+    let raw = b.report.row(
+        Row::new(p, "raw pipe echo (Python os.read/os.write)", &raw)
+            .note("8 bytes each way; the floor; in turn with pixgate"),
+    );
+    let pixgate = b.report.row(
+        Row::new(p, "pixgate channel.send(i) + receive", &samples)
+            .note("in turn with the raw echo"),
+    );
     b.p1_pixgate = pixgate;
 
     let mut execnet = None;
@@ -84,8 +92,16 @@ pub(crate) fn round_trip(b: &mut Bench) -> Result<(), BenchError> {
     Ok(())
 }
 
-/// Times `n` round trips of 8 bytes through a Python echo on a pipe pair.
-fn raw_echo(python: &str, n: usize) -> Result<Vec<f64>, BenchError> {
+/// Round trips in one turn of the raw echo (and of what runs between its turns).
+const CHUNK: usize = 100;
+
+/// Times `n` round trips of 8 bytes through a Python echo on a pipe pair, calling
+/// `between(CHUNK)` after each chunk of `CHUNK` timed trips.
+fn raw_echo(
+    python: &str,
+    n: usize,
+    between: &mut dyn FnMut(usize) -> Result<(), BenchError>,
+) -> Result<Vec<f64>, BenchError> {
     let fail = |reason: String| BenchError::Peer {
         what: format!("{python} raw pipe echo"),
         reason,
@@ -125,6 +141,9 @@ fn raw_echo(python: &str, n: usize) -> Result<Vec<f64>, BenchError> {
             }
             if i >= WARM_UP {
                 samples.push(t.elapsed().as_secs_f64());
+                if (i + 1 - WARM_UP) % CHUNK == 0 {
+                    between(CHUNK)?;
+                }
             }
         }
         Ok(samples)

@@ -232,7 +232,7 @@ impl Bench<'_> {
 
 /// Bytes that may be put into /dev/shm now: its free space, and no more than the
 /// memory the kernel reports available, less a 1 GiB margin.
-fn room() -> u64 {
+pub(crate) fn room() -> u64 {
     // The field types differ between platforms (u64 on Linux, u32 on macOS).
     #[allow(clippy::unnecessary_cast)]
     let shm = nix::sys::statvfs::statvfs("/dev/shm")
