@@ -258,41 +258,6 @@ fn refused_segment(damage: impl FnOnce(&str)) -> Error {
     err
 }
 
-/// A tmpfs of 1 MiB mounted for the test, unmounted and removed on drop.
-struct SmallTmpfs(PathBuf);
-
-impl SmallTmpfs {
-    fn mount() -> Result<SmallTmpfs, String> {
-        let dir = std::env::temp_dir().join(format!("pxg-catalogue-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "pxgcatalogue"])
-            .arg(&dir)
-            .status();
-        match status {
-            Ok(s) if s.success() => Ok(SmallTmpfs(dir)),
-            other => {
-                let _ = std::fs::remove_dir(&dir);
-                Err(format!("mount failed: {other:?}"))
-            }
-        }
-    }
-
-    fn entries(&self) -> Vec<String> {
-        std::fs::read_dir(&self.0)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect()
-    }
-}
-
-impl Drop for SmallTmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 /// An executable shell script in the temporary directory.
 fn script(name: &str, body: &str) -> PathBuf {
     let path =
@@ -898,7 +863,8 @@ fn enospc_on_creation() {
         return;
     }
     let mut keep = held();
-    let fs = SmallTmpfs::mount().expect("mount a 1 MiB tmpfs");
+    let fs =
+        common::Tmpfs::mount("pxg-catalogue", "size=1m,mode=0700").expect("mount a 1 MiB tmpfs");
     // 4 MiB does not fit in 1 MiB: refused while reserving, before any page is touched.
     let big = Layout::c_order(DType::U16, &[1024, 2048]).unwrap();
     let err = Segment::create_in(&fs.0, &big, &Meta::default()).unwrap_err();

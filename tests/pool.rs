@@ -354,50 +354,17 @@ fn a_worker_that_dies_holding_arrays_gives_them_back() {
     assert_no_segments();
 }
 
-/// A tmpfs with transparent huge pages, mounted for the test (root only), or a plain
-/// temporary directory otherwise.
-struct BackingDir(std::path::PathBuf, bool);
-
-impl BackingDir {
-    fn new() -> BackingDir {
-        let dir = std::env::temp_dir().join(format!("pxgpool-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mounted = nix::unistd::geteuid().is_root()
-            && std::process::Command::new("mount")
-                .args([
-                    "-t",
-                    "tmpfs",
-                    "-o",
-                    "size=64m,mode=0700,huge=always",
-                    "pxgpool",
-                ])
-                .arg(&dir)
-                .status()
-                .is_ok_and(|s| s.success());
-        BackingDir(dir, mounted)
-    }
-
-    fn files(&self) -> usize {
-        std::fs::read_dir(&self.0).unwrap().count()
-    }
-}
-
-impl Drop for BackingDir {
-    fn drop(&mut self) {
-        if self.1 {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 #[test]
 fn a_pool_in_a_backing_directory_crosses_like_any_other() {
     let _serial = serial();
-    let dir = BackingDir::new();
-    if !dir.1 && std::env::var_os("PIXGATE_TEST_STRICT").is_some() {
-        panic!("could not mount a huge-page tmpfs for the backing-directory test");
-    }
+    let dir = match common::Tmpfs::mount("pxgpool", "size=64m,mode=0700,huge=always") {
+        Ok(d) => d,
+        Err(e) if std::env::var_os("PIXGATE_TEST_STRICT").is_none() => {
+            eprintln!("skipped: a huge-page tmpfs for the backing directory: {e}");
+            return;
+        }
+        Err(e) => panic!("could not mount a huge-page tmpfs (needs root): {e}"),
+    };
     let gw = gateway();
     let ch = gw.remote_exec(PROBE).unwrap();
     let pool = Pool::builder()
@@ -406,7 +373,7 @@ fn a_pool_in_a_backing_directory_crosses_like_any_other() {
         .backing_dir(&dir.0)
         .build()
         .unwrap();
-    assert_eq!(dir.files(), 2);
+    assert_eq!(dir.entries().len(), 2);
     for round in 0..3u16 {
         let mut a = pool.take::<u16>(&[1024, 1024]).unwrap();
         a.view_mut().unwrap().fill(round);
@@ -429,7 +396,7 @@ fn a_pool_in_a_backing_directory_crosses_like_any_other() {
     let seen = consumer.receive_timeout(T).unwrap();
     assert_eq!(seen.as_seq().unwrap().len(), 20);
     drop(pool);
-    assert_eq!(dir.files(), 0, "the pool's files are gone");
+    assert!(dir.entries().is_empty(), "the pool's files are gone");
     ch.close().unwrap();
     gw.exit(T).unwrap();
     assert_no_segments();

@@ -8,7 +8,7 @@ mod common;
 
 use std::fs::{File, Permissions};
 use std::os::unix::fs::{FileExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use common::assert_no_segments;
@@ -718,41 +718,6 @@ fn creator_liveness_uses_pid_and_start_time() {
     assert_no_segments();
 }
 
-/// A tmpfs of 1 MiB mounted for the test, unmounted and removed on drop.
-struct SmallTmpfs(PathBuf);
-
-impl SmallTmpfs {
-    fn mount() -> Result<SmallTmpfs, String> {
-        let dir = std::env::temp_dir().join(format!("pxg-tmpfs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "pxgtest"])
-            .arg(&dir)
-            .status();
-        match status {
-            Ok(s) if s.success() => Ok(SmallTmpfs(dir)),
-            other => {
-                let _ = std::fs::remove_dir(&dir);
-                Err(format!("mount failed: {other:?}"))
-            }
-        }
-    }
-
-    fn entries(&self) -> Vec<String> {
-        std::fs::read_dir(&self.0)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect()
-    }
-}
-
-impl Drop for SmallTmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 #[test]
 fn full_tmpfs_is_a_no_space_error_at_creation() {
     let _g = serial();
@@ -761,7 +726,7 @@ fn full_tmpfs_is_a_no_space_error_at_creation() {
         assert_no_segments();
         return;
     }
-    let fs = match SmallTmpfs::mount() {
+    let fs = match common::Tmpfs::mount("pxg-tmpfs", "size=1m,mode=0700") {
         Ok(fs) => fs,
         Err(why) => {
             eprintln!("skipped: {why}");

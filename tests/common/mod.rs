@@ -169,3 +169,44 @@ pub fn wait_until(cond: impl Fn() -> bool, what: &str) {
     }
     assert!(cond(), "timed out waiting: {what}");
 }
+
+/// A tmpfs mounted for a test (root only), unmounted and removed on drop.
+pub struct Tmpfs(pub std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs with `options` (e.g. `size=1m,mode=0700`) on a new directory
+    /// named after `tag` and this process.
+    pub fn mount(tag: &str, options: &str) -> Result<Tmpfs, String> {
+        let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, tag])
+            .arg(&dir)
+            .status();
+        match status {
+            Ok(s) if s.success() => Ok(Tmpfs(dir)),
+            other => {
+                let _ = std::fs::remove_dir(&dir);
+                Err(format!("mount failed: {other:?}"))
+            }
+        }
+    }
+
+    /// The names of the files in it.
+    pub fn entries(&self) -> Vec<String> {
+        std::fs::read_dir(&self.0)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}

@@ -104,9 +104,9 @@ pub(crate) fn handoff(b: &mut Bench) -> Result<(), BenchError> {
         }
     }
     drop(arrays);
-    let small = b.report.row(
-        Row::new(p, "pixgate small int, same channel", &small).note("all sizes in turn"),
-    );
+    let small = b
+        .report
+        .row(Row::new(p, "pixgate small int, same channel", &small).note("all sizes in turn"));
     let mut medians = Vec::new();
     for (&bytes, samples) in sizes.iter().zip(&samples) {
         let m = b.report.row(
@@ -328,8 +328,9 @@ pub(crate) fn fill(b: &mut Bench) -> Result<(), BenchError> {
         None => "slots in /dev/shm".to_string(),
     };
     b.report.row(
-        Row::new(p, format!("copy into a new pool's slot, {size}"), &slot)
-            .note(format!("pool build (create + pre-fault) + take + copy; {backing}")),
+        Row::new(p, format!("copy into a new pool's slot, {size}"), &slot).note(format!(
+            "pool build (create + pre-fault) + take + copy; {backing}"
+        )),
     );
 
     b.step(format!("P4 warm pool slot {size}"));
@@ -353,7 +354,9 @@ pub(crate) fn fill(b: &mut Bench) -> Result<(), BenchError> {
 
     // A fresh SharedArray and fresh anonymous memory take turns.
     let fresh_reps = b.pick(2, 5);
-    b.step(format!("P4 fresh SharedArray and anonymous memory {size}, in turn"));
+    b.step(format!(
+        "P4 fresh SharedArray and anonymous memory {size}, in turn"
+    ));
     let mut fresh = Vec::with_capacity(fresh_reps);
     let mut anon = Vec::with_capacity(fresh_reps);
     for _ in 0..fresh_reps {
