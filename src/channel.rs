@@ -101,7 +101,11 @@ impl Channel {
         let frame = build_frame(MsgType::ChannelData, self.id, |out| {
             encode_payload(value, out)
         })?;
-        crate::array::note_sent(value, &self.shared);
+        // No `U` opcode, no array: skip the walk (a byte scan is cheaper than a walk
+        // over a big list).
+        if frame[crate::frame::HEADER_LEN..].contains(&b'U') {
+            crate::array::note_sent(value, &self.shared);
+        }
         self.send_checked(frame, true)
     }
 

@@ -435,7 +435,9 @@ impl Shared {
                 match t {
                     MsgType::ChannelData => {
                         let item = decode_payload(&f.payload).map_err(Error::from);
-                        if let Ok(v) = &item {
+                        // No `U` opcode, no array: skip the walk (a byte scan is cheaper
+                        // than a walk over a big list).
+                        if let (Ok(v), true) = (&item, f.payload.contains(&b'U')) {
                             returned_arrays(v, self);
                         }
                         Prepared::Data {
