@@ -350,6 +350,37 @@ pub(crate) fn peer_gone(peer: &Shared) {
     }
 }
 
+/// The slots of `pool` whose handles were dropped while a worker held them: taken out
+/// of the registry, for the pool to remove when it closes.
+pub(crate) fn take_orphans_of(pool: &PoolShared) -> Vec<(Segment, Vec<Weak<Shared>>)> {
+    let entries: Vec<(String, Arc<Mutex<Held>>)> = lock(&REGISTRY)
+        .iter()
+        .map(|(k, v)| (k.clone(), Arc::clone(v)))
+        .collect();
+    let mut out = Vec::new();
+    for (name, entry) in entries {
+        let taken = {
+            let mut held = lock(&entry);
+            if held
+                .orphan
+                .as_ref()
+                .is_some_and(|(_, p)| std::ptr::eq(Arc::as_ptr(p), pool))
+            {
+                held.orphan
+                    .take()
+                    .map(|(seg, _)| (seg, std::mem::take(&mut held.peers)))
+            } else {
+                None
+            }
+        };
+        if let Some(t) = taken {
+            unregister(&name, &entry);
+            out.push(t);
+        }
+    }
+    out
+}
+
 /// True while the peer holds the named segment at `generation` (a share or the lend).
 pub(crate) fn is_out(name: &str, generation: u64) -> bool {
     let Some(entry) = lock(&REGISTRY).get(name).cloned() else {

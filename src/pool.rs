@@ -25,8 +25,9 @@
 //! - A slot whose handle was dropped while a worker holds it comes back only when that
 //!   worker releases it; a worker that dies holding it keeps it out of the pool for the
 //!   pool's lifetime (the segment is still unlinked when the pool goes).
-//! - Dropping the pool unlinks its free slots at once and slots in flight when they come
-//!   back.
+//! - Dropping the pool unlinks all of its slots at once; a worker that still holds one
+//!   keeps a valid mapping of it until it lets go (its later release is ignored). A slot
+//!   lent by a reference that is never sent stays out of the pool until the pool goes.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, Weak};
@@ -229,7 +230,8 @@ impl Pool {
     }
 }
 
-/// The pool's handles share one of these; when the last handle goes, the pool closes.
+/// The pool's handles share one of these; when the last handle goes, the pool closes:
+/// every slot is unlinked, also those still in flight.
 #[derive(Debug)]
 struct Handles {
     shared: Arc<PoolShared>,
@@ -362,6 +364,9 @@ impl PoolShared {
     fn close(&self) {
         let free: Vec<Slot> = {
             let mut st = lock(&self.state);
+            if st.closed {
+                return;
+            }
             st.closed = true;
             st.classes
                 .iter_mut()
@@ -370,6 +375,12 @@ impl PoolShared {
         };
         for slot in free {
             forget_everywhere(slot.seg, slot.peers);
+        }
+        // Slots a worker still holds go too: their names now, the memory when the
+        // workers let go of their mappings (told by FORGET). A release that comes later
+        // finds nothing and is ignored.
+        for (seg, peers) in crate::array::take_orphans_of(self) {
+            forget_everywhere(seg, peers);
         }
     }
 }

@@ -11,9 +11,10 @@
 //! it (`pixgate.frames` releases each frame when its loop moves on; sending the frame
 //! back, or letting it be garbage-collected, release it too).
 //!
-//! Frames arrive in the order they were sent (one channel, one pipe). Results may come
-//! back on the same channel, as values or as arrays from another pool lent with the
-//! frames; [`Channel::receive`] reads them while the stream goes on.
+//! Frames arrive in the order they were sent (one channel, one pipe). Results come back
+//! the same way: [`FrameStream::send_with`] lends an array for the result (a slot of
+//! another pool) with each frame, the worker writes it and sends it back, and
+//! [`Channel::receive`] reads the results, in order, while the stream goes on.
 //!
 //! ```no_run
 //! # fn main() -> pixgate::Result<()> {
@@ -40,7 +41,7 @@ use crate::array::{Element, SharedArray};
 use crate::channel::Channel;
 use crate::error::Result;
 use crate::pool::Pool;
-use crate::value::Access;
+use crate::value::{Access, Value};
 
 /// How many frames a [`FrameStream`] lets be in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,13 +107,54 @@ impl<'c> FrameStream<'c> {
     /// frame.
     ///
     /// [`ErrorKind::Timeout`]: crate::ErrorKind::Timeout
-    pub fn send<T: Element>(&mut self, mut frame: SharedArray<T>) -> Result<()> {
+    pub fn send<T: Element>(&mut self, frame: SharedArray<T>) -> Result<()> {
+        self.send_lent(frame, None)
+    }
+
+    /// As [`FrameStream::send`], with an array for the result: `result` (typically a
+    /// slot of another pool) is lent with the frame, and the worker receives the pair
+    /// `(frame, result)`. The worker writes into `result` and sends it back on the
+    /// channel, which gives it back: [`Channel::receive`] then returns its reference
+    /// and `result` can be read here again. Results come back in the order the frames
+    /// were sent; keep the result arrays in that order (e.g. a `VecDeque`).
+    ///
+    /// # Errors
+    ///
+    /// As [`FrameStream::send`]; [`ErrorKind::Busy`] when `result` is already held by
+    /// the worker.
+    ///
+    /// [`ErrorKind::Busy`]: crate::ErrorKind::Busy
+    pub fn send_with<T: Element, U: Element>(
+        &mut self,
+        frame: SharedArray<T>,
+        result: &mut SharedArray<U>,
+    ) -> Result<()> {
+        let lent = result.lend()?;
+        let (name, generation) = (result.wire_name(), result.generation());
+        let before = self.sent;
+        self.send_lent(frame, Some(lent)).inspect_err(|_| {
+            if self.sent == before {
+                // Never sent: the result is this process's again.
+                crate::array::release(&name, generation, Access::Lent, None);
+            }
+        })
+    }
+
+    fn send_lent<T: Element>(
+        &mut self,
+        mut frame: SharedArray<T>,
+        with: Option<Value>,
+    ) -> Result<()> {
         if let StreamMode::Pipelined(depth) = self.mode {
             while self.in_flight.len() >= depth.max(1) {
                 self.wait_oldest()?;
             }
         }
-        let value = frame.lend()?;
+        let lent = frame.lend()?;
+        let value = match with {
+            Some(extra) => Value::Tuple(vec![lent, extra]),
+            None => lent,
+        };
         let (name, generation) = (frame.wire_name(), frame.generation());
         // Out of our hands: the slot comes back with the worker's release.
         drop(frame);
