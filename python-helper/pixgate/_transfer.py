@@ -18,9 +18,10 @@ from __future__ import annotations
 
 __all__ = ["FORGET", "RELEASE", "forget", "frames", "install", "release"]
 
+import struct
 import sys
 
-from . import _array, _segment, _wire
+from . import _array, _segment, _wire, _worker
 from ._errors import DumpError, Error, LoadError, ReleaseError
 
 TYPE_CHECKING = False
@@ -61,15 +62,28 @@ def _send_release(held: _Held) -> None:
     _notify(held)
 
 
-def _notify(held: _Held) -> None:
-    from . import _worker
+def _release_payload(held: _Held) -> bytes:
+    """``dumps_payload((name, generation, access))``, built directly for the common case
+    (a frame's release is on the hot path of a stream)."""
+    g = held.generation
+    if not 0 <= g < 2**31:
+        return _wire.dumps_payload((held.name, g, held.access))
+    name = held.name.encode()
+    return b"".join(
+        (b"N", _I32.pack(len(name)), name, b"F", _I32.pack(g), b"F", _I32.pack(held.access), _TUPLE3)
+    )
 
+
+_I32 = struct.Struct("!i")
+_TUPLE3 = b"@\x00\x00\x00\x03Q"
+
+
+def _notify(held: _Held) -> None:
     gw = _worker.current_gateway()
     if gw is None:
         return
     try:
-        payload = _wire.dumps_payload((held.name, held.generation, held.access))
-        gw.conn.send(RELEASE, 0, payload)
+        gw.conn.send(RELEASE, 0, _release_payload(held))
     except (OSError, Error):
         pass  # the host is gone; nothing to release to
 
@@ -221,10 +235,8 @@ def _release_all(item: object, into: list[_Held] | None = None) -> None:
 
 def _send_releases(pending: list[_Held]) -> None:
     """Send the releases in ``pending`` with one write, and empty it."""
-    from . import _worker
-
     gw = _worker.current_gateway()
-    batch = [(RELEASE, 0, _wire.dumps_payload((h.name, h.generation, h.access))) for h in pending]
+    batch = [(RELEASE, 0, _release_payload(h)) for h in pending]
     pending.clear()
     if gw is None or not batch:
         return
@@ -266,8 +278,6 @@ def frames(channel: Any) -> Iterator[Any]:
         Each item, in the order the host sent them.
     """
     import time
-
-    from . import _worker
 
     pending: list[_Held] = []
     last = time.monotonic()

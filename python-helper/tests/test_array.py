@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 np = pytest.importorskip("numpy")
 
 import pixgate
-from pixgate import _array, _segment
+from pixgate import _array, _segment, _wire
 from pixgate._errors import DTypeError, LayoutError, SegmentError
 
 HELPER_DIR = Path(__file__).resolve().parents[1]
@@ -568,3 +568,14 @@ print(int(view.sum()), pixgate.meta(view)["dims"], pixgate.is_shared(view))
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["42", "['y',", "'x']", "True"]
+
+
+@pytest.mark.parametrize("generation", [0, 1, 255, 2**31 - 1, 2**31, 2**40, 2**63, 2**64 - 1])
+@pytest.mark.parametrize("access", [0, 1])
+def test_release_payloads_are_what_the_codec_writes(generation: int, access: int) -> None:
+    from pixgate import _transfer
+
+    held = _transfer._Held("/pxg-1a-0123456789abcdef", generation, access)
+    payload = _transfer._release_payload(held)
+    assert payload == _wire.dumps_payload((held.name, generation, access))
+    assert _wire.loads_payload(payload) == (held.name, generation, access)
