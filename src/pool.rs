@@ -5,8 +5,9 @@
 //! On this kind of machine the cost of handing a fresh array to Python is not copying but
 //! the first touch of fresh pages (about 0.8 s per GiB) and, on the worker's side,
 //! mapping the segment and faulting its pages into a new page table. A [`Pool`] pays
-//! both once per slot: each slot is a segment created at its size class, with every
-//! page touched by the host; the worker maps a slot the first time it sees it, populated,
+//! both once per slot: each slot is a segment created at its size class, every page
+//! allocated and mapped by the host at creation (as every segment is: `posix_fallocate`,
+//! then `MAP_POPULATE`); the worker maps a slot the first time it sees it, populated,
 //! and keeps it mapped (docs/SEGMENT_FORMAT.md §5, pool slots). Later uses of the slot
 //! cost a header rewrite and the reference on the wire: its name and a new generation.
 //!
@@ -285,12 +286,10 @@ impl PoolShared {
         let bytes = lock(&self.state).classes[class].bytes;
         let layout = Layout::c_order(DType::U8, &[bytes])?;
         let meta = Meta::default();
-        let seg = match &self.dir {
-            Some(dir) => Segment::create_in(dir, &layout, &meta)?,
-            None => Segment::create(&layout, &meta)?,
-        };
-        seg.prefault()?;
-        Ok(seg)
+        match &self.dir {
+            Some(dir) => Segment::create_in(dir, &layout, &meta),
+            None => Segment::create(&layout, &meta),
+        }
     }
 
     /// A slot of the smallest class holding `needs` bytes: a free one, a new one while

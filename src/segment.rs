@@ -615,28 +615,6 @@ impl Segment {
         Ok(generation)
     }
 
-    /// Touches one byte of every page of the data area, so that this process's page
-    /// table maps all of it (and tmpfs has allocated it) before the first real write.
-    ///
-    /// # Errors
-    ///
-    /// [`SegmentProblem::ReadOnly`] on a read-only mapping.
-    pub fn prefault(&self) -> Result<()> {
-        self.check_writable()?;
-        let (ptr, len) = (self.data_ptr(), self.data_len());
-        for off in (0..len).step_by(PAGE) {
-            // SAFETY: off < data_len, inside the writable data area of the mapping. The
-            // byte is read and written back with volatile accesses (the value does not
-            // change); the owner calls this before any peer holds a reference, so no
-            // other process writes the byte meanwhile.
-            unsafe {
-                let p = ptr.add(off);
-                p.write_volatile(p.read_volatile());
-            }
-        }
-        Ok(())
-    }
-
     fn check_writable(&self) -> Result<()> {
         if self.writable {
             Ok(())
