@@ -311,6 +311,34 @@ fn worker_of_a_killed_host_exits_promptly() {
 }
 
 #[test]
+fn a_burst_of_termination_signals_ends_the_worker_at_once() {
+    // Linux sends the parent-death signal again each time a worker is handed to another
+    // thread of its dying host, so the later ones land inside the cleanup the first began.
+    // The gateway keeps the exited worker unreaped until `exit`, so the pid cannot be reused
+    // while the loop signals it.
+    let gw = gateway();
+    // Running remote code: the worker has threads besides the main one, as in real use.
+    let _ch = gw.remote_exec("import time\ntime.sleep(60)").unwrap();
+    let pid = nix::unistd::Pid::from_raw(gw.pid() as i32);
+    let start = Instant::now();
+    let mut sent = 0;
+    while gw.is_alive() && start.elapsed() < T {
+        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
+            sent += 1;
+        }
+        let spin = Instant::now();
+        while spin.elapsed() < Duration::from_micros(2) {
+            std::hint::spin_loop();
+        }
+    }
+    let took = start.elapsed();
+    let exit = gw.exit(T).unwrap();
+    eprintln!("worker ended {took:?} after the first of {sent} SIGTERMs: {exit:?}");
+    assert_eq!(exit.code, Some(128 + 15), "{exit:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+}
+
+#[test]
 fn many_gateways_start_and_stop_in_parallel() {
     let handles: Vec<_> = (0..4)
         .map(|i| {

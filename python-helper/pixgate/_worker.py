@@ -472,9 +472,11 @@ class _WorkerGateway:
         self._lock = threading.Lock()
         self._main_tasks: SimpleQueue[Callable[[], None] | None] = SimpleQueue()
         self._cleanup: list[Callable[[], None]] = []
-        self._exit_lock = threading.Lock()
+        # Reentrant: a signal handler that re-enters shutdown on the thread already in it
+        # must not wait for itself (see shutdown).
+        self._exit_lock = threading.RLock()
         self._exit_done = threading.Event()
-        self._exit_thread: int | None = None
+        self._exit_running = False
         # Leader/follower reading (see docs/ARCHITECTURE.md): the baton is the right to
         # read the pipe. A thread that waits on a channel takes it when free and reads
         # itself, so a reply wakes the thread that wants it with no hand-off.
@@ -512,14 +514,20 @@ class _WorkerGateway:
         one on another thread waits for it (bounded: it may itself have interrupted a
         thread holding a lock the cleanup needs) and only then ends the process; a
         signal that re-enters on the cleanup's own thread returns and lets it finish.
+
+        The parent-death signal can come several times: Linux sends it again each time
+        the worker is handed to another thread of the dying host. The lock is reentrant
+        and taken in C, so a re-entry can never mistake its own thread for another: one
+        that lands before ``_exit_running`` is set runs the whole cleanup itself (the
+        outer call had not begun it and never resumes); one that lands after returns.
         """
         if not self._exit_lock.acquire(blocking=False):
-            if self._exit_thread == threading.get_ident():
-                # A signal re-entered the cleanup on its own thread: let it go on.
-                return
             self._exit_done.wait(2.0)
             os._exit(code)
-        self._exit_thread = threading.get_ident()
+        if self._exit_running:
+            # A signal re-entered the cleanup on its own thread: let it go on.
+            return
+        self._exit_running = True
         for hook in reversed(self._cleanup):
             try:
                 hook()
@@ -988,6 +996,15 @@ def serve(rfd: int = 3, wfd: int = 4) -> None:
     conn = _Conn(rfd, wfd, max_frame)
     gw = _gateway = _WorkerGateway(conn)
     gw.spin = min(int(os.environ.pop("PIXGATE_SPIN_US", "0") or 0), 10_000) / 1e6
+
+    def on_term(signum: int, frame: object) -> None:
+        # Later SIGTERMs (one per thread of a dying host) are ignored from here on, so
+        # handlers cannot pile up inside the cleanup; one already pending may still run.
+        _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)
+        gw.shutdown(128 + signum)
+
+    # Before the handshake: once the host has it, a SIGTERM must find the cleanup.
+    _signal.signal(_signal.SIGTERM, on_term)
     from . import __version__
 
     info = {
@@ -1007,9 +1024,5 @@ def serve(rfd: int = 3, wfd: int = 4) -> None:
         _ORIGINAL_STREAMS[stream] = original
         setattr(sys, name, _ChannelWriter(stream, original))
 
-    def on_term(signum: int, frame: object) -> None:
-        gw.shutdown(128 + signum)
-
-    _signal.signal(_signal.SIGTERM, on_term)
     threading.Thread(target=gw.reader_loop, name="pixgate-reader", daemon=True).start()
     gw.main_loop()
