@@ -308,6 +308,7 @@ impl Shared {
         want: Want<'_>,
         deadline: Option<Instant>,
     ) -> (MutexGuard<'a, State>, Result<Value>) {
+        let started = Instant::now();
         loop {
             let child_gone = st.child_gone;
             let Some(ch) = st.channels.get_mut(&id) else {
@@ -368,7 +369,7 @@ impl Shared {
                     };
                     let err = Error::new(ErrorKind::Timeout {
                         operation,
-                        after: Duration::ZERO,
+                        after: d.saturating_duration_since(started),
                     });
                     return (st, Err(err));
                 }

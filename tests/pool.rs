@@ -249,6 +249,37 @@ fn a_lock_step_stream_arrives_complete_and_in_order() {
 }
 
 #[test]
+fn a_stale_wake_up_in_the_consumer_does_not_hold_back_releases() {
+    // A wake-up token left in a channel's queue by a lost race made the frame loop think
+    // the next frame was there, hold its releases back, and then wait for a frame the
+    // host would only send after those releases. Releases now go whenever a receive
+    // is about to block, whatever the queue holds.
+    let _serial = serial();
+    let gw = gateway();
+    let ch = gw
+        .remote_exec(
+            "import pixgate\nfrom pixgate import _worker\nn = 0\n\
+             for frame in pixgate.frames(channel):\n    n += 1\n    \
+             channel._items.put(_worker._WAKE)\nchannel.send(n)",
+        )
+        .unwrap();
+    let pool = Pool::builder().class(1 << 12).slots(5).build().unwrap();
+    for mode in [StreamMode::LockStep, StreamMode::Pipelined(4)] {
+        let mut stream = FrameStream::new(&ch, &pool, mode).timeout(Duration::from_secs(5));
+        for _ in 0..300 {
+            let f = stream.frame::<u8>(&[64]).unwrap();
+            stream.send(f).unwrap_or_else(|e| panic!("{mode:?}: {e:?}"));
+        }
+        stream.finish().unwrap();
+    }
+    ch.close().unwrap();
+    assert_eq!(ch.receive_timeout(T).unwrap().as_i64(), Some(600));
+    drop(pool);
+    gw.exit(T).unwrap();
+    assert_no_segments();
+}
+
+#[test]
 fn a_stream_whose_consumer_fails_reports_its_error() {
     let _serial = serial();
     let gw = gateway();

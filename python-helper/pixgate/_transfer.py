@@ -281,7 +281,17 @@ def frames(channel: Any) -> Iterator[Any]:
 
     pending: list[_Held] = []
     last = time.monotonic()
-    gw = _worker.current_gateway()
+
+    def flush() -> None:
+        # The channel calls this whenever a receive is about to block, whatever is
+        # queued or readable: the host may be waiting for exactly these releases.
+        nonlocal last
+        if pending:
+            _send_releases(pending)
+            last = time.monotonic()
+
+    outer = channel._before_wait
+    channel._before_wait = flush
     try:
         for item in channel:
             try:
@@ -290,11 +300,11 @@ def frames(channel: Any) -> Iterator[Any]:
                 _release_all(item, pending)
                 if pending:
                     now = time.monotonic()
-                    waits = channel._items.empty() and (gw is None or not gw.conn.readable())
-                    if waits or len(pending) >= _BATCH_RELEASES or now - last >= _BATCH_SECONDS:
+                    if len(pending) >= _BATCH_RELEASES or now - last >= _BATCH_SECONDS:
                         _send_releases(pending)
                         last = now
     finally:
+        channel._before_wait = outer
         _send_releases(pending)
 
 

@@ -221,6 +221,9 @@ class Channel:
         self._cancelled = False
         self._pending: dict[int, list[str]] = {1: [], 2: []}
         self._has_pending = False
+        # Called (it must not raise) when a receive on this channel is about to block:
+        # a frame loop sends the releases it holds back (see pixgate.frames).
+        self._before_wait: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self._local_closed else "open"
@@ -287,6 +290,8 @@ class Channel:
                     if gw.take_baton(self):
                         gw.lead_until(self, deadline)
                         continue
+                    if self._before_wait is not None:
+                        self._before_wait()
                     waited = True
                     left = None if deadline is None else deadline - time.monotonic()
                     try:
@@ -602,7 +607,10 @@ class _WorkerGateway:
             items = ch._items
             rfd = self.conn.rfd
             spin = self.spin
+            before = ch._before_wait
             while items.empty():
+                if before is not None and not self.conn.readable():
+                    before()
                 if spin and not self.conn.has_frame():
                     end = time.monotonic() + spin
                     if deadline is not None and deadline < end:
