@@ -330,7 +330,7 @@ fn a_worker_killed_mid_map_is_named_and_terminate_reaps_everyone() {
 
     let t = Instant::now();
     let exits = g.terminate(Duration::from_secs(2)).unwrap();
-    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
     assert_eq!(exits.len(), 3);
     assert_eq!(exits[2].signal, Some(9));
     for pid in pids {
@@ -369,7 +369,7 @@ fn terminate_is_bounded_with_stuck_workers() {
     let t = Instant::now();
     let exits = g.terminate(Duration::from_millis(300)).unwrap();
     let took = t.elapsed();
-    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
     assert_eq!(exits.len(), 2);
     for (gw, exit) in g.gateways().iter().zip(&exits) {
         assert!(!process_alive(gw.pid()));
