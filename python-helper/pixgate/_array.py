@@ -102,7 +102,9 @@ def map_array(
     if dtype is None:
         dtype = _dtypes[segment.dtype] = np.dtype(segment.dtype)
     # The anchor, one per call, holds the export that pins the mapping; numpy makes it
-    # the base of the array and of every view of it.
+    # the base of the array and of every view of it. It must come from frombuffer:
+    # np.ndarray(buffer=...) releases the buffer it is given and keeps only a reference,
+    # so the mapping could then be closed under a live array (a crash, not an error).
     anchor = np.frombuffer(segment.data, dtype=np.uint8)
     arr = np.ndarray(segment.shape, dtype=dtype, buffer=anchor, strides=segment.strides)
     key = id(anchor)
