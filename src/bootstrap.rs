@@ -13,7 +13,8 @@
 //! keeps the compiled modules in a cache of the user's own (`$XDG_CACHE_HOME/pixgate`,
 //! else `~/.cache/pixgate`): a directory of mode 0700 owned by the user (else it is not
 //! used), files of mode 0600 named after the module, the interpreter's cache tag and a
-//! hash of the source, so a changed source is compiled anew. The spec key
+//! hash of the source, so a changed source is compiled anew; writing one removes all but
+//! the three newest other files of that module and interpreter. The spec key
 //! `dont_write_bytecode` turns it off (and sets `PIXGATE_NO_CODE_CACHE` for the worker);
 //! `PYTHONDONTWRITEBYTECODE`, which is about `.pyc` files beside sources, does not.
 
@@ -94,6 +95,13 @@ def _pixgate_code(cache, source, fn):
             finally:
                 os.close(fd)
             os.replace(tmp, path)
+            # Keep the newest few compilations of this module for this interpreter (other
+            # helper versions still in use), not every one ever made.
+            pre = key[: key.rindex("-") + 1]
+            old = [e for e in os.scandir(cache) if e.name.startswith(pre) and e.name.endswith(".pyc") and e.name != key and e.is_file(follow_symlinks=False)]
+            old.sort(key=lambda e: e.stat(follow_symlinks=False).st_mtime)
+            for e in old[: max(0, len(old) - 3)]:
+                os.unlink(e.path)
         except OSError:
             pass
         return code

@@ -402,6 +402,60 @@ fn cache_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 }
 
 #[test]
+fn the_code_cache_keeps_a_few_compilations_of_each_module() {
+    let base = std::env::temp_dir().join(format!("pxg-codeprune-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let dir = base.join("pixgate");
+    // Five earlier compilations of one module (oldest first), one of another module and
+    // another interpreter, and a file that is not a compilation at all.
+    let plant = format!(
+        "import os, sys, time\nd = {dir:?}\nos.makedirs(d, 0o700)\n\
+         tag = sys.implementation.cache_tag\nnow = time.time()\n\
+         names = ['pixgate._errors-%s-%016x.pyc' % (tag, i) for i in range(5)]\n\
+         names += ['pixgate._wire-other-0000000000000001.pyc', 'notes.txt']\n\
+         for i, n in enumerate(names):\n    p = os.path.join(d, n)\n    \
+         os.close(os.open(p, os.O_WRONLY | os.O_CREAT, 0o600))\n    \
+         os.utime(p, (now - 1000 + i, now - 1000 + i))\nprint(tag)",
+        dir = dir.display().to_string(),
+    );
+    let out = Command::new(python())
+        .args(["-c", &plant])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let tag = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let gw = Gateway::spawn(&spec(&format!("env:XDG_CACHE_HOME={}", base.display()))).unwrap();
+    assert_eq!(ask(&gw, "channel.send(7)").as_i64(), Some(7));
+    gw.exit(T).unwrap();
+    let names: Vec<String> = cache_files(&dir)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let errors: Vec<&String> = names
+        .iter()
+        .filter(|n| n.starts_with(&format!("pixgate._errors-{tag}-")))
+        .collect();
+    // The new compilation and the three newest earlier ones.
+    assert_eq!(errors.len(), 4, "{names:?}");
+    for i in 0..2 {
+        assert!(
+            !names.contains(&format!("pixgate._errors-{tag}-{i:016x}.pyc")),
+            "{names:?}"
+        );
+    }
+    for i in 2..5 {
+        assert!(
+            names.contains(&format!("pixgate._errors-{tag}-{i:016x}.pyc")),
+            "{names:?}"
+        );
+    }
+    for kept in ["pixgate._wire-other-0000000000000001.pyc", "notes.txt"] {
+        assert!(names.iter().any(|n| n == kept), "{kept} kept: {names:?}");
+    }
+    std::fs::remove_dir_all(&base).unwrap();
+}
+
+#[test]
 fn the_bootstrapped_helper_is_compiled_once_into_a_private_cache() {
     let base = std::env::temp_dir().join(format!("pxg-codecache-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
