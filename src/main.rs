@@ -65,7 +65,7 @@ enum Command {
         #[arg(long, value_parser = bench::parse_size)]
         max_size: Option<u64>,
         /// Microseconds pixgate's gateways poll the pipe before they sleep
-        /// (`GatewayBuilder::spin`) [default: 0].
+        /// (`GatewayBuilder::spin`).
         #[arg(long, default_value_t = 0)]
         spin_us: u64,
         /// Keep pools' slots in this directory (e.g. a tmpfs mounted with huge=always)
