@@ -147,6 +147,24 @@ fn scripted_channel(gw: &Gateway) -> Channel {
         .expect("remote_exec")
 }
 
+/// A row played by the fake worker: the scripted channel's first item fails, `check`
+/// gets the error and how long the receive took; then the channel and a second one
+/// still serve, the worker exits cleanly, and the held array and /dev/shm are intact.
+fn fake_row(builder: GatewayBuilder, check: impl FnOnce(&pixgate::Error, Duration)) {
+    let _serial = serial();
+    let mut keep = held();
+    let gw = builder.spawn().unwrap();
+    let ch = scripted_channel(&gw);
+    let t = Instant::now();
+    let err = ch.receive_timeout(T).unwrap_err();
+    check(&err, t.elapsed());
+    assert_fake_serves_on(&gw, &ch);
+    exit_cleanly(gw);
+    assert_intact(&mut keep);
+    drop(keep);
+    assert_no_segments();
+}
+
 /// After the bad item the scripted channel delivers 42 and its close, and a second
 /// channel on the same gateway answers 42 (the fake answers every later exec so).
 fn assert_fake_serves_on(gw: &Gateway, ch: &Channel) {
@@ -560,99 +578,63 @@ fn truncated_frame() {
 
 #[test]
 fn oversized_frame() {
-    let _serial = serial();
-    let mut keep = held();
-    let gw = fake("oversized").max_frame_len(1024).spawn().unwrap();
-    let ch = scripted_channel(&gw);
-    let err = ch.receive_timeout(T).unwrap_err();
-    assert!(
-        matches!(
-            err.kind(),
-            ErrorKind::FrameTooLarge {
-                channel: 1,
-                len: 2006,
-                limit: 1024
-            }
-        ),
-        "{err:?}"
-    );
-    assert_eq!(
-        err.to_string(),
-        "frame of 2006 bytes on channel 1 exceeds the limit of 1024 bytes"
-    );
-    assert_fake_serves_on(&gw, &ch);
-    exit_cleanly(gw);
-    assert_intact(&mut keep);
-    drop(keep);
-    assert_no_segments();
+    fake_row(fake("oversized").max_frame_len(1024), |err, _took| {
+        assert!(
+            matches!(
+                err.kind(),
+                ErrorKind::FrameTooLarge {
+                    channel: 1,
+                    len: 2006,
+                    limit: 1024
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "frame of 2006 bytes on channel 1 exceeds the limit of 1024 bytes"
+        );
+    });
 }
 
 #[test]
 fn unknown_message_type() {
-    let _serial = serial();
-    let mut keep = held();
-    let gw = fake("unknown_type").spawn().unwrap();
-    let ch = scripted_channel(&gw);
-    let err = ch.receive_timeout(T).unwrap_err();
-    assert_eq!(
-        protocol_message(&err),
-        "unknown message type 99 from worker"
-    );
-    assert_eq!(
-        err.to_string(),
-        "protocol error: unknown message type 99 from worker"
-    );
-    assert_fake_serves_on(&gw, &ch);
-    exit_cleanly(gw);
-    assert_intact(&mut keep);
-    drop(keep);
-    assert_no_segments();
+    fake_row(fake("unknown_type"), |err, _took| {
+        assert_eq!(protocol_message(err), "unknown message type 99 from worker");
+        assert_eq!(
+            err.to_string(),
+            "protocol error: unknown message type 99 from worker"
+        );
+    });
 }
 
 #[test]
 fn unknown_opcode() {
-    let _serial = serial();
-    let mut keep = held();
-    let gw = fake("bad_value").spawn().unwrap();
-    let ch = scripted_channel(&gw);
-    let err = ch.receive_timeout(T).unwrap_err();
-    assert_eq!(
-        decode_kind(&err),
-        &DecodeErrorKind::UnknownOpcode { opcode: b'Z' }
-    );
-    assert_eq!(
-        err.to_string(),
-        "value decode error at byte 0: unknown opcode 'Z'"
-    );
-    assert_fake_serves_on(&gw, &ch);
-    exit_cleanly(gw);
-    assert_intact(&mut keep);
-    drop(keep);
-    assert_no_segments();
+    fake_row(fake("bad_value"), |err, _took| {
+        assert_eq!(
+            decode_kind(err),
+            &DecodeErrorKind::UnknownOpcode { opcode: b'Z' }
+        );
+        assert_eq!(
+            err.to_string(),
+            "value decode error at byte 0: unknown opcode 'Z'"
+        );
+    });
 }
 
 #[test]
 fn hostile_list_count() {
-    let _serial = serial();
-    let mut keep = held();
-    let gw = fake("hostile_list_count").spawn().unwrap();
-    let ch = scripted_channel(&gw);
-    let t = Instant::now();
-    let err = ch.receive_timeout(T).unwrap_err();
-    assert_eq!(
-        decode_kind(&err),
-        &DecodeErrorKind::ListTooLong {
-            count: i32::MAX as usize,
-            remaining: 0
-        }
-    );
-    assert!(err.to_string().contains("2147483647 items"), "{err}");
-    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
-    assert_fake_serves_on(&gw, &ch);
-    exit_cleanly(gw);
-    assert_intact(&mut keep);
-    drop(keep);
-    assert_no_segments();
+    fake_row(fake("hostile_list_count"), |err, took| {
+        assert_eq!(
+            decode_kind(err),
+            &DecodeErrorKind::ListTooLong {
+                count: i32::MAX as usize,
+                remaining: 0
+            }
+        );
+        assert!(err.to_string().contains("2147483647 items"), "{err}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    });
 }
 
 // =====================================================================================
