@@ -38,17 +38,8 @@ fn full_run() -> bool {
     std::env::args().any(|a| a == "--bench")
 }
 
-/// A rolling hash of each row, in pure Python.
-const ROW_HASH: &str = "\
-def row_hash(plane):
-    out = []
-    for row in plane.tolist():
-        h = 0
-        for v in row:
-            h = (h * 31 + v) % 1000003
-        out.append(h)
-    return out
-";
+/// A rolling hash of each row, in pure Python (the same file `pixgate bench` runs).
+const ROW_HASH: &str = include_str!("row_hash.py");
 
 fn group(n: usize) -> Group {
     let b = Gateway::builder(&format!("popen//python={}//id=bench-p6x{n}", python()))

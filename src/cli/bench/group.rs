@@ -12,17 +12,8 @@ use pixgate::{Gateway, Group, OutputMode, SharedArray};
 use super::report::{Row, Target};
 use super::{Bench, BenchError, Scenario, TIMEOUT};
 
-/// The per-plane function the workers run.
-const ROW_HASH: &str = "\
-def row_hash(plane):
-    out = []
-    for row in plane.tolist():
-        h = 0
-        for v in row:
-            h = (h * 31 + v) % 1000003
-        out.append(h)
-    return out
-";
+/// The per-plane function the workers run (the criterion bench runs it too).
+const ROW_HASH: &str = include_str!("../../../benches/row_hash.py");
 
 /// Adds P6's rows and its target ratio.
 pub(crate) fn group(b: &mut Bench) -> Result<(), BenchError> {
