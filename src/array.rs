@@ -1,82 +1,15 @@
-//! Shared arrays: n-dimensional arrays in named shared memory that cross to Python
-//! without a copy.
-//!
-//! # Rationale
-//!
-//! Rust's borrow rules say that while someone may write memory, nobody else reads it.
-//! A [`SharedArray`] extends that rule to the worker process on the other end of a
-//! channel:
-//!
-//! - [`SharedArray::share`] hands the worker a **read-only** reference. The worker maps
-//!   the segment read-only (numpy cannot re-enable writes on it), and Rust may keep
-//!   reading, but not writing, until every share is released.
-//! - [`SharedArray::lend`] hands the worker a **writable** reference. From that call on,
-//!   Rust can neither read nor write the array until the worker releases it; `lend`
-//!   takes `&mut self`, so no view made before it can still be alive.
-//! - A **split lend** (crate-internal, made by [`Group::map_planes`](crate::Group::map_planes))
-//!   hands one writable reference to each of several workers at once, each told the
-//!   range it writes. The array counts every part, and Rust can neither read nor write
-//!   it until the last part is released; the caller holds `&mut` to the array for the
-//!   whole time, as with `lend`.
-//! - [`SharedArray::into_value`] **moves** the array: ownership (and the duty to unlink
-//!   the segment) passes to the receiver.
-//!
-//! Typed views ([`SharedArray::view`], [`SharedArray::view_mut`]) are `ndarray` views
-//! that borrow the array, and are only handed out while the peer's access allows them.
-//! Safe Rust therefore never holds a slice over bytes the other process may write.
-//!
-//! The worker releases a share or lend by a RELEASE message when its numpy array is
-//! garbage-collected, or by sending the array back; the channel layer applies those to
-//! the array's state (a process-wide registry keyed by segment name).
-//!
-//! # Limitations
-//!
-//! - The peer's access changes when the reference is *made*, not when it is sent: a
-//!   reference made and never sent keeps the array marked until the process ends.
-//! - A worker that dies releases everything only it held: a lent array becomes usable
-//!   again with whatever the worker had written (possibly half of it), a pool slot goes
-//!   back to its pool. Of an array that other live workers were sent too, only the
-//!   references made *for* the dead worker (a group's shares and split-lend parts, which
-//!   record their gateway) are released; a plain share sent to several workers stays
-//!   counted until each releases it, since the registry cannot tell whose it was.
-//! - The parts of a split lend are separated by agreement, not by the mapping: every
-//!   worker maps the whole array writable, and keeping to its own range is the duty of
-//!   the code that writes (pixgate's group harness, or a caller's cooperating code).
-//! - The guarantee holds against a cooperating helper. A hostile process of the same
-//!   user can map any segment it can name; segments are mode 0600, so other users cannot.
-//!
-//! A view cannot outlive its array:
-//!
-//! ```compile_fail,E0597
-//! use pixgate::SharedArray;
-//! let view = {
-//!     let a = SharedArray::<u16>::zeros(&[4]).unwrap();
-//!     a.view().unwrap()
-//! }; // `a` is dropped here while `view` borrows it
-//! ```
-//!
-//! Lending needs exclusive access, so a live view forbids it:
-//!
-//! ```compile_fail,E0502
-//! use pixgate::SharedArray;
-//! let mut a = SharedArray::<u16>::zeros(&[4]).unwrap();
-//! let v = a.view().unwrap();
-//! let r = a.lend();
-//! drop(v);
-//! ```
+//! Shared arrays: n-dimensional arrays in shared memory that cross to Python without a
+//! copy. The access rules are documented on [`SharedArray`], where users read them;
+//! the bookkeeping behind them lives in `crate::lease`.
 
-use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::mem::ManuallyDrop;
-use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::sync::Arc;
 
 use ndarray::{ArrayViewD, ArrayViewMutD, IxDyn, ShapeBuilder};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::header::{DType, Layout, Meta};
-use crate::inbox::Shared;
-use crate::output::lock;
-use crate::pool::PoolShared;
+use crate::lease::{self, Counts, Dropped, Holding, PeerKey, PeerRef, SlotHome};
 use crate::segment::Segment;
 use crate::value::{Access, ArrayRef, Value};
 
@@ -122,300 +55,129 @@ impl Element for bool {
     }
 }
 
-/// What the peer may currently do with an array this process holds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct PeerAccess {
-    /// Read-only references not yet released.
-    pub(crate) shares: u32,
-    /// Writable references not yet released: 1 for a lend, one per worker for a split
-    /// lend (each writing its own part).
-    pub(crate) lent: u32,
-    /// The segment's generation; a release naming another one is stale.
-    pub(crate) generation: u64,
-}
-
-/// The registry's record of one array.
-#[derive(Debug, Default)]
-pub(crate) struct Held {
-    pub(crate) access: PeerAccess,
-    /// The gateways whose workers were sent a shared or lent reference: they may keep
-    /// the segment mapped until told it is gone.
-    pub(crate) peers: Vec<Weak<Shared>>,
-    /// References made for a known gateway (a share or part of a split lend made by a
-    /// [`Group`](crate::Group)), counted in `access` too: a release from that gateway
-    /// settles its own part, and its death releases exactly its parts.
-    parts: Vec<(Weak<Shared>, Access)>,
-    /// A pool slot whose handle was dropped while the peer held it: it goes back to its
-    /// pool when the peer releases it.
-    orphan: Option<(Segment, Arc<PoolShared>)>,
-}
-
-type Registry = Mutex<HashMap<String, Arc<Mutex<Held>>>>;
-
-/// Segment name → peer access of the arrays this process holds.
-static REGISTRY: LazyLock<Registry> = LazyLock::new(Default::default);
-
-fn new_held(generation: u64) -> Arc<Mutex<Held>> {
-    Arc::new(Mutex::new(Held {
-        access: PeerAccess {
-            generation,
-            ..PeerAccess::default()
-        },
-        peers: Vec::new(),
-        parts: Vec::new(),
-        orphan: None,
-    }))
-}
-
-fn register(name: &str, generation: u64) -> Arc<Mutex<Held>> {
-    let held = new_held(generation);
-    lock(&REGISTRY).insert(name.to_string(), Arc::clone(&held));
-    held
-}
-
-/// Registers an array adopted from a reference, unless this process already holds an
-/// array on that segment: a second `SharedArray` over the same memory would have access
-/// bookkeeping of its own, so safe code could hold a mutable and a shared view of the
-/// same bytes at once (a cloned moved reference adopted twice, or a worker naming one of
-/// this process's arrays in a reference). Returns None in that case.
-fn register_adopted(name: &str, generation: u64) -> Option<Arc<Mutex<Held>>> {
-    let mut reg = lock(&REGISTRY);
-    if reg.contains_key(name) {
-        return None;
-    }
-    let held = new_held(generation);
-    reg.insert(name.to_string(), Arc::clone(&held));
-    Some(held)
-}
-
-/// Records that the shared and lent arrays in `v` were sent to the worker of `peer`,
-/// which keeps them mapped until the array is dropped here (see [`SharedArray`]'s
-/// `Drop`).
-pub(crate) fn note_sent(v: &Value, peer: &Arc<Shared>) {
-    v.for_each_array(|r| {
-        if r.access == Access::Moved {
-            return;
-        }
-        let Some(entry) = lock(&REGISTRY).get(&r.name).cloned() else {
-            return;
-        };
-        let mut held = lock(&entry);
-        if !held
-            .peers
-            .iter()
-            .any(|p| std::ptr::eq(p.as_ptr(), Arc::as_ptr(peer)))
-        {
-            held.peers.retain(|p| p.strong_count() > 0);
-            held.peers.push(Arc::downgrade(peer));
-        }
-    });
-}
-
-/// Applies a release from the peer: one share, or one writable reference, of the named
-/// segment. `from` is the gateway whose worker sent it: a part made for that gateway
-/// (see `Held::parts`) is settled first, else a reference made for no gateway in
-/// particular. Returns false when the name or generation is unknown, or nothing of that
-/// access is held (a stale, repeated or forged release).
-pub(crate) fn release(name: &str, generation: u64, what: Access, from: Option<&Shared>) -> bool {
-    let Some(entry) = lock(&REGISTRY).get(name).cloned() else {
-        return false;
-    };
-    let back = {
-        let mut held = lock(&entry);
-        if held.access.generation != generation {
-            return false;
-        }
-        let own = from.and_then(|p| {
-            held.parts
-                .iter()
-                .position(|(q, a)| *a == what && std::ptr::eq(q.as_ptr(), p))
-        });
-        let known = held.parts.iter().filter(|(_, a)| *a == what).count() as u32;
-        let total = match what {
-            Access::Shared => held.access.shares,
-            Access::Lent => held.access.lent,
-            Access::Moved => return false,
-        };
-        match own {
-            Some(i) => {
-                held.parts.swap_remove(i);
-            }
-            // Every reference out was made for some other gateway: not this sender's.
-            None if total > known => {}
-            None => return false,
-        }
-        match what {
-            Access::Shared => held.access.shares -= 1,
-            _ => held.access.lent -= 1,
-        }
-        take_orphan(&mut held)
-    };
-    if let Some(((seg, pool), peers)) = back {
-        unregister(name, &entry);
-        pool.put_back(seg, peers);
-    }
-    true
-}
-
-/// Takes a reference made for `peer` back when it was never delivered (its send
-/// failed). Does nothing if the worker's death already released it.
-pub(crate) fn revoke(name: &str, generation: u64, what: Access, peer: &Shared) {
-    let Some(entry) = lock(&REGISTRY).get(name).cloned() else {
-        return;
-    };
-    let back = {
-        let mut held = lock(&entry);
-        let own = held
-            .parts
-            .iter()
-            .position(|(q, a)| *a == what && std::ptr::eq(q.as_ptr(), peer));
-        if held.access.generation != generation || own.is_none() {
-            return;
-        }
-        release_parts(
-            &mut held,
-            |q, a| *a == what && std::ptr::eq(q.as_ptr(), peer),
-            1,
-        );
-        take_orphan(&mut held)
-    };
-    if let Some(((seg, pool), peers)) = back {
-        unregister(name, &entry);
-        pool.put_back(seg, peers);
-    }
-}
-
-/// Removes up to `limit` parts matching `which`, and counts each as released.
-fn release_parts(held: &mut Held, which: impl Fn(&Weak<Shared>, &Access) -> bool, limit: usize) {
-    let mut left = limit;
-    let access = &mut held.access;
-    held.parts.retain(|(q, a)| {
-        if left == 0 || !which(q, a) {
-            return true;
-        }
-        left -= 1;
-        match a {
-            Access::Shared => access.shares = access.shares.saturating_sub(1),
-            _ => access.lent = access.lent.saturating_sub(1),
-        }
-        false
-    });
-}
-
-/// A pool slot dropped while out goes back once nothing is out any more.
-/// A pool slot on its way back to its pool, with the gateways that keep it mapped.
-type Homecoming = ((Segment, Arc<PoolShared>), Vec<Weak<Shared>>);
-
-fn take_orphan(held: &mut Held) -> Option<Homecoming> {
-    if held.access.shares == 0 && held.access.lent == 0 {
-        held.orphan
-            .take()
-            .map(|o| (o, std::mem::take(&mut held.peers)))
-    } else {
-        None
-    }
-}
-
-/// The worker of `peer` is gone: whatever only it could hold is released (a lent array
-/// becomes usable again, its contents as the worker left them; a pool slot goes back),
-/// and so are the parts made for it (its share of a group's input, its part of a split
-/// lend), while the other workers' parts stay out.
-pub(crate) fn peer_gone(peer: &Shared) {
-    let entries: Vec<(String, Arc<Mutex<Held>>)> = lock(&REGISTRY)
-        .iter()
-        .map(|(k, v)| (k.clone(), Arc::clone(v)))
-        .collect();
-    for (name, entry) in entries {
-        let back = {
-            let mut held = lock(&entry);
-            let ours = held.peers.iter().any(|p| std::ptr::eq(p.as_ptr(), peer));
-            let others = held
-                .peers
-                .iter()
-                .any(|p| !std::ptr::eq(p.as_ptr(), peer) && p.strong_count() > 0);
-            if ours && !others {
-                // Nobody else was sent it: everything out was this worker's.
-                held.access.shares = 0;
-                held.access.lent = 0;
-                held.parts.clear();
-            } else {
-                release_parts(&mut held, |q, _| std::ptr::eq(q.as_ptr(), peer), usize::MAX);
-            }
-            take_orphan(&mut held)
-        };
-        if let Some(((seg, pool), peers)) = back {
-            unregister(&name, &entry);
-            pool.put_back(seg, peers);
-        }
-    }
-}
-
-/// The slots of `pool` whose handles were dropped while a worker held them: taken out
-/// of the registry, for the pool to remove when it closes.
-pub(crate) fn take_orphans_of(pool: &PoolShared) -> Vec<(Segment, Vec<Weak<Shared>>)> {
-    let entries: Vec<(String, Arc<Mutex<Held>>)> = lock(&REGISTRY)
-        .iter()
-        .map(|(k, v)| (k.clone(), Arc::clone(v)))
-        .collect();
-    let mut out = Vec::new();
-    for (name, entry) in entries {
-        let taken = {
-            let mut held = lock(&entry);
-            if held
-                .orphan
-                .as_ref()
-                .is_some_and(|(_, p)| std::ptr::eq(Arc::as_ptr(p), pool))
-            {
-                held.orphan
-                    .take()
-                    .map(|(seg, _)| (seg, std::mem::take(&mut held.peers)))
-            } else {
-                None
-            }
-        };
-        if let Some(t) = taken {
-            unregister(&name, &entry);
-            out.push(t);
-        }
-    }
-    out
-}
-
-/// True while the peer holds the named segment at `generation` (a share or the lend).
-pub(crate) fn is_out(name: &str, generation: u64) -> bool {
-    let Some(entry) = lock(&REGISTRY).get(name).cloned() else {
-        return false;
-    };
-    let held = lock(&entry);
-    held.access.generation == generation && (held.access.shares > 0 || held.access.lent > 0)
-}
-
-fn unregister(name: &str, entry: &Arc<Mutex<Held>>) {
-    let mut reg = lock(&REGISTRY);
-    if reg.get(name).is_some_and(|a| Arc::ptr_eq(a, entry)) {
-        reg.remove(name);
-    }
-}
-
-/// An n-dimensional array of `T` in a named shared-memory segment.
+/// An n-dimensional array of `T` in a shared-memory segment, which a worker maps as a
+/// numpy array without a copy.
 ///
 /// Dropping it unmaps the segment and, if this process owns it, unlinks it.
+///
+/// # Sharing, lending and moving
+///
+/// Rust's borrow rules say that while someone may write memory, nobody else reads it.
+/// A `SharedArray` extends that rule to the worker process on the other end of a
+/// channel:
+///
+/// - [`share`](SharedArray::share) makes a **read-only** reference. The worker maps the
+///   segment read-only (numpy cannot re-enable writes on it), and Rust may keep reading,
+///   but not writing, until every share is given back.
+/// - [`lend`](SharedArray::lend) makes a **writable** reference. From that call on,
+///   Rust can neither read nor write the array until the worker gives it back; `lend`
+///   takes `&mut self`, so no view made before it can still be alive.
+/// - A **split lend** (made by [`Group::map_planes`](crate::Group::map_planes)) makes
+///   one writable reference for each of several workers at once, each told the range it
+///   writes. Rust can neither read nor write the array until the last part is back.
+/// - [`into_value`](SharedArray::into_value) **moves** the array: ownership (and the
+///   duty to unlink the segment) passes to the receiver.
+///
+/// Typed views ([`view`](SharedArray::view), [`view_mut`](SharedArray::view_mut)) are
+/// `ndarray` views that borrow the array, and are only handed out while no reference
+/// allows the peer to write (for `view`) or to access the array at all (for
+/// `view_mut`). Safe Rust therefore never holds a slice over bytes the other process may
+/// write.
+///
+/// # References are single-use
+///
+/// A reference ([`ArrayRef`], inside a [`Value`]) is a capability, not a description:
+///
+/// - Only `share`, `lend` and `into_value` make a reference that can be sent. Its
+///   fields are private; a reference decoded from bytes ([`loads`](crate::loads)) or
+///   received from a worker cannot be sent.
+/// - Each send uses one reference up. A value may be cloned, but the clones are the
+///   same reference: sending one of them a second time, or a clone after the original,
+///   fails with [`ErrorKind::Reference`] **before anything is written**, and so does a
+///   value holding the same reference twice. Make one reference per send.
+/// - The array's state follows what was really sent. From the moment a reference is
+///   made, the array counts it (so that no view made before the send can be alive when
+///   the worker gets access); a reference that is dropped without being sent, or whose
+///   send fails, is taken back, and the array is as it was before it was made. A sent
+///   reference counts until the worker it went to gives it back (RELEASE when its numpy
+///   array is garbage-collected, or by sending it back, or
+///   `pixgate.release`) or dies.
+/// - A reference made for one worker of a [`Group`](crate::Group) cannot be sent to
+///   another.
+/// - Dropping the array makes its unsent references unusable (sending one fails). A
+///   pool slot is the exception: it waits, parked, until its references are settled,
+///   then goes back to its pool.
+/// - A moved reference that arrives from a worker is the host's to adopt with
+///   [`from_value`](SharedArray::from_value). If the host refuses it (wrong dtype,
+///   stale generation, a damaged header) or drops it unadopted, its segment is unlinked
+///   at once: the worker gave it up, and nobody else would remove it.
+///
+/// ```
+/// # fn main() -> pixgate::Result<()> {
+/// use pixgate::{ErrorKind, SharedArray};
+/// let mut a = SharedArray::<u16>::zeros(&[4])?;
+/// let r = a.lend()?;
+/// assert!(a.view().is_err(), "lent: no view until the reference is given back");
+/// drop(r); // never sent: taken back
+/// a.view_mut()?.fill(7);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Limitations
+///
+/// - A worker that dies gives back everything sent to it: a lent array becomes usable
+///   again with whatever the worker had written (possibly half of it), a pool slot goes
+///   back to its pool.
+/// - The parts of a split lend are separated by agreement, not by the mapping: every
+///   worker maps the whole array writable, and keeping to its own range is the duty of
+///   the code that writes (pixgate's group harness, or a caller's cooperating code).
+/// - The guarantee holds against a cooperating helper. A hostile process of the same
+///   user can map any segment it can name; segments are mode 0600, so other users
+///   cannot.
+///
+/// A view cannot outlive its array:
+///
+/// ```compile_fail,E0597
+/// use pixgate::SharedArray;
+/// let view = {
+///     let a = SharedArray::<u16>::zeros(&[4]).unwrap();
+///     a.view().unwrap()
+/// }; // `a` is dropped here while `view` borrows it
+/// ```
+///
+/// Lending needs exclusive access, so a live view forbids it:
+///
+/// ```compile_fail,E0502
+/// use pixgate::SharedArray;
+/// let mut a = SharedArray::<u16>::zeros(&[4]).unwrap();
+/// let v = a.view().unwrap();
+/// let r = a.lend();
+/// drop(v);
+/// ```
+///
+/// A reference has no public fields to forge one with:
+///
+/// ```compile_fail,E0451
+/// use pixgate::{Access, ArrayRef};
+/// let forged = ArrayRef { name: "/pxg-1-0000000000000000".into(), generation: 0, access: Access::Lent };
+/// ```
 pub struct SharedArray<T: Element> {
-    /// Taken only by `drop`.
-    seg: ManuallyDrop<Segment>,
-    access: Arc<Mutex<Held>>,
+    /// None only after `into_value` handed the segment to its reference.
+    seg: Option<Segment>,
+    holding: Holding,
     /// The pool this array's segment belongs to, if it is a pool slot.
-    home: Option<Arc<PoolShared>>,
+    home: Option<Arc<dyn SlotHome>>,
     _t: PhantomData<T>,
 }
 
 impl<T: Element> std::fmt::Debug for SharedArray<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedArray")
-            .field("name", &self.seg.name())
+            .field("name", &self.seg().name())
             .field("dtype", &T::DTYPE)
-            .field("shape", &self.seg.layout().shape)
-            .field("peer", &lock(&self.access).access)
+            .field("shape", &self.seg().layout().shape)
+            .field("peer", &self.holding.counts())
             .finish()
     }
 }
@@ -443,10 +205,10 @@ impl<T: Element> SharedArray<T> {
 
     fn with_layout(layout: Layout, meta: &Meta) -> Result<SharedArray<T>> {
         let seg = Segment::create(&layout, meta)?;
-        let access = register(&seg.wire_name(), seg.generation());
+        let holding = lease::register(&seg.wire_name(), Vec::new());
         Ok(SharedArray {
-            seg: ManuallyDrop::new(seg),
-            access,
+            seg: Some(seg),
+            holding,
             home: None,
             _t: PhantomData,
         })
@@ -467,8 +229,13 @@ impl<T: Element> SharedArray<T> {
         Ok(out)
     }
 
-    /// Takes an array that arrived in a value: a moved reference makes this process the
-    /// owner; a shared reference is mapped read-only and stays the sender's.
+    /// Takes an array that arrived in a value: a moved reference from a worker makes
+    /// this process the owner; a shared reference is mapped read-only and stays the
+    /// sender's.
+    ///
+    /// A moved reference that is refused here (any error below) has its segment
+    /// unlinked when `v` is dropped, which this call does: see
+    /// [References are single-use](SharedArray#references-are-single-use).
     ///
     /// # Errors
     ///
@@ -476,10 +243,12 @@ impl<T: Element> SharedArray<T> {
     /// generation is not the segment's; [`ErrorKind::Segment`] when the segment fails
     /// validation; [`ErrorKind::Busy`] when this process already holds an array on that
     /// segment (one it shared or lent, coming back, or a moved reference adopted
-    /// before): each segment has one handle here, so that its access bookkeeping is one.
+    /// before): each segment has one handle here, so that its bookkeeping is one;
+    /// [`ErrorKind::Reference`] for a moved reference that did not come from a worker
+    /// (decoded from bytes).
     pub fn from_value(v: Value) -> Result<SharedArray<T>> {
-        match v {
-            Value::Array(r) => Self::from_ref(&r),
+        match &v {
+            Value::Array(r) => Self::from_ref(r),
             other => Err(Error::new(ErrorKind::Convert(format!(
                 "expected an array, got {}",
                 other.type_name()
@@ -488,104 +257,149 @@ impl<T: Element> SharedArray<T> {
     }
 
     fn from_ref(r: &ArrayRef) -> Result<SharedArray<T>> {
-        let writable = r.access != Access::Shared;
-        let seg = Segment::open(&r.name, writable)?;
+        let moved = r.access() == Access::Moved;
+        let ticket = r.ticket().filter(|t| t.sender().is_some());
+        if moved && ticket.is_none() {
+            return Err(Error::new(ErrorKind::Reference(format!(
+                "moved reference to array {} did not come from a worker; only a reference \
+                 received on a channel can be adopted",
+                r.name()
+            ))));
+        }
+        let already = || {
+            Error::new(ErrorKind::Busy(format!(
+                "array {} is already held by this process; an array is adopted once",
+                r.name()
+            )))
+        };
+        let seg = Segment::open(r.name(), r.access() != Access::Shared)?;
         let dtype = seg.layout().dtype;
         if dtype != T::DTYPE {
             return Err(Error::new(ErrorKind::Convert(format!(
                 "array {} holds {dtype}, expected {}",
-                r.name,
+                r.name(),
                 T::DTYPE
             ))));
         }
-        if seg.generation() != r.generation {
+        if seg.generation() != r.generation() {
             return Err(Error::new(ErrorKind::Convert(format!(
                 "array {} is at generation {}, the reference names {}",
-                r.name,
+                r.name(),
                 seg.generation(),
-                r.generation
+                r.generation()
             ))));
         }
         // Before the header is touched: a segment held already stays as it is. Two
         // handles on one segment would let one view it while the other is lent.
-        let access = register_adopted(&seg.wire_name(), seg.generation()).ok_or_else(|| {
-            Error::new(ErrorKind::Busy(format!(
-                "array {} is already held by this process; an array is adopted once",
-                r.name
-            )))
-        })?;
-        if r.access == Access::Moved {
+        if let Some(t) = ticket {
+            if !t.adopt() {
+                return Err(already());
+            }
+        }
+        let Some(holding) = lease::register_adopted(&seg.wire_name()) else {
+            if let Some(t) = ticket {
+                t.unadopt();
+            }
+            return Err(already());
+        };
+        // A worker gives away only what it owns: a moved reference naming another
+        // process's segment adopts nothing.
+        if let Some(sender) = ticket.and_then(|t| t.sender()) {
+            if seg.owner_pid() != sender {
+                holding.forget_unused();
+                if let Some(t) = ticket {
+                    t.unadopt();
+                }
+                return Err(Error::new(ErrorKind::Reference(format!(
+                    "moved reference to array {} names a segment owned by pid {}, not by \
+                     the worker (pid {sender}) that moved it",
+                    r.name(),
+                    seg.owner_pid()
+                ))));
+            }
+        }
+        let array = SharedArray {
+            seg: Some(seg),
+            holding,
+            home: None,
+            _t: PhantomData,
+        };
+        if moved {
+            let seg = array.seg();
             let adopt = || -> Result<()> {
                 seg.set_owner_pid(std::process::id())?;
                 seg.set_state(crate::segment::STATE_OWNED)
             };
             if let Err(e) = adopt() {
-                unregister(&seg.wire_name(), &access);
+                if let Some(t) = ticket {
+                    t.unadopt();
+                }
+                // Not ours after all: the reference's drop decides about the segment.
                 return Err(e);
             }
             seg.set_unlink_on_drop(true);
         }
-        Ok(SharedArray {
-            seg: ManuallyDrop::new(seg),
-            access,
-            home: None,
-            _t: PhantomData,
-        })
+        Ok(array)
     }
 
     /// An array in a pool slot: `seg` was just rewritten for `T` and this use.
-    pub(crate) fn in_slot(seg: Segment, peers: Vec<Weak<Shared>>, home: Arc<PoolShared>) -> Self {
-        let access = register(&seg.wire_name(), seg.generation());
-        lock(&access).peers = peers;
+    pub(crate) fn in_slot(seg: Segment, peers: Vec<PeerRef>, home: Arc<dyn SlotHome>) -> Self {
+        let holding = lease::register(&seg.wire_name(), peers);
         SharedArray {
-            seg: ManuallyDrop::new(seg),
-            access,
+            seg: Some(seg),
+            holding,
             home: Some(home),
             _t: PhantomData,
         }
     }
 
+    fn seg(&self) -> &Segment {
+        self.seg
+            .as_ref()
+            .expect("the segment leaves only with into_value, which consumes the array")
+    }
+
     /// The segment's generation: it changes with each use of a pool slot (and with new
     /// metadata), and a reference names the generation it was made at.
     pub fn generation(&self) -> u64 {
-        self.seg.generation()
+        self.seg().generation()
     }
 
     /// The segment's name (`/pxg-…`). A pool slot in a backing directory is the file of
     /// that name in the directory.
     pub fn name(&self) -> &str {
-        self.seg.name()
+        self.seg().name()
     }
 
     /// The name references carry: the name, or the file's path for a segment in a
     /// backing directory.
     pub(crate) fn wire_name(&self) -> String {
-        self.seg.wire_name()
+        self.seg().wire_name()
     }
 
     /// The shape.
     pub fn shape(&self) -> &[usize] {
-        &self.seg.layout().shape
+        &self.seg().layout().shape
     }
 
     /// The byte strides.
     pub fn strides(&self) -> &[usize] {
-        &self.seg.layout().strides
+        &self.seg().layout().strides
     }
 
     /// The number of axes.
     pub fn ndim(&self) -> usize {
-        self.seg.layout().shape.len()
+        self.seg().layout().shape.len()
     }
 
     /// The metadata stored in the segment's header.
     pub fn meta(&self) -> &Meta {
-        self.seg.meta()
+        self.seg().meta()
     }
 
     /// Axis names, if set.
     pub fn dims(&self) -> Option<&[String]> {
-        self.seg.meta().dims.as_deref()
+        self.seg().meta().dims.as_deref()
     }
 
     /// Replaces the metadata (dims, scale, units, channel names, name, attrs).
@@ -593,14 +407,15 @@ impl<T: Element> SharedArray<T> {
     /// # Errors
     ///
     /// [`ErrorKind::Segment`] when it does not fit the header or is inconsistent with the
-    /// shape (e.g. `dims` of the wrong length); an error also while the peer holds the
-    /// array.
+    /// shape (e.g. `dims` of the wrong length); [`ErrorKind::Busy`] while a reference
+    /// to the array is out.
     pub fn set_meta(&mut self, meta: Meta) -> Result<()> {
-        self.check(|a| a.shares == 0 && a.lent == 0, "change the metadata of")?;
-        self.seg.set_meta(&meta)?;
+        self.check(Counts::none, "change the metadata of")?;
+        let seg = self.seg.as_mut().expect("present until into_value");
+        seg.set_meta(&meta)?;
         // A worker that kept the segment mapped re-reads the header of a reference of a
         // new generation.
-        lock(&self.access).access.generation = self.seg.bump_generation()?;
+        seg.bump_generation()?;
         Ok(())
     }
 
@@ -610,49 +425,66 @@ impl<T: Element> SharedArray<T> {
     ///
     /// As [`SharedArray::set_meta`].
     pub fn set_dims(&mut self, dims: &[&str]) -> Result<()> {
-        let mut meta = self.seg.meta().clone();
+        let mut meta = self.seg().meta().clone();
         meta.dims = Some(dims.iter().map(|d| d.to_string()).collect());
         self.set_meta(meta)
     }
 
-    /// What the peer currently holds of this array.
+    /// Read-only references to the array that are out: made and not given back
+    /// (pending or sent).
     pub fn peer_shares(&self) -> u32 {
-        lock(&self.access).access.shares
+        self.holding.counts().shares
     }
 
-    /// True while the array is lent to the peer.
+    /// True while a writable reference to the array is out (pending or sent).
     pub fn is_lent(&self) -> bool {
-        lock(&self.access).access.lent > 0
+        self.holding.counts().lent > 0
     }
 
-    fn check(&self, ok: impl Fn(&PeerAccess) -> bool, what: &str) -> Result<()> {
-        let a = lock(&self.access).access;
-        if ok(&a) {
-            return Ok(());
-        }
-        let held = if a.lent > 1 {
-            format!("lent to {} workers at once (writable, in parts)", a.lent)
-        } else if a.lent == 1 {
+    fn busy(&self, what: &str, c: &Counts) -> Error {
+        let held = if c.lent > 1 {
+            format!("lent to {} workers at once (writable, in parts)", c.lent)
+        } else if c.lent == 1 {
             "lent to the peer (writable)".to_string()
         } else {
-            format!("shared with the peer ({} read-only references)", a.shares)
+            format!("shared with the peer ({} read-only references)", c.shares)
         };
-        Err(Error::new(ErrorKind::Busy(format!(
+        Error::new(ErrorKind::Busy(format!(
             "cannot {what} array {}: it is {held}",
-            self.seg.name()
-        ))))
+            self.seg().name()
+        )))
+    }
+
+    fn check(&self, ok: impl Fn(&Counts) -> bool, what: &str) -> Result<()> {
+        let c = self.holding.counts();
+        if ok(&c) {
+            Ok(())
+        } else {
+            Err(self.busy(what, &c))
+        }
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.seg().is_writable() {
+            Ok(())
+        } else {
+            Err(Error::new(ErrorKind::Busy(format!(
+                "array {} was shared with this process read-only",
+                self.seg().name()
+            ))))
+        }
     }
 
     fn check_elements(&self) -> Result<()> {
         if T::DTYPE == DType::Bool {
-            let len = self.seg.data_len();
+            let len = self.seg().data_len();
             // SAFETY: the data area is `data_len` bytes of the mapping (validated at
             // open/create); the caller checked that the peer cannot write it now.
-            let bytes = unsafe { std::slice::from_raw_parts(self.seg.data_ptr(), len) };
+            let bytes = unsafe { std::slice::from_raw_parts(self.seg().data_ptr(), len) };
             if !T::bytes_valid(bytes) {
                 return Err(Error::new(ErrorKind::Convert(format!(
                     "bool array {} holds bytes other than 0 and 1",
-                    self.seg.name()
+                    self.seg().name()
                 ))));
             }
         }
@@ -683,32 +515,27 @@ impl<T: Element> SharedArray<T> {
     /// for a bool array holding bytes other than 0 and 1, or strides that are not whole
     /// elements.
     pub fn view(&self) -> Result<ArrayViewD<'_, T>> {
-        self.check(|a| a.lent == 0, "read")?;
+        self.check(|c| c.lent == 0, "read")?;
         self.check_elements()?;
         let strides = self.element_strides()?;
         let shape = IxDyn(self.shape()).strides(IxDyn(&strides));
         // SAFETY: the segment's layout was validated (every element lies inside the data
         // area, which is mapped and aligned to a page); `T` is valid for every bit
-        // pattern present (checked above for bool); the peer holds no write access (not
-        // lent), and it cannot obtain one while this view borrows `self`, because
-        // `lend` needs `&mut self`.
-        Ok(unsafe { ArrayViewD::from_shape_ptr(shape, self.seg.data_ptr() as *const T) })
+        // pattern present (checked above for bool); no writable reference is out (not
+        // lent), and none can be made while this view borrows `self`, because `lend`
+        // needs `&mut self`.
+        Ok(unsafe { ArrayViewD::from_shape_ptr(shape, self.seg().data_ptr() as *const T) })
     }
 
     /// A writable view.
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Busy`] while the peer holds any reference; [`ErrorKind::Convert`] as
-    /// for [`SharedArray::view`]; [`ErrorKind::Segment`] for a read-only mapping.
+    /// [`ErrorKind::Busy`] while any reference to the array is out, or when this
+    /// process maps it read-only; [`ErrorKind::Convert`] as for [`SharedArray::view`].
     pub fn view_mut(&mut self) -> Result<ArrayViewMutD<'_, T>> {
-        self.check(|a| a.shares == 0 && a.lent == 0, "write")?;
-        if !self.seg.is_writable() {
-            return Err(Error::new(ErrorKind::Busy(format!(
-                "array {} was shared with this process read-only",
-                self.seg.name()
-            ))));
-        }
+        self.check(Counts::none, "write")?;
+        self.check_writable()?;
         self.check_elements()?;
         let strides = self.element_strides()?;
         let shape = IxDyn(self.shape()).strides(IxDyn(&strides));
@@ -716,108 +543,111 @@ impl<T: Element> SharedArray<T> {
             return Err(Error::new(ErrorKind::Convert(format!(
                 "strides {:?} make elements of array {} overlap; no writable view",
                 self.strides(),
-                self.seg.name()
+                self.seg().name()
             ))));
         }
-        // SAFETY: as in `view`; moreover the peer holds no reference at all, so nothing
-        // else reads or writes these bytes while this view borrows `self` mutably, and
-        // `distinct_elements` (checked above) guarantees no two indices reach the same
-        // element, as a mutable view requires.
-        Ok(unsafe { ArrayViewMutD::from_shape_ptr(shape, self.seg.data_ptr() as *mut T) })
+        // SAFETY: as in `view`; moreover no reference at all is out, so nothing else
+        // reads or writes these bytes while this view borrows `self` mutably (a
+        // reference can only be made through `&self` or `&mut self`, which the view
+        // borrows), and `distinct_elements` (checked above) guarantees no two indices
+        // reach the same element, as a mutable view requires.
+        Ok(unsafe { ArrayViewMutD::from_shape_ptr(shape, self.seg().data_ptr() as *mut T) })
     }
 
-    fn reference(&self, access: Access) -> Value {
-        Value::Array(ArrayRef {
-            name: self.seg.wire_name(),
-            generation: self.seg.generation(),
+    fn reference(&self, access: Access, ticket: Arc<lease::Ticket>) -> Value {
+        Value::Array(ArrayRef::with_ticket(
+            self.wire_name(),
+            self.generation(),
             access,
-        })
+            ticket,
+        ))
     }
 
-    /// A read-only reference for the peer. Rust may keep reading; writing waits until the
-    /// peer releases it.
+    /// A read-only reference for the peer, to send once. Rust may keep reading; writing
+    /// waits until the peer gives it back (or the reference is dropped unsent).
     ///
     /// # Errors
     ///
     /// [`ErrorKind::Busy`] while the array is lent.
     pub fn share(&self) -> Result<Value> {
-        self.check(|a| a.lent == 0, "share")?;
-        lock(&self.access).access.shares += 1;
-        Ok(self.reference(Access::Shared))
+        self.share_for(None)
     }
 
-    /// A writable reference for the peer. Rust cannot read or write the array until the
-    /// peer releases it.
+    fn share_for(&self, only: Option<PeerKey>) -> Result<Value> {
+        let ticket = self
+            .holding
+            .make(Access::Shared, self.generation(), only, |c| {
+                c.lent == 0 && !c.moving
+            })
+            .map_err(|c| self.busy("share", &c))?;
+        Ok(self.reference(Access::Shared, ticket))
+    }
+
+    /// A writable reference for the peer, to send once. Rust cannot read or write the
+    /// array until the peer gives it back (or the reference is dropped unsent).
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Busy`] while the peer holds any reference, or when this process
-    /// maps the array read-only.
+    /// [`ErrorKind::Busy`] while any reference is out, or when this process maps the
+    /// array read-only.
     pub fn lend(&mut self) -> Result<Value> {
-        self.check(|a| a.shares == 0 && a.lent == 0, "lend")?;
-        if !self.seg.is_writable() {
-            return Err(Error::new(ErrorKind::Busy(format!(
-                "array {} was shared with this process read-only",
-                self.seg.name()
-            ))));
-        }
-        lock(&self.access).access.lent = 1;
-        Ok(self.reference(Access::Lent))
+        self.check_writable()?;
+        let ticket = self
+            .holding
+            .make(Access::Lent, self.generation(), None, Counts::none)
+            .map_err(|c| self.busy("lend", &c))?;
+        Ok(self.reference(Access::Lent, ticket))
     }
 
-    /// A read-only reference made for the worker of `peer`: counted like a share, and
-    /// released by that worker's RELEASE or by its death, whoever else holds the array.
-    pub(crate) fn share_to(&self, peer: &Arc<Shared>) -> Result<Value> {
-        self.check(|a| a.lent == 0, "share")?;
-        let mut held = lock(&self.access);
-        held.access.shares += 1;
-        held.parts.push((Arc::downgrade(peer), Access::Shared));
-        drop(held);
-        Ok(self.reference(Access::Shared))
+    /// A read-only reference that only the worker of `peer` may be sent.
+    pub(crate) fn share_to(&self, peer: PeerKey) -> Result<Value> {
+        self.share_for(Some(peer))
     }
 
-    /// A *split lend*: one writable reference for each gateway in `peers`, made at once.
-    /// Each worker is to write only its own part of the array (the caller tells it which;
-    /// the code that writes is the caller's, so this is cooperative). Rust can neither
-    /// read nor write the array until every part is released, by the worker's RELEASE or
-    /// its death.
-    pub(crate) fn lend_split(&mut self, peers: &[&Arc<Shared>]) -> Result<Vec<Value>> {
-        self.check(|a| a.shares == 0 && a.lent == 0, "lend")?;
-        if !self.seg.is_writable() {
-            return Err(Error::new(ErrorKind::Busy(format!(
-                "array {} was shared with this process read-only",
-                self.seg.name()
-            ))));
-        }
-        let n = u32::try_from(peers.len())
-            .map_err(|_| Error::new(ErrorKind::Busy("too many parts for one lend".into())))?;
-        let mut held = lock(&self.access);
-        held.access.lent = n;
-        for p in peers {
-            held.parts.push((Arc::downgrade(p), Access::Lent));
-        }
-        drop(held);
-        Ok(peers.iter().map(|_| self.reference(Access::Lent)).collect())
+    /// A *split lend*: one writable reference for each gateway in `peers`, made at once,
+    /// each sendable to its own gateway only. Each worker is to write only its own part
+    /// of the array (the caller tells it which; the code that writes is the caller's, so
+    /// this is cooperative). Rust can neither read nor write the array until every part
+    /// is given back, by the worker's RELEASE or its death.
+    pub(crate) fn lend_split(&mut self, peers: &[PeerKey]) -> Result<Vec<Value>> {
+        self.check_writable()?;
+        let only: Vec<Option<PeerKey>> = peers.iter().map(|&k| Some(k)).collect();
+        let tickets = self
+            .holding
+            .make_many(Access::Lent, self.generation(), &only, Counts::none)
+            .map_err(|c| self.busy("lend", &c))?;
+        Ok(tickets
+            .into_iter()
+            .map(|t| self.reference(Access::Lent, t))
+            .collect())
     }
 
     /// Moves the array into a value: the receiver becomes its owner and unlinks it.
+    /// Until the value is sent, the segment stays this process's: dropping the value
+    /// unsent unlinks it.
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Busy`] while the peer holds a reference (moving it would leave them
-    /// a mapping of a segment whose owner changed under them), and for a pool slot.
-    pub fn into_value(self) -> Result<Value> {
-        self.check(|a| a.shares == 0 && a.lent == 0, "move")?;
+    /// [`ErrorKind::Busy`] while a reference is out (moving it would leave the peer a
+    /// mapping of a segment whose owner changed under it), and for a pool slot.
+    pub fn into_value(mut self) -> Result<Value> {
+        self.check(Counts::none, "move")?;
         if self.home.is_some() {
             return Err(Error::new(ErrorKind::Busy(format!(
                 "array {} is a pool slot, which stays in its pool: lend or share it",
-                self.seg.name()
+                self.name()
             ))));
         }
-        let v = self.reference(Access::Moved);
-        // The receiver unlinks it now; this process only unmaps.
-        self.seg.set_unlink_on_drop(false);
-        Ok(v)
+        let (name, generation) = (self.wire_name(), self.generation());
+        match self.holding.make_move(&mut self.seg) {
+            Ok(ticket) => Ok(Value::Array(ArrayRef::with_ticket(
+                name,
+                generation,
+                Access::Moved,
+                ticket,
+            ))),
+            Err(counts) => Err(self.busy("move", &counts)),
+        }
     }
 }
 
@@ -850,76 +680,21 @@ fn distinct_elements(shape: &[usize], strides: &[usize]) -> bool {
 
 impl<T: Element> Drop for SharedArray<T> {
     fn drop(&mut self) {
-        // SAFETY: `seg` is taken here only, and `self` is not used after `drop`.
-        let seg = unsafe { ManuallyDrop::take(&mut self.seg) };
-        let peers = {
-            let mut held = lock(&self.access);
-            if let Some(pool) = &self.home {
-                if held.access.shares > 0 || held.access.lent > 0 {
-                    // The peer still holds it: it returns to the pool on release.
-                    held.orphan = Some((seg, Arc::clone(pool)));
-                    return;
-                }
-                let peers = std::mem::take(&mut held.peers);
-                drop(held);
-                unregister(&seg.wire_name(), &self.access);
-                pool.put_back(seg, peers);
-                return;
-            }
-            std::mem::take(&mut held.peers)
+        // Gone with `into_value`: the reference owns the segment now.
+        let Some(seg) = self.seg.take() else {
+            return;
         };
-        unregister(&seg.wire_name(), &self.access);
-        forget_everywhere(seg, peers);
-    }
-}
-
-/// Drops a segment that workers may keep mapped: unlinks it first (if this process owns
-/// it), so that no reference still on its way can map it anew, then tells them it is
-/// gone; their mappings, and the memory, go when their last array of it does.
-pub(crate) fn forget_everywhere(seg: Segment, peers: Vec<Weak<Shared>>) {
-    if peers.is_empty() {
-        return;
-    }
-    if seg.unlinks_on_drop() {
-        let _ = seg.unlink();
-    }
-    for peer in peers.iter().filter_map(Weak::upgrade) {
-        peer.forget(&seg.wire_name());
+        match self.holding.drop_array(seg, self.home.clone()) {
+            Dropped::Parked => {}
+            Dropped::Home(seg, home, peers) => home.put_back(seg, peers),
+            Dropped::Gone(seg, peers) => lease::forget_everywhere(seg, peers),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::distinct_elements;
-
-    #[test]
-    fn releases_must_name_what_is_held() {
-        use super::{Access, register, release};
-        let name = "/pxg-0-release-test";
-        let access = register(name, 5);
-        access.lock().unwrap().access.shares = 1;
-        assert!(!release(name, 4, Access::Shared, None), "stale generation");
-        assert!(!release(name, 5, Access::Lent, None), "nothing lent");
-        assert!(
-            !release("/pxg-0-unknown", 5, Access::Shared, None),
-            "unknown name"
-        );
-        assert!(release(name, 5, Access::Shared, None));
-        assert!(!release(name, 5, Access::Shared, None), "released twice");
-        super::REGISTRY.lock().unwrap().remove(name);
-    }
-
-    #[test]
-    fn a_segment_is_adopted_once_per_process() {
-        use super::{register_adopted, unregister};
-        let name = "/pxg-0-adopt-once-test";
-        let first = register_adopted(name, 1).expect("first adoption");
-        assert!(register_adopted(name, 1).is_none(), "adopted twice");
-        assert!(register_adopted(name, 2).is_none(), "other generation");
-        unregister(name, &first);
-        let again = register_adopted(name, 1).expect("free again once dropped");
-        unregister(name, &again);
-    }
 
     #[test]
     fn overlapping_strides_are_detected() {

@@ -92,21 +92,33 @@ impl Channel {
         self.send_value(&value.into())
     }
 
-    /// Sends a value by reference.
+    /// Sends a value by reference. The array references in it are used up (see
+    /// [`SharedArray`](crate::SharedArray#references-are-single-use)): sending the same
+    /// value again fails.
     ///
     /// # Errors
     ///
-    /// As [`Channel::send`].
+    /// As [`Channel::send`], and [`ErrorKind::Reference`] for an array reference that
+    /// cannot be sent (made elsewhere, sent already, or its array dropped); nothing is
+    /// written then.
     pub fn send_value(&self, value: &Value) -> Result<()> {
         let frame = build_frame(MsgType::ChannelData, self.id, |out| {
             encode_payload(value, out)
         })?;
+        self.check_frame_len(&frame)?;
         // No `U` opcode, no array: skip the walk (a byte scan is cheaper than a walk
-        // over a big list).
-        if frame[crate::frame::HEADER_LEN..].contains(&b'U') {
-            crate::array::note_sent(value, &self.shared);
+        // over a big list). The references are marked sent before the write: the
+        // worker may give one back before the write returns.
+        let sending = if frame[crate::frame::HEADER_LEN..].contains(&b'U') {
+            Some(crate::lease::send(value, &self.shared.peer_ref())?)
+        } else {
+            None
+        };
+        self.send_checked(frame, true)?;
+        if let Some(s) = sending {
+            s.done();
         }
-        self.send_checked(frame, true)
+        Ok(())
     }
 
     /// Waits until the worker has released the named array of this generation (or

@@ -453,17 +453,18 @@ fn encode_value(value: &Value, depth: usize, out: &mut Vec<u8>) -> Result<(), En
         }
         Value::Tuple(items) => encode_collection(OP_BUILDTUPLE, "tuple", items, depth, out)?,
         Value::Array(a) => {
-            if a.name.is_empty() || a.name.len() > MAX_ARRAY_NAME {
+            let name = a.name();
+            if name.is_empty() || name.len() > MAX_ARRAY_NAME {
                 return Err(EncodeError::new(EncodeErrorKind::TooLong {
                     what: "array name",
-                    len: a.name.len(),
+                    len: name.len(),
                 }));
             }
             out.push(OP_ARRAY);
-            out.extend_from_slice(&encode_len("array name", a.name.len())?);
-            out.extend_from_slice(a.name.as_bytes());
-            out.extend_from_slice(&a.generation.to_be_bytes());
-            out.push(a.access as u8);
+            out.extend_from_slice(&encode_len("array name", name.len())?);
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(&a.generation().to_be_bytes());
+            out.push(a.access() as u8);
         }
         Value::Set(items) | Value::FrozenSet(items) => {
             for item in items {
@@ -740,11 +741,7 @@ impl<'a> Decoder<'a> {
         let [access] = self.read_array::<1>(OP_ARRAY, at)?;
         let access = Access::from_u8(access)
             .ok_or_else(|| bad(format!("access byte {access}, expected 0, 1 or 2")))?;
-        Ok(Value::Array(ArrayRef {
-            name,
-            generation,
-            access,
-        }))
+        Ok(Value::Array(ArrayRef::new(name, generation, access)))
     }
 
     fn read_array<const N: usize>(&mut self, opcode: u8, at: usize) -> Step<[u8; N]> {
@@ -1403,11 +1400,11 @@ mod tests {
 
     #[test]
     fn array_references_round_trip_and_bad_ones_fail() {
-        let r = Value::Array(ArrayRef {
-            name: "/pxg-1a2b-0123456789abcdef".into(),
-            generation: 7,
-            access: Access::Lent,
-        });
+        let r = Value::Array(ArrayRef::new(
+            "/pxg-1a2b-0123456789abcdef".into(),
+            7,
+            Access::Lent,
+        ));
         let v = Value::List(vec![r.clone(), Value::Tuple(vec![r.clone()])]);
         let bytes = dumps(&v).unwrap();
         assert_eq!(loads(&bytes).unwrap(), v);

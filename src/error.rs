@@ -165,6 +165,16 @@ pub enum ErrorKind {
     /// shared, anything while lent).
     #[error("{0}")]
     Busy(String),
+    /// An array reference cannot be sent: it was not made by
+    /// [`SharedArray::share`](crate::SharedArray::share),
+    /// [`lend`](crate::SharedArray::lend) or
+    /// [`into_value`](crate::SharedArray::into_value) in this process (it was decoded
+    /// from bytes or received from a worker), it was sent before (a reference is
+    /// single-use, its clones included), it was made for another gateway, or its array
+    /// was dropped. Also a moved reference offered for adoption that no worker sent.
+    /// Nothing was sent.
+    #[error("{0}")]
+    Reference(String),
     /// Every slot of a pool's size class is in flight: at once with
     /// [`WhenFull::Fail`](crate::WhenFull::Fail), or after waiting as long as
     /// [`WhenFull::Block`](crate::WhenFull::Block) allows.

@@ -364,8 +364,9 @@ impl Gateway {
         };
         let channel = Channel::new(Arc::clone(&self.shared), id);
         let frame = build_frame(msg, id, |out| encode_payload(&task, out))?;
-        crate::array::note_sent(&task, &self.shared);
+        let sending = crate::lease::send(&task, &self.shared.peer_ref())?;
         channel.send_frame(frame)?;
+        sending.done();
         Ok(channel)
     }
 

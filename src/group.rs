@@ -53,7 +53,7 @@ use crate::channel::{Channel, ExecOptions};
 use crate::error::{Error, ErrorKind, Result, WorkerExit};
 use crate::gateway::{DEFAULT_EXIT_TIMEOUT, Gateway, GatewayBuilder};
 use crate::spec::Spec;
-use crate::value::{Access, Value};
+use crate::value::Value;
 
 /// How long workers get to stop after a failure or a timeout, at least, before they
 /// are killed.
@@ -321,16 +321,18 @@ impl Group {
         if active.is_empty() {
             return Ok(());
         }
-        let peers: Vec<_> = active.iter().map(|&i| self.gateways[i].shared()).collect();
+        let peers: Vec<_> = active
+            .iter()
+            .map(|&i| crate::lease::key_of(&**self.gateways[i].shared()))
+            .collect();
         let out_refs = output.lend_split(&peers)?;
         let (out_name, out_gen) = (output.name().to_string(), output.generation());
-        let (in_name, in_gen) = (input.name().to_string(), input.generation());
 
         // Start every part; a worker that cannot be started is the failure, and the
-        // references made for it and for those after it are taken back.
+        // references made for it and for those after it are taken back (dropped unsent).
         let mut parts = Vec::with_capacity(active.len());
         let mut failure = None;
-        for (k, (&i, out_ref)) in active.iter().zip(out_refs).enumerate() {
+        for (&i, out_ref) in active.iter().zip(out_refs) {
             let gw = &self.gateways[i];
             let started = if failure.is_none() {
                 self.start_part(gw, source, func, axis, &ranges[i], input, out_ref)
@@ -344,8 +346,6 @@ impl Group {
                     channel,
                 }),
                 Err(e) => {
-                    crate::array::revoke(&out_name, out_gen, Access::Lent, peers[k]);
-                    crate::array::revoke(&in_name, in_gen, Access::Shared, peers[k]);
                     if failure.is_none() {
                         failure = Some((i, e));
                     }
@@ -400,7 +400,7 @@ impl Group {
             .file_name("<pixgate map_planes>")
             .call("_pixgate_map_planes", kwargs);
         let channel = gw.remote_exec_with(HARNESS, opts)?;
-        let in_ref = input.share_to(gw.shared())?;
+        let in_ref = input.share_to(crate::lease::key_of(&**gw.shared()))?;
         if let Err(e) = channel.send_value(&Value::Tuple(vec![in_ref, out_ref])) {
             let _ = channel.cancel();
             return Err(e);

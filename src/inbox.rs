@@ -220,10 +220,15 @@ impl Shared {
         })
     }
 
+    /// The identity the ledger knows this gateway by, for references sent to it.
+    pub(crate) fn peer_ref(self: &Arc<Self>) -> crate::lease::PeerRef {
+        crate::lease::PeerRef::new(self)
+    }
+
     /// Tells the worker that the segment `name` is gone, so that it drops the mapping it
     /// keeps of it (FORGET, docs/PROTOCOL.md §4.13). Nothing to do, and nothing
     /// reported, when the worker is gone: it has nothing mapped any more.
-    pub(crate) fn forget(&self, name: &str) {
+    pub(crate) fn forget_segment(&self, name: &str) {
         {
             let st = self.lock();
             if st.closed_by_host || st.child_gone || st.is_broken() {
@@ -276,7 +281,7 @@ impl Shared {
         st.exit = Some(exit);
         drop(st);
         // Before waking anyone: a thread waiting for a release sees it done.
-        crate::array::peer_gone(self);
+        crate::lease::peer_gone(crate::lease::key_of(self));
         let st = self.lock();
         self.notify_everyone(&st);
         drop(st);
@@ -335,7 +340,7 @@ impl Shared {
                 }
                 Want::Released(name, generation) => {
                     // A worker that died released everything: that is its death, below.
-                    if !child_gone && !crate::array::is_out(name, generation) {
+                    if !child_gone && !crate::lease::is_out(name, generation) {
                         return (st, Ok(Value::None));
                     }
                     if ch.remote_closed {
@@ -435,11 +440,11 @@ impl Shared {
                 };
                 match t {
                     MsgType::ChannelData => {
-                        let item = decode_payload(&f.payload).map_err(Error::from);
+                        let mut item = decode_payload(&f.payload).map_err(Error::from);
                         // No `U` opcode, no array: skip the walk (a byte scan is cheaper
                         // than a walk over a big list).
-                        if let (Ok(v), true) = (&item, f.payload.contains(&b'U')) {
-                            returned_arrays(v, self);
+                        if let (Ok(v), true) = (&mut item, f.payload.contains(&b'U')) {
+                            crate::lease::receive(v, self.pid, crate::lease::key_of(self));
                         }
                         Prepared::Data {
                             channel: f.channel,
@@ -503,7 +508,7 @@ impl Shared {
     /// A RELEASE message: the worker no longer uses an array it was shared or lent.
     fn release(&self, payload: &[u8]) {
         let parsed = match decode_payload(payload) {
-            Ok(Value::Tuple(t)) if t.len() == 3 => match (
+            Ok(Value::Tuple(ref t)) if t.len() == 3 => match (
                 t[0].as_str(),
                 t[1].as_bigint().and_then(|g| u64::try_from(g).ok()),
                 t[2].as_i64()
@@ -519,7 +524,7 @@ impl Shared {
         };
         match parsed {
             Some((name, generation, access)) => {
-                if !crate::array::release(&name, generation, access, Some(self)) {
+                if !crate::lease::release(&name, generation, access, crate::lease::key_of(self)) {
                     self.sink.emit_text(
                         None,
                         Stream::Stderr,
@@ -538,7 +543,7 @@ impl Shared {
     fn emit_output(&self, f: &Frame) {
         let chan = (f.channel != 0).then_some(f.channel);
         let problem = match decode_payload(&f.payload) {
-            Ok(Value::Tuple(t)) if t.len() == 2 => {
+            Ok(Value::Tuple(ref t)) if t.len() == 2 => {
                 let stream = match t[0].as_i64() {
                     Some(1) => Some(Stream::Stdout),
                     Some(2) => Some(Stream::Stderr),
@@ -722,21 +727,11 @@ enum Prepared {
     Broken(Error),
 }
 
-/// An array this process shared or lent that comes back in a value is released by that
-/// (once per reference): the worker gives it back instead of sending RELEASE later.
-fn returned_arrays(v: &Value, from: &Shared) {
-    v.for_each_array(|r| {
-        if r.access != Access::Moved {
-            crate::array::release(&r.name, r.generation, r.access, Some(from));
-        }
-    });
-}
-
 /// Decodes a CHANNEL_CLOSE_ERROR payload: execnet's formatted traceback (a str), or
 /// pixgate's `(type name, message, traceback)` tuple.
 fn remote_error(payload: &[u8]) -> Result<RemoteError> {
-    match decode_payload(payload)? {
-        Value::Str(s) => Ok(RemoteError::from_traceback(&s)),
+    match &decode_payload(payload)? {
+        Value::Str(s) => Ok(RemoteError::from_traceback(s)),
         Value::Tuple(t) if t.len() == 3 && t.iter().all(|v| v.as_str().is_some()) => {
             let text = |i: usize| t[i].as_str().unwrap_or_default().to_string();
             Ok(RemoteError {
@@ -756,4 +751,10 @@ fn nonblocking_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     use nix::fcntl::OFlag;
     let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
     Ok((r, w))
+}
+
+impl crate::lease::Peer for Shared {
+    fn forget(&self, name: &str) {
+        self.forget_segment(name);
+    }
 }

@@ -32,6 +32,7 @@ mod gateway;
 mod group;
 mod header;
 mod inbox;
+mod lease;
 mod output;
 mod pool;
 pub mod segment;

@@ -246,7 +246,7 @@ fn doctor(spec: &str) -> pixgate::Result<ExitCode> {
             }
             let probe =
                 gw.remote_exec("import sys\nchannel.send((sys.platform, sys.maxsize > 2**32))")?;
-            if let Ok(Value::Tuple(t)) = probe.receive_timeout(Duration::from_secs(10)) {
+            if let Ok(Value::Tuple(ref t)) = probe.receive_timeout(Duration::from_secs(10)) {
                 println!("platform         {} (64-bit: {})", t[0], t[1]);
             }
             gw.exit(Duration::from_secs(5))?;

@@ -31,13 +31,13 @@
 //!   lent by a reference that is never sent stays out of the pool until the pool goes.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::array::{Element, SharedArray, forget_everywhere};
+use crate::array::{Element, SharedArray};
 use crate::error::{Error, ErrorKind, Result};
 use crate::header::{DType, Layout, Meta};
-use crate::inbox::Shared;
+use crate::lease::{PeerRef, SlotHome, forget_everywhere};
 use crate::output::lock;
 use crate::segment::Segment;
 
@@ -209,10 +209,11 @@ impl Pool {
         let shared = &self.handles.shared;
         let Slot { mut seg, peers } = shared.acquire(layout.extent())?;
         if let Err(e) = seg.reuse_as(layout, meta) {
-            shared.put_back(seg, peers);
+            shared.put_back_slot(seg, peers);
             return Err(e);
         }
-        Ok(SharedArray::in_slot(seg, peers, Arc::clone(shared)))
+        let home: Arc<dyn SlotHome> = Arc::clone(shared) as Arc<dyn SlotHome>;
+        Ok(SharedArray::in_slot(seg, peers, home))
     }
 
     /// How full each size class is, smallest first.
@@ -248,7 +249,7 @@ impl Drop for Handles {
 /// One slot out of the pool: its segment and the gateways that may keep it mapped.
 pub(crate) struct Slot {
     seg: Segment,
-    peers: Vec<Weak<Shared>>,
+    peers: Vec<PeerRef>,
 }
 
 struct Class {
@@ -342,7 +343,7 @@ impl PoolShared {
     }
 
     /// A slot comes back: into its class, or away if the pool is closed.
-    pub(crate) fn put_back(&self, seg: Segment, peers: Vec<Weak<Shared>>) {
+    fn put_back_slot(&self, seg: Segment, peers: Vec<PeerRef>) {
         let mut st = lock(&self.state);
         if st.closed {
             drop(st);
@@ -378,9 +379,15 @@ impl PoolShared {
         // Slots a worker still holds go too: their names now, the memory when the
         // workers let go of their mappings (told by FORGET). A release that comes later
         // finds nothing and is ignored.
-        for (seg, peers) in crate::array::take_orphans_of(self) {
+        for (seg, peers) in crate::lease::take_parked_of(std::ptr::from_ref(self) as usize) {
             forget_everywhere(seg, peers);
         }
+    }
+}
+
+impl SlotHome for PoolShared {
+    fn put_back(&self, seg: Segment, peers: Vec<PeerRef>) {
+        self.put_back_slot(seg, peers);
     }
 }
 

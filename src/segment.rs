@@ -728,6 +728,28 @@ fn copy_header(map: &MmapRaw, file_size: u64) -> std::result::Result<Vec<u8>, Se
     Ok(copy)
 }
 
+/// Unlinks the segment `name` that the worker `owner` moved to this process and this
+/// process did not adopt (it refused or dropped the reference): the worker gave up its
+/// ownership, so nobody else would remove it. Only a regular file of this uid with a
+/// pixgate name whose header, magic intact, records `owner` as its owner is removed;
+/// anything else (a segment a hostile worker named that is not its own) stays. Returns
+/// whether it was unlinked.
+pub(crate) fn unlink_abandoned(name: &str, owner: u32) -> bool {
+    let check = || -> std::result::Result<bool, SegmentProblem> {
+        check_name(name)?;
+        let file = Backing::Shm.open(name, false)?;
+        check_file(&file)?;
+        let map = MmapOptions::new()
+            .len(PAGE)
+            .map_raw_read_only(&file)
+            .map_err(|e| io("mmap", e))?;
+        let mut magic = [0u8; 8];
+        read_mapped(&map, 0, &mut magic);
+        Ok(magic == MAGIC && load_u32(atomic_u32(&map, OFF_OWNER_PID)) == owner)
+    };
+    matches!(check(), Ok(true)) && Backing::Shm.unlink(name).is_ok()
+}
+
 /// The creator fields of a header that failed validation, if its magic is intact.
 fn raw_creator(map: &MmapRaw) -> Option<(u32, u64)> {
     let mut head = [0u8; OFF_GENERATION];

@@ -28,6 +28,7 @@ use num_traits::ToPrimitive;
 use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
 use serde::ser::{self, Serialize};
 
+use crate::value::Owned;
 use crate::value::Value;
 
 /// Converts `v` into a [`Value`].
@@ -79,11 +80,28 @@ impl From<ConvertError> for crate::Error {
     }
 }
 
-fn type_error(expected: &str, found: &Value) -> ConvertError {
+fn type_error(expected: &str, found: &impl TypeNamed) -> ConvertError {
     ConvertError(format!(
         "invalid type: expected {expected}, found {}",
-        found.type_name()
+        found.python_type()
     ))
+}
+
+/// What [`type_error`] names: a value, whole or taken apart.
+trait TypeNamed {
+    fn python_type(&self) -> &'static str;
+}
+
+impl TypeNamed for Value {
+    fn python_type(&self) -> &'static str {
+        self.type_name()
+    }
+}
+
+impl TypeNamed for Owned {
+    fn python_type(&self) -> &'static str {
+        self.type_name()
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -392,9 +410,9 @@ impl ser::SerializeStructVariant for MapBuilder {
 
 /// Hands an int to the visitor through the narrowest `visit_*` that holds it.
 fn visit_int<'de, V: Visitor<'de>>(v: Value, visitor: V) -> Result<V::Value, ConvertError> {
-    match v {
-        Value::Int(i) => visitor.visit_i64(i),
-        Value::BigInt(b) => visit_bigint(&b, visitor),
+    match v.into_owned() {
+        Owned::Int(i) => visitor.visit_i64(i),
+        Owned::BigInt(b) => visit_bigint(&b, visitor),
         other => Err(type_error("int", &other)),
     }
 }
@@ -423,29 +441,29 @@ impl<'de> de::Deserializer<'de> for Des {
     type Error = ConvertError;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ConvertError> {
-        match self.0 {
-            Value::None => visitor.visit_unit(),
-            Value::Bool(b) => visitor.visit_bool(b),
-            v @ (Value::Int(_) | Value::BigInt(_)) => visit_int(v, visitor),
-            Value::Float(x) => visitor.visit_f64(x),
-            Value::Complex(c) => visit_seq(vec![Value::Float(c.re), Value::Float(c.im)], visitor),
-            Value::Str(s) => visitor.visit_string(s),
-            Value::Bytes(b) => visitor.visit_byte_buf(b),
-            Value::List(items)
-            | Value::Tuple(items)
-            | Value::Set(items)
-            | Value::FrozenSet(items) => visit_seq(items, visitor),
-            Value::Dict(entries) => visit_map(entries, visitor),
-            Value::Array(a) => Err(de::Error::custom(format!(
+        match self.0.into_owned() {
+            Owned::None => visitor.visit_unit(),
+            Owned::Bool(b) => visitor.visit_bool(b),
+            v @ (Owned::Int(_) | Owned::BigInt(_)) => visit_int(v.into(), visitor),
+            Owned::Float(x) => visitor.visit_f64(x),
+            Owned::Complex(c) => visit_seq(vec![Value::Float(c.re), Value::Float(c.im)], visitor),
+            Owned::Str(s) => visitor.visit_string(s),
+            Owned::Bytes(b) => visitor.visit_byte_buf(b),
+            Owned::List(items)
+            | Owned::Tuple(items)
+            | Owned::Set(items)
+            | Owned::FrozenSet(items) => visit_seq(items, visitor),
+            Owned::Dict(entries) => visit_map(entries, visitor),
+            Owned::Array(a) => Err(de::Error::custom(format!(
                 "the array {} cannot become a plain Rust value; take it as a shared array",
-                a.name
+                a.name()
             ))),
         }
     }
 
     fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ConvertError> {
-        match self.0 {
-            Value::Bool(b) => visitor.visit_bool(b),
+        match self.0.into_owned() {
+            Owned::Bool(b) => visitor.visit_bool(b),
             other => Err(type_error("bool", &other)),
         }
     }
@@ -486,10 +504,10 @@ impl<'de> de::Deserializer<'de> for Des {
     }
 
     fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ConvertError> {
-        match self.0 {
-            Value::Float(x) => visitor.visit_f64(x),
-            Value::Int(i) => visitor.visit_f64(i as f64),
-            Value::BigInt(b) => visitor.visit_f64(b.to_f64().unwrap_or(f64::NAN)),
+        match self.0.into_owned() {
+            Owned::Float(x) => visitor.visit_f64(x),
+            Owned::Int(i) => visitor.visit_f64(i as f64),
+            Owned::BigInt(b) => visitor.visit_f64(b.to_f64().unwrap_or(f64::NAN)),
             other => Err(type_error("float", &other)),
         }
     }
@@ -503,8 +521,8 @@ impl<'de> de::Deserializer<'de> for Des {
     }
 
     fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ConvertError> {
-        match self.0 {
-            Value::Str(s) => visitor.visit_string(s),
+        match self.0.into_owned() {
+            Owned::Str(s) => visitor.visit_string(s),
             other => Err(type_error("str", &other)),
         }
     }
@@ -514,24 +532,24 @@ impl<'de> de::Deserializer<'de> for Des {
     }
 
     fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ConvertError> {
-        match self.0 {
-            Value::Bytes(b) => visitor.visit_byte_buf(b),
-            Value::Str(s) => visitor.visit_byte_buf(s.into_bytes()),
-            v @ (Value::List(_) | Value::Tuple(_)) => Des(v).deserialize_seq(visitor),
+        match self.0.into_owned() {
+            Owned::Bytes(b) => visitor.visit_byte_buf(b),
+            Owned::Str(s) => visitor.visit_byte_buf(s.into_bytes()),
+            v @ (Owned::List(_) | Owned::Tuple(_)) => Des(v.into()).deserialize_seq(visitor),
             other => Err(type_error("bytes", &other)),
         }
     }
 
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ConvertError> {
-        match self.0 {
-            Value::None => visitor.visit_none(),
-            other => visitor.visit_some(Des(other)),
+        match self.0.into_owned() {
+            Owned::None => visitor.visit_none(),
+            other => visitor.visit_some(Des(other.into())),
         }
     }
 
     fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ConvertError> {
-        match self.0 {
-            Value::None => visitor.visit_unit(),
+        match self.0.into_owned() {
+            Owned::None => visitor.visit_unit(),
             other => Err(type_error("NoneType", &other)),
         }
     }
@@ -553,13 +571,13 @@ impl<'de> de::Deserializer<'de> for Des {
     }
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ConvertError> {
-        match self.0 {
-            Value::List(items)
-            | Value::Tuple(items)
-            | Value::Set(items)
-            | Value::FrozenSet(items) => visit_seq(items, visitor),
-            Value::Complex(c) => visit_seq(vec![Value::Float(c.re), Value::Float(c.im)], visitor),
-            Value::Bytes(b) => {
+        match self.0.into_owned() {
+            Owned::List(items)
+            | Owned::Tuple(items)
+            | Owned::Set(items)
+            | Owned::FrozenSet(items) => visit_seq(items, visitor),
+            Owned::Complex(c) => visit_seq(vec![Value::Float(c.re), Value::Float(c.im)], visitor),
+            Owned::Bytes(b) => {
                 let mut seq = de::value::SeqDeserializer::new(b.into_iter());
                 let out = visitor.visit_seq(&mut seq)?;
                 seq.end()?;
@@ -574,13 +592,13 @@ impl<'de> de::Deserializer<'de> for Des {
         _len: usize,
         visitor: V,
     ) -> Result<V::Value, ConvertError> {
-        match self.0 {
+        match &self.0 {
             Value::List(_)
             | Value::Tuple(_)
             | Value::Set(_)
             | Value::FrozenSet(_)
             | Value::Complex(_) => self.deserialize_seq(visitor),
-            other => Err(type_error("tuple", &other)),
+            other => Err(type_error("tuple", other)),
         }
     }
 
@@ -594,8 +612,8 @@ impl<'de> de::Deserializer<'de> for Des {
     }
 
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ConvertError> {
-        match self.0 {
-            Value::Dict(entries) => visit_map(entries, visitor),
+        match self.0.into_owned() {
+            Owned::Dict(entries) => visit_map(entries, visitor),
             other => Err(type_error("dict", &other)),
         }
     }
@@ -606,9 +624,9 @@ impl<'de> de::Deserializer<'de> for Des {
         _fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, ConvertError> {
-        match self.0 {
-            Value::Dict(entries) => visit_map(entries, visitor),
-            Value::List(items) | Value::Tuple(items) => visit_seq(items, visitor),
+        match self.0.into_owned() {
+            Owned::Dict(entries) => visit_map(entries, visitor),
+            Owned::List(items) | Owned::Tuple(items) => visit_seq(items, visitor),
             other => Err(type_error("dict", &other)),
         }
     }
@@ -619,19 +637,19 @@ impl<'de> de::Deserializer<'de> for Des {
         _variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, ConvertError> {
-        match self.0 {
-            Value::Str(name) => visitor.visit_enum(EnumAccess { name, value: None }),
-            Value::Dict(entries) if entries.len() == 1 => {
+        match self.0.into_owned() {
+            Owned::Str(name) => visitor.visit_enum(EnumAccess { name, value: None }),
+            Owned::Dict(entries) if entries.len() == 1 => {
                 let (key, value) = entries.into_iter().next().expect("one entry");
-                match key {
-                    Value::Str(name) => visitor.visit_enum(EnumAccess {
+                match key.into_owned() {
+                    Owned::Str(name) => visitor.visit_enum(EnumAccess {
                         name,
                         value: Some(value),
                     }),
                     other => Err(type_error("str variant name", &other)),
                 }
             }
-            Value::Dict(entries) => Err(ConvertError(format!(
+            Owned::Dict(entries) => Err(ConvertError(format!(
                 "invalid type: expected str or dict of one entry for an enum, found dict of {} \
                  entries",
                 entries.len()

@@ -41,7 +41,7 @@ use crate::array::{Element, SharedArray};
 use crate::channel::Channel;
 use crate::error::Result;
 use crate::pool::Pool;
-use crate::value::{Access, Value};
+use crate::value::Value;
 
 /// How many frames a [`FrameStream`] lets be in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,15 +129,10 @@ impl<'c> FrameStream<'c> {
         frame: SharedArray<T>,
         result: &mut SharedArray<U>,
     ) -> Result<()> {
+        // Never sent (an error below): the reference is dropped, which gives the result
+        // back to this process.
         let lent = result.lend()?;
-        let (name, generation) = (result.wire_name(), result.generation());
-        let before = self.sent;
-        self.send_lent(frame, Some(lent)).inspect_err(|_| {
-            if self.sent == before {
-                // Never sent: the result is this process's again.
-                crate::array::release(&name, generation, Access::Lent, None);
-            }
-        })
+        self.send_lent(frame, Some(lent))
     }
 
     fn send_lent<T: Element>(
@@ -156,12 +151,10 @@ impl<'c> FrameStream<'c> {
             None => lent,
         };
         let (name, generation) = (frame.wire_name(), frame.generation());
-        // Out of our hands: the slot comes back with the worker's release.
+        // Out of our hands: the slot comes back with the worker's release, or at once
+        // if the send fails (the unsent reference is dropped with `value`).
         drop(frame);
-        if let Err(e) = self.channel.send_value(&value) {
-            crate::array::release(&name, generation, Access::Lent, None);
-            return Err(e);
-        }
+        self.channel.send_value(&value)?;
         self.sent += 1;
         self.in_flight.push_back((name, generation));
         if self.mode == StreamMode::LockStep {

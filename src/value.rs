@@ -1,10 +1,13 @@
 //! [`Value`]: a Python value as execnet's codec carries it.
 
 use std::fmt::{self, Write as _};
+use std::sync::Arc;
 
 use num_bigint::BigInt;
 use num_complex::Complex64;
 use num_traits::ToPrimitive;
+
+use crate::lease::Ticket;
 
 /// A Python value of one of the builtin types that execnet's codec can carry.
 ///
@@ -54,7 +57,7 @@ pub enum Value {
 impl Value {
     /// Calls `f` on every array reference in the value, at any depth; one step per node
     /// (nothing to scan for a scalar or a big bytes item).
-    pub(crate) fn for_each_array(&self, mut f: impl FnMut(&ArrayRef)) {
+    pub(crate) fn for_each_array<'a>(&'a self, mut f: impl FnMut(&'a ArrayRef)) {
         let mut todo = vec![self];
         while let Some(v) = todo.pop() {
             match v {
@@ -71,6 +74,78 @@ impl Value {
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// Calls `f` on every array reference in the value, at any depth, with the right to
+    /// change it.
+    pub(crate) fn for_each_array_mut(&mut self, mut f: impl FnMut(&mut ArrayRef)) {
+        let mut todo = vec![self];
+        while let Some(v) = todo.pop() {
+            match v {
+                Value::Array(r) => f(r),
+                Value::List(items)
+                | Value::Tuple(items)
+                | Value::Set(items)
+                | Value::FrozenSet(items) => todo.extend(items.iter_mut()),
+                Value::Dict(entries) => {
+                    for (k, v) in entries.iter_mut() {
+                        todo.push(k);
+                        todo.push(v);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Takes the value out, leaving `None` in its place.
+    pub fn take(&mut self) -> Value {
+        std::mem::replace(self, Value::None)
+    }
+
+    /// The items, if this is a `list`, `tuple`, `set` or `frozenset`; the value is
+    /// consumed. (`Value` implements `Drop`, so its fields cannot be moved out by a
+    /// pattern; these methods take them out instead.)
+    pub fn into_items(mut self) -> Option<Vec<Value>> {
+        match &mut self {
+            Value::List(items)
+            | Value::Tuple(items)
+            | Value::Set(items)
+            | Value::FrozenSet(items) => Some(std::mem::take(items)),
+            _ => None,
+        }
+    }
+
+    /// The entries, if this is a `dict`; the value is consumed.
+    pub fn into_entries(mut self) -> Option<Vec<(Value, Value)>> {
+        match &mut self {
+            Value::Dict(entries) => Some(std::mem::take(entries)),
+            _ => None,
+        }
+    }
+
+    /// The text, if this is a `str`; the value is consumed.
+    pub fn into_string(mut self) -> Option<String> {
+        match &mut self {
+            Value::Str(s) => Some(std::mem::take(s)),
+            _ => None,
+        }
+    }
+
+    /// The bytes, if this is a `bytes` object; the value is consumed.
+    pub fn into_bytes(mut self) -> Option<Vec<u8>> {
+        match &mut self {
+            Value::Bytes(b) => Some(std::mem::take(b)),
+            _ => None,
+        }
+    }
+
+    /// The array reference, if this is one; the value is consumed.
+    pub fn into_array_ref(self) -> Option<ArrayRef> {
+        match self.into_owned() {
+            Owned::Array(r) => Some(r),
+            _ => None,
         }
     }
 
@@ -199,6 +274,147 @@ impl Value {
     }
 }
 
+/// A [`Value`] taken apart: the same variants, without `Value`'s `Drop`, so that a
+/// pattern can move the fields out (`match v.into_owned() { Owned::Str(s) => … }`).
+pub(crate) enum Owned {
+    None,
+    Bool(bool),
+    Int(i64),
+    BigInt(BigInt),
+    Float(f64),
+    Complex(Complex64),
+    Str(String),
+    Bytes(Vec<u8>),
+    List(Vec<Value>),
+    Tuple(Vec<Value>),
+    Dict(Vec<(Value, Value)>),
+    Set(Vec<Value>),
+    FrozenSet(Vec<Value>),
+    Array(ArrayRef),
+}
+
+impl Owned {
+    /// Python's name for the type, as [`Value::type_name`].
+    pub(crate) fn type_name(&self) -> &'static str {
+        match self {
+            Owned::None => "NoneType",
+            Owned::Bool(_) => "bool",
+            Owned::Int(_) | Owned::BigInt(_) => "int",
+            Owned::Float(_) => "float",
+            Owned::Complex(_) => "complex",
+            Owned::Str(_) => "str",
+            Owned::Bytes(_) => "bytes",
+            Owned::List(_) => "list",
+            Owned::Tuple(_) => "tuple",
+            Owned::Dict(_) => "dict",
+            Owned::Set(_) => "set",
+            Owned::FrozenSet(_) => "frozenset",
+            Owned::Array(_) => "ndarray",
+        }
+    }
+}
+
+impl From<Owned> for Value {
+    fn from(o: Owned) -> Value {
+        match o {
+            Owned::None => Value::None,
+            Owned::Bool(b) => Value::Bool(b),
+            Owned::Int(i) => Value::Int(i),
+            Owned::BigInt(b) => Value::BigInt(b),
+            Owned::Float(f) => Value::Float(f),
+            Owned::Complex(c) => Value::Complex(c),
+            Owned::Str(s) => Value::Str(s),
+            Owned::Bytes(b) => Value::Bytes(b),
+            Owned::List(items) => Value::List(items),
+            Owned::Tuple(items) => Value::Tuple(items),
+            Owned::Dict(entries) => Value::Dict(entries),
+            Owned::Set(items) => Value::Set(items),
+            Owned::FrozenSet(items) => Value::FrozenSet(items),
+            Owned::Array(r) => Value::Array(r),
+        }
+    }
+}
+
+impl Value {
+    /// The value taken apart; see [`Owned`].
+    pub(crate) fn into_owned(mut self) -> Owned {
+        use std::mem::take;
+        match &mut self {
+            Value::None => Owned::None,
+            Value::Bool(b) => Owned::Bool(*b),
+            Value::Int(i) => Owned::Int(*i),
+            Value::BigInt(b) => Owned::BigInt(take(b)),
+            Value::Float(f) => Owned::Float(*f),
+            Value::Complex(c) => Owned::Complex(*c),
+            Value::Str(s) => Owned::Str(take(s)),
+            Value::Bytes(b) => Owned::Bytes(take(b)),
+            Value::List(items) => Owned::List(take(items)),
+            Value::Tuple(items) => Owned::Tuple(take(items)),
+            Value::Dict(entries) => Owned::Dict(take(entries)),
+            Value::Set(items) => Owned::Set(take(items)),
+            Value::FrozenSet(items) => Owned::FrozenSet(take(items)),
+            Value::Array(r) => Owned::Array(std::mem::replace(
+                r,
+                ArrayRef::new(String::new(), 0, Access::Shared),
+            )),
+        }
+    }
+}
+
+/// Values are dropped without recursion: a value nested millions of levels deep (which
+/// only the host can build; decoded values nest at most
+/// [`MAX_DEPTH`](crate::codec::MAX_DEPTH) levels) is taken apart on the heap instead of
+/// exhausting the stack.
+impl Drop for Value {
+    fn drop(&mut self) {
+        fn is_container(v: &Value) -> bool {
+            matches!(
+                v,
+                Value::List(_)
+                    | Value::Tuple(_)
+                    | Value::Set(_)
+                    | Value::FrozenSet(_)
+                    | Value::Dict(_)
+            )
+        }
+        fn take_children(v: &mut Value, into: &mut Vec<Value>) {
+            match v {
+                Value::List(items)
+                | Value::Tuple(items)
+                | Value::Set(items)
+                | Value::FrozenSet(items) => into.append(items),
+                Value::Dict(entries) => {
+                    for (k, x) in entries.drain(..) {
+                        into.push(k);
+                        into.push(x);
+                    }
+                }
+                _ => {}
+            }
+        }
+        // The common case, a container of scalars (or a scalar), drops as it would.
+        let nested = match self {
+            Value::List(items)
+            | Value::Tuple(items)
+            | Value::Set(items)
+            | Value::FrozenSet(items) => items.iter().any(is_container),
+            Value::Dict(entries) => entries
+                .iter()
+                .any(|(k, v)| is_container(k) || is_container(v)),
+            _ => false,
+        };
+        if !nested {
+            return;
+        }
+        let mut todo = Vec::new();
+        take_children(self, &mut todo);
+        while let Some(mut v) = todo.pop() {
+            take_children(&mut v, &mut todo);
+            // `v` has no children left, so dropping it recurses no further.
+        }
+    }
+}
+
 /// How the receiver of an [`ArrayRef`] may use the array.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -225,15 +441,111 @@ impl Access {
     }
 }
 
-/// A reference to an array in a named shared-memory segment, as it travels in a value.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// A reference to an array in a shared-memory segment, as it travels in a value.
+///
+/// A reference is a single-use *capability*, not a plain description: only
+/// [`SharedArray::share`](crate::SharedArray::share),
+/// [`SharedArray::lend`](crate::SharedArray::lend) and
+/// [`SharedArray::into_value`](crate::SharedArray::into_value) make one that can be
+/// sent, each send uses it up, and its fields cannot be set from outside the crate.
+/// Clones are the same reference: whichever is sent first uses it, and sending any of
+/// them again fails with [`ErrorKind::Reference`](crate::ErrorKind::Reference). A
+/// reference decoded from bytes ([`loads`](crate::loads)) or received from a worker
+/// describes an array but cannot be sent on. The rules are set out on
+/// [`SharedArray`](crate::SharedArray#references-are-single-use).
+///
+/// Equality and hashing compare what the reference names (segment, generation,
+/// access), not whether it can still be sent.
+#[derive(Clone)]
 pub struct ArrayRef {
-    /// The segment's name, with its leading slash (`/pxg-…`).
-    pub name: String,
+    name: String,
+    generation: u64,
+    access: Access,
+    /// What sending or dropping this reference does: None for a reference that only
+    /// describes an array (decoded from bytes).
+    ticket: Option<Arc<Ticket>>,
+}
+
+impl ArrayRef {
+    /// A reference that only describes an array: it cannot be sent.
+    pub(crate) fn new(name: String, generation: u64, access: Access) -> ArrayRef {
+        ArrayRef {
+            name,
+            generation,
+            access,
+            ticket: None,
+        }
+    }
+
+    /// A reference backed by `ticket` (see `crate::lease`).
+    pub(crate) fn with_ticket(
+        name: String,
+        generation: u64,
+        access: Access,
+        ticket: Arc<Ticket>,
+    ) -> ArrayRef {
+        ArrayRef {
+            name,
+            generation,
+            access,
+            ticket: Some(ticket),
+        }
+    }
+
+    /// The segment's name, with its leading slash (`/pxg-…`), or the file's absolute
+    /// path for a segment in a backing directory.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The segment's generation when the reference was made; a stale one is refused.
-    pub generation: u64,
-    /// What the receiver may do with it.
-    pub access: Access,
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// What the receiver may do with the array.
+    pub fn access(&self) -> Access {
+        self.access
+    }
+
+    /// True while this reference can be sent: it was made by `share`, `lend` or
+    /// `into_value` in this process, and neither it nor a clone of it was sent yet.
+    pub fn is_sendable(&self) -> bool {
+        self.ticket.as_ref().is_some_and(|t| t.is_sendable())
+    }
+
+    pub(crate) fn ticket(&self) -> Option<&Arc<Ticket>> {
+        self.ticket.as_ref()
+    }
+
+    pub(crate) fn set_ticket(&mut self, ticket: Arc<Ticket>) {
+        self.ticket = Some(ticket);
+    }
+}
+
+impl PartialEq for ArrayRef {
+    fn eq(&self, other: &ArrayRef) -> bool {
+        (&self.name, self.generation, self.access) == (&other.name, other.generation, other.access)
+    }
+}
+
+impl Eq for ArrayRef {}
+
+impl std::hash::Hash for ArrayRef {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (&self.name, self.generation, self.access).hash(state);
+    }
+}
+
+impl fmt::Debug for ArrayRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ArrayRef")
+            .field("name", &self.name)
+            .field("generation", &self.generation)
+            .field("access", &self.access)
+            .field("sendable", &self.is_sendable())
+            .finish()
+    }
 }
 
 impl From<bool> for Value {
@@ -653,6 +965,51 @@ mod tests {
         assert_eq!(Value::from((1, 2)).as_seq().map(<[Value]>::len), Some(2));
         assert_eq!(Value::Set(vec![]).as_seq(), None);
         assert_eq!(d.as_dict().map(<[_]>::len), Some(2));
+    }
+
+    #[test]
+    fn dropping_a_deeply_nested_value_does_not_overflow_the_stack() {
+        // On a small stack, so that a recursive drop would fail for sure.
+        let handle = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(|| {
+                let mut v = Value::None;
+                for i in 0..2_000_000u32 {
+                    v = match i % 4 {
+                        0 => Value::List(vec![v, Value::Int(1)]),
+                        1 => Value::Tuple(vec![v]),
+                        2 => Value::Dict(vec![(Value::from("k"), v)]),
+                        _ => Value::List(vec![Value::FrozenSet(vec![]), v]),
+                    };
+                }
+                drop(v);
+                // A wide value of small containers takes the same path.
+                let wide = Value::List((0..100_000).map(|i| Value::List(vec![i.into()])).collect());
+                drop(wide);
+            })
+            .unwrap();
+        handle
+            .join()
+            .expect("dropped without overflowing the stack");
+    }
+
+    #[test]
+    fn values_can_be_taken_apart() {
+        assert_eq!(
+            Value::from(vec![1, 2]).into_items(),
+            Some(vec![1.into(), 2.into()])
+        );
+        assert_eq!(Value::from("a").into_items(), None);
+        assert_eq!(
+            Value::dict([("a", 1)]).into_entries(),
+            Some(vec![("a".into(), 1.into())])
+        );
+        assert_eq!(Value::from("s").into_string(), Some("s".to_string()));
+        assert_eq!(Value::bytes(*b"b").into_bytes(), Some(b"b".to_vec()));
+        assert_eq!(Value::Int(1).into_array_ref(), None);
+        let mut v = Value::from(3);
+        assert_eq!(v.take(), Value::Int(3));
+        assert!(v.is_none());
     }
 
     #[test]

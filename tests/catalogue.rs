@@ -24,8 +24,8 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use pixgate::segment::Segment;
 use pixgate::{
-    Access, ArrayRef, Channel, DType, DecodeErrorKind, Error, ErrorKind, Gateway, GatewayBuilder,
-    Layout, Meta, OutputLine, OutputMode, Pool, SegmentProblem, SharedArray, Stream, Value,
+    Access, Channel, DType, DecodeErrorKind, Error, ErrorKind, Gateway, GatewayBuilder, Layout,
+    Meta, OutputLine, OutputMode, Pool, SegmentProblem, SharedArray, Stream, Value,
 };
 
 const FAKE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fake_worker.py");
@@ -212,6 +212,23 @@ for name, generation, access in channel:
     channel.send(_wire.ArrayRef(name, generation, access))
 "#;
 
+/// A reference that only describes an array (decoded from bytes, as any reader of the
+/// format can make one): it can be encoded, never sent.
+fn described_ref(name: &str, generation: u64, access: Access) -> Value {
+    let mut bytes = vec![pixgate::codec::DUMPFORMAT_VERSION, b'U'];
+    bytes.extend_from_slice(&(name.len() as i32).to_be_bytes());
+    bytes.extend_from_slice(name.as_bytes());
+    bytes.extend_from_slice(&generation.to_be_bytes());
+    bytes.push(access as u8);
+    bytes.push(b'Q');
+    let v = pixgate::loads(&bytes).expect("a reference");
+    let Value::Array(r) = &v else {
+        panic!("expected a reference, got {v:?}");
+    };
+    assert!(!r.is_sendable());
+    v
+}
+
 /// Asks a real worker to send a reference to `name` and adopts what arrives.
 fn adopt_from_worker(
     ch: &Channel,
@@ -230,12 +247,12 @@ fn adopt_from_worker(
         panic!("expected an array reference, got {v:?}");
     };
     assert_eq!(
-        r,
-        &ArrayRef {
-            name: name.to_string(),
-            generation,
-            access
-        }
+        (r.name(), r.generation(), r.access()),
+        (name, generation, access)
+    );
+    assert!(
+        !r.is_sendable(),
+        "a reference from a worker cannot be sent on"
     );
     SharedArray::<u16>::from_value(v)
 }
@@ -751,11 +768,11 @@ fn metadata_holding_an_array_reference() {
         "attrs",
         Value::dict([(
             "sneaky",
-            Value::Array(ArrayRef {
-                name: format!("/pxg-{:x}-{:016x}", std::process::id(), 7u64),
-                generation: 0,
-                access: Access::Moved,
-            }),
+            described_ref(
+                &format!("/pxg-{:x}-{:016x}", std::process::id(), 7u64),
+                0,
+                Access::Moved,
+            ),
         )]),
     )]))
     .expect("dumps");
@@ -985,24 +1002,45 @@ for kind, arr in channel:
     // The slot's next use: a new generation, other contents.
     let mut b = pool.take::<u16>(&[4]).unwrap();
     b.view_mut().unwrap().fill(5);
-    let Value::Array(old) = first.clone() else {
+    let Value::Array(old) = &first else {
         unreachable!()
     };
-    assert_eq!(b.name(), old.name, "the same slot");
-    assert!(b.generation() > old.generation);
-    // The first use's reference, sent again, is refused by the worker.
-    ch.send(Value::Tuple(vec!["keep".into(), first.clone()]))
+    let (old_name, old_generation) = (old.name().to_string(), old.generation());
+    assert_eq!(b.name(), old_name, "the same slot");
+    assert!(b.generation() > old_generation);
+    // The first use's reference was used up: sending it again is refused before
+    // anything is written.
+    let err = ch
+        .send(Value::Tuple(vec!["keep".into(), first.clone()]))
+        .unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Reference(_)), "{err:?}");
+    assert!(err.to_string().contains("sent already"), "{err}");
+    // A worker that names the first use's generation anyway is refused by its helper.
+    let stale = gw
+        .remote_exec(&format!(
+            r#"
+from pixgate import _transfer, _wire
+_transfer.install()
+try:
+    _transfer._import(_wire.ArrayRef({old_name:?}, {old_generation}, _wire.LENT))
+except Exception as exc:
+    channel.send((type(exc).__name__, str(exc)))
+"#
+        ))
         .unwrap();
-    let err = ch.receive_timeout(T).unwrap_err();
-    let remote = err.remote().unwrap_or_else(|| panic!("{err:?}"));
-    assert_eq!(remote.type_name, "LoadError");
+    let answer = stale.receive_timeout(T).unwrap();
+    let (kind, message) = (
+        answer.as_seq().unwrap()[0].as_str().unwrap().to_string(),
+        answer.as_seq().unwrap()[1].as_str().unwrap().to_string(),
+    );
+    assert_eq!(kind, "LoadError");
     assert!(
-        remote.message.contains(&format!(
+        message.contains(&format!(
             "reference of generation {}, segment at generation {} (stale reference)",
-            old.generation,
+            old_generation,
             b.generation()
         )),
-        "{remote:?}"
+        "{message}"
     );
     // ... and by the host.
     let err = SharedArray::<u16>::from_value(first).unwrap_err();
@@ -1010,9 +1048,9 @@ for kind, arr in channel:
         convert_message(&err),
         format!(
             "array {} is at generation {}, the reference names {}",
-            old.name,
+            old_name,
             b.generation(),
-            old.generation
+            old_generation
         )
     );
     // The slot's current contents are untouched, and it is still usable.

@@ -83,12 +83,20 @@ fn a_reused_slot_has_a_new_generation_and_refuses_stale_references() {
     assert_eq!(r[2].as_f64(), Some(9.0));
     assert_eq!(r[3].as_i64(), Some(mapping), "the same mapping");
 
-    // The first use's reference is stale now.
+    // The first use's reference was used up by its send ...
     let other = gw.remote_exec(PROBE).unwrap();
-    other
+    let err = other
         .send(Value::Tuple(vec!["keep".into(), first]))
+        .unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Reference(_)), "{err:?}");
+    // ... and a worker that names its generation anyway finds it stale.
+    let stale = gw
+        .remote_exec(&format!(
+            "from pixgate import _transfer, _wire\n_transfer.install()\n\
+             _transfer._import(_wire.ArrayRef({name:?}, {first_gen}, _wire.LENT))"
+        ))
         .unwrap();
-    let err = other.receive_timeout(T).unwrap_err();
+    let err = stale.receive_timeout(T).unwrap_err();
     assert!(err.to_string().contains("stale reference"), "{err}");
     assert!(b.view().unwrap().iter().all(|&x| x == 1.5), "nothing lost");
     drop(b);
@@ -437,10 +445,10 @@ fn results_flow_back_through_a_second_pool_in_order() {
     let check = |pending: &mut std::collections::VecDeque<(u32, SharedArray<u32>)>| {
         let back = ch.receive_timeout(T).unwrap();
         let (i, out) = pending.pop_front().unwrap();
-        let Value::Array(r) = back else {
+        let Value::Array(ref r) = back else {
             panic!("expected the result array, got {back}")
         };
-        assert_eq!(r.name, out.name(), "results in order");
+        assert_eq!(r.name(), out.name(), "results in order");
         assert!(!out.is_lent(), "sending it back gave it back");
         assert!(out.view().unwrap().iter().all(|&x| x == 2 * i + 1));
     };

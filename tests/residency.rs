@@ -177,11 +177,21 @@ fn a_stale_reference_is_refused_by_a_worker_that_kept_the_mapping() {
     let mut a = SharedArray::<u16>::zeros(&[16]).unwrap();
     a.view_mut().unwrap().fill(2);
     let old = a.share().unwrap();
+    let old_generation = a.generation();
     assert!(ask(&ch, "keep", old.clone()).is_none());
     common::wait_until(|| a.peer_shares() == 0, "share released");
     a.set_dims(&["x"]).unwrap(); // a new generation
-    let other = gw.remote_exec(PROBE).unwrap();
-    other.send(Value::Tuple(vec!["keep".into(), old])).unwrap();
+    // The host cannot send the old reference again (it was used up), so the worker
+    // names the old generation itself, over the mapping it kept.
+    let err = ch.send(Value::Tuple(vec!["keep".into(), old])).unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Reference(_)), "{err:?}");
+    let other = gw
+        .remote_exec(&format!(
+            "from pixgate import _transfer, _wire\n_transfer.install()\n\
+             _transfer._import(_wire.ArrayRef({:?}, {old_generation}, _wire.SHARED))",
+            a.name()
+        ))
+        .unwrap();
     let err = other.receive_timeout(T).unwrap_err();
     let ErrorKind::Remote(r) = err.kind() else {
         panic!("expected the worker's error, got {err}");

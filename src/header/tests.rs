@@ -507,11 +507,11 @@ fn metadata_of_the_wrong_types_is_refused() {
                 "attrs",
                 Value::dict([(
                     "ref",
-                    Value::List(vec![Value::Array(crate::ArrayRef {
-                        name: "/pxg-1-0000000000000000".into(),
-                        generation: 0,
-                        access: crate::Access::Shared,
-                    })]),
+                    Value::List(vec![Value::Array(crate::ArrayRef::new(
+                        "/pxg-1-0000000000000000".into(),
+                        0,
+                        crate::Access::Shared,
+                    ))]),
                 )]),
             )]),
             "holds an array reference",
