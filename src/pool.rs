@@ -23,12 +23,11 @@
 //!
 //! # Limitations
 //!
-//! - A slot whose handle was dropped while a worker holds it comes back only when that
-//!   worker releases it; a worker that dies holding it keeps it out of the pool for the
-//!   pool's lifetime (the segment is still unlinked when the pool goes).
+//! - A slot whose handle was dropped while a reference to it is out comes back when that
+//!   reference is settled: the worker releases it (or dies), or the reference is dropped
+//!   without being sent.
 //! - Dropping the pool unlinks all of its slots at once; a worker that still holds one
-//!   keeps a valid mapping of it until it lets go (its later release is ignored). A slot
-//!   lent by a reference that is never sent stays out of the pool until the pool goes.
+//!   keeps a valid mapping of it until it lets go (its later release is ignored).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};

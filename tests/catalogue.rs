@@ -122,6 +122,13 @@ fn busy_message(e: &Error) -> &str {
     }
 }
 
+fn reference_message(e: &Error) -> &str {
+    match e.kind() {
+        ErrorKind::Reference(m) => m,
+        other => panic!("expected a reference error, got {other:?}"),
+    }
+}
+
 fn convert_message(e: &Error) -> &str {
     match e.kind() {
         ErrorKind::Convert(m) => m,
@@ -1087,9 +1094,9 @@ fn reference_to_a_segment_the_worker_does_not_own() {
             keep.name()
         )
     );
-    // A shared reference to it is refused alike. Its arrival counts as the worker
-    // giving back a share (docs/PROTOCOL.md §4.12), forged or not; with no share out it
-    // changes nothing.
+    // A shared reference to it is refused alike. Its arrival would count as the worker
+    // giving back a share (docs/PROTOCOL.md §4.12) only if a share had been sent to
+    // this worker; with none out it changes nothing.
     let err = adopt_from_worker(&ch, keep.name(), keep.generation(), Access::Shared).unwrap_err();
     assert!(busy_message(&err).contains("already held"), "{err}");
     assert_eq!((keep.peer_shares(), keep.is_lent()), (0, false));
@@ -1132,4 +1139,141 @@ fn moved_reference_adopted_twice() {
     drop(keep);
     assert_no_segments();
     assert_no_segments_of(worker);
+}
+
+// --- references that cannot be sent, moves the host refuses --------------------------
+
+/// Remote code that counts the items it receives (dropping them) and answers "count".
+const COUNTING: &str = r#"
+n = 0
+for item in channel:
+    if isinstance(item, str) and item == "count":
+        channel.send(n)
+    else:
+        n += 1
+    del item
+"#;
+
+fn items_received(ch: &Channel) -> i64 {
+    ch.send("count").unwrap();
+    ch.receive_timeout(T).unwrap().as_i64().unwrap()
+}
+
+#[test]
+fn reference_sent_twice() {
+    let _serial = serial();
+    let mut keep = held();
+    let gw = common::gateway();
+    let ch = gw.remote_exec(COUNTING).unwrap();
+    let r = keep.share().unwrap();
+    ch.send_value(&r).unwrap();
+    let err = ch.send_value(&r.clone()).unwrap_err();
+    assert_eq!(
+        reference_message(&err),
+        format!(
+            "reference to array {} cannot be sent: it was sent already (each share, lend or \
+             move sends once)",
+            keep.name()
+        )
+    );
+    assert_eq!(items_received(&ch), 1, "the second send wrote nothing");
+    common::wait_until(|| keep.peer_shares() == 0, "the one share given back");
+    drop(r);
+    assert_answers(&gw);
+    ch.close().unwrap();
+    exit_cleanly(gw);
+    assert_intact(&mut keep);
+    drop(keep);
+    assert_no_segments();
+}
+
+#[test]
+fn forged_reference() {
+    let _serial = serial();
+    let mut keep = held();
+    let gw = common::gateway();
+    let ch = gw.remote_exec(COUNTING).unwrap();
+    // A writable reference to the held array, made from bytes as anyone can write them.
+    let mut bytes = vec![pixgate::codec::DUMPFORMAT_VERSION, b'U'];
+    bytes.extend_from_slice(&(keep.name().len() as i32).to_be_bytes());
+    bytes.extend_from_slice(keep.name().as_bytes());
+    bytes.extend_from_slice(&keep.generation().to_be_bytes());
+    bytes.extend_from_slice(&[Access::Lent as u8, b'Q']);
+    let forged = pixgate::loads(&bytes).unwrap();
+    let err = ch.send_value(&forged).unwrap_err();
+    assert_eq!(
+        reference_message(&err),
+        format!(
+            "reference to array {} cannot be sent: it was not made by share, lend or \
+             into_value in this process (decoded from bytes, or given back by a worker)",
+            keep.name()
+        )
+    );
+    assert_eq!(items_received(&ch), 0, "nothing was written");
+    assert_eq!((keep.peer_shares(), keep.is_lent()), (0, false), "not lent");
+    assert_answers(&gw);
+    ch.close().unwrap();
+    exit_cleanly(gw);
+    assert_intact(&mut keep);
+    drop(keep);
+    assert_no_segments();
+}
+
+#[test]
+fn moved_array_of_the_wrong_dtype() {
+    let _serial = serial();
+    let mut keep = held();
+    let gw = common::gateway();
+    let ch = gw
+        .remote_exec("import pixgate\nchannel.send(pixgate.zeros((3, 4), dtype='uint16'))")
+        .unwrap();
+    let v = ch.receive_timeout(T).unwrap();
+    let name = match &v {
+        Value::Array(r) => r.name().to_string(),
+        other => panic!("expected an array, got {other:?}"),
+    };
+    let err = SharedArray::<f32>::from_value(v).unwrap_err();
+    assert_eq!(
+        convert_message(&err),
+        format!("array {name} holds <u2, expected <f4")
+    );
+    // Refused, so removed at once: the worker gave it up and the host did not take it.
+    assert!(!std::path::Path::new(&format!("/dev/shm{name}")).exists());
+    assert_answers(&gw);
+    let worker = gw.pid();
+    exit_cleanly(gw);
+    assert_intact(&mut keep);
+    drop(keep);
+    assert_no_segments();
+    assert_no_segments_of(worker);
+}
+
+#[test]
+fn moved_reference_to_a_segment_of_another_process() {
+    let _serial = serial();
+    let mut keep = held();
+    let gw = common::gateway();
+    let ch = gw.remote_exec(FORGER).unwrap();
+    let other = victim();
+    let err = adopt_from_worker(&ch, other.name(), 0, Access::Moved).unwrap_err();
+    assert_eq!(
+        reference_message(&err),
+        format!(
+            "moved reference to array {} names a segment owned by pid {}, not by the worker \
+             (pid {}) that moved it",
+            other.name(),
+            std::process::id(),
+            gw.pid()
+        )
+    );
+    // Neither adopted nor removed: still its creator's.
+    assert!(other.unlinks_on_drop());
+    assert!(std::path::Path::new(&format!("/dev/shm{}", other.name())).exists());
+    drop(other);
+    assert_answers(&gw);
+    ch.close().unwrap();
+    exit_cleanly(gw);
+    assert_intact(&mut keep);
+    drop(keep);
+    assert_no_segments();
 }
