@@ -31,55 +31,18 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use crate::error::{Error, ErrorKind, Result};
+pub(crate) use crate::peer::{Peer, PeerKey, PeerRef, key_of};
 use crate::output::lock;
 use crate::segment::Segment;
 use crate::value::{Access, ArrayRef, Value};
-
-/// A gateway, as the ledger sees it.
-pub(crate) trait Peer: Send + Sync {
-    /// The segment that references named `name` is gone: the worker drops any mapping
-    /// it keeps of it (FORGET).
-    fn forget(&self, name: &str);
-}
 
 /// Where a pool slot goes back to.
 pub(crate) trait SlotHome: Send + Sync {
     /// Takes the slot back, with the gateways that may keep it mapped.
     fn put_back(&self, seg: Segment, peers: Vec<PeerRef>);
-}
-
-/// The identity of a gateway: the address of its shared state.
-pub(crate) type PeerKey = usize;
-
-/// The key of `p`, which must be the data of the `Arc` its [`PeerRef`]s were made from.
-pub(crate) fn key_of<P>(p: &P) -> PeerKey {
-    std::ptr::from_ref(p) as usize
-}
-
-/// A gateway a reference went to.
-#[derive(Clone)]
-pub(crate) struct PeerRef {
-    key: PeerKey,
-    weak: Weak<dyn Peer>,
-}
-
-impl PeerRef {
-    pub(crate) fn new<P: Peer + 'static>(p: &Arc<P>) -> PeerRef {
-        let weak: Weak<dyn Peer> = Arc::downgrade(p) as Weak<dyn Peer>;
-        PeerRef {
-            key: key_of(&**p),
-            weak,
-        }
-    }
-}
-
-impl std::fmt::Debug for PeerRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PeerRef({:#x})", self.key)
-    }
 }
 
 /// Where a reference is.
@@ -725,7 +688,7 @@ pub(crate) fn forget_everywhere(seg: Segment, peers: Vec<PeerRef>) {
         let _ = seg.unlink();
     }
     let name = seg.wire_name();
-    for peer in peers.iter().filter_map(|p| p.weak.upgrade()) {
+    for peer in peers.iter().filter_map(PeerRef::upgrade) {
         peer.forget(&name);
     }
 }

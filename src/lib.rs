@@ -34,6 +34,7 @@ mod header;
 mod inbox;
 mod lease;
 mod output;
+mod peer;
 mod pool;
 pub mod segment;
 mod serde_value;

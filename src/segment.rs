@@ -22,10 +22,11 @@
 //! unknown (0).
 
 use std::fs::{File, OpenOptions, Permissions};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::ptr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
 
 use memmap2::{MmapOptions, MmapRaw};
@@ -39,9 +40,12 @@ use crate::header::{
     VERSION,
 };
 
+mod anon;
 mod info;
 mod problem;
 mod sweep;
+
+pub(crate) use anon::AnonObject;
 
 pub use info::{SegmentInfo, creator_alive, inspect, list, process_start_time};
 pub use problem::SegmentProblem;
@@ -111,6 +115,60 @@ fn check_name(name: &str) -> std::result::Result<(), SegmentProblem> {
     }
 }
 
+/// How a segment's memory reaches other processes (docs/SEGMENT_FORMAT.md §1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// An object with no name, sealed against shrinking and growing, reached only
+    /// through descriptors passed to the peer; freed by the kernel when the last
+    /// process holding it lets go. The default on Linux and macOS.
+    Anonymous,
+    /// A named POSIX shared-memory object (`/dev/shm/pxg-…`), which any process of the
+    /// user can open by name: for peers that need names (foreign readers, Jython,
+    /// debugging). Removed by its owner, or by the sweeper after a crash.
+    Named,
+}
+
+impl Transport {
+    /// The process's default: `PIXGATE_TRANSPORT` (`anonymous` or `named`) when set,
+    /// else anonymous on Linux and macOS and named elsewhere.
+    pub fn from_env() -> Transport {
+        static DEFAULT: OnceLock<Transport> = OnceLock::new();
+        *DEFAULT.get_or_init(|| {
+            std::env::var("PIXGATE_TRANSPORT")
+                .ok()
+                .and_then(|v| Transport::parse(&v))
+                .unwrap_or(if cfg!(any(target_os = "linux", target_os = "macos")) {
+                    Transport::Anonymous
+                } else {
+                    Transport::Named
+                })
+        })
+    }
+
+    /// `"anonymous"` or `"named"`.
+    pub fn parse(text: &str) -> Option<Transport> {
+        match text {
+            "anonymous" => Some(Transport::Anonymous),
+            "named" => Some(Transport::Named),
+            _ => None,
+        }
+    }
+
+    /// The spelling [`Transport::parse`] reads.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Transport::Anonymous => "anonymous",
+            Transport::Named => "named",
+        }
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Where a segment's object lives.
 #[derive(Clone, Debug)]
 enum Backing {
@@ -118,6 +176,8 @@ enum Backing {
     Shm,
     /// A file in a directory (a tmpfs or hugetlbfs mount), named without the slash.
     Dir(PathBuf),
+    /// An anonymous object, reached through its descriptor.
+    Anon(Arc<AnonObject>),
 }
 
 impl Backing {
@@ -127,6 +187,7 @@ impl Backing {
 
     fn create(&self, name: &str) -> std::result::Result<File, SegmentProblem> {
         match self {
+            Backing::Anon(_) => Err(SegmentProblem::Exists),
             Backing::Shm => nix::sys::mman::shm_open(
                 name,
                 OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR,
@@ -146,6 +207,10 @@ impl Backing {
 
     fn open(&self, name: &str, writable: bool) -> std::result::Result<File, SegmentProblem> {
         match self {
+            Backing::Anon(obj) => {
+                let _ = (name, writable);
+                obj.file()
+            }
             Backing::Shm => {
                 // O_NONBLOCK: opening something that is not a regular file (a FIFO
                 // planted under a pixgate name) must fail validation, not hang here.
@@ -169,6 +234,11 @@ impl Backing {
 
     fn unlink(&self, name: &str) -> std::result::Result<(), SegmentProblem> {
         match self {
+            // Nothing to remove: the memory goes with the last descriptor and mapping.
+            Backing::Anon(_) => {
+                let _ = name;
+                Ok(())
+            }
             Backing::Shm => nix::sys::mman::shm_unlink(name).map_err(|e| os("shm_unlink", e)),
             Backing::Dir(dir) => {
                 std::fs::remove_file(Backing::path(dir, name)).map_err(|e| io("unlink", e))
@@ -219,10 +289,15 @@ impl Drop for Unlinker<'_> {
 /// The format forbids shrinking a segment that anyone maps.
 ///
 /// `Segment` is `Send` and `Sync` because `MmapRaw` is: the mapping stays valid until
-/// the `Segment` is dropped, whichever thread drops it.
+/// the last `Segment` over it is dropped, whichever thread drops it.
 #[doc(hidden)]
 pub struct Segment {
-    map: MmapRaw,
+    /// The mapping: of this segment alone, or of the whole object it lives in (a pool
+    /// arena's slots share one).
+    map: Arc<MmapRaw>,
+    /// Where the segment's header starts in `map` (0, or a slot's offset in an arena);
+    /// a multiple of the page size.
+    base: usize,
     fields: HeaderFields,
     name: String,
     backing: Backing,
@@ -280,36 +355,7 @@ impl Segment {
         layout: &Layout,
         meta: &Meta,
     ) -> std::result::Result<Segment, SegmentProblem> {
-        let (_, extent) = layout.check()?;
-        let meta_len = meta.encode(layout.ndim())?.len();
-        let pid = std::process::id();
-        let fields = HeaderFields {
-            layout: layout.clone(),
-            meta: meta.clone(),
-            header_len: header::header_len_for(meta_len)?,
-            data_len: extent,
-            creator_pid: pid,
-            creator_start: own_start_time(),
-            generation: 0,
-            state: STATE_OWNED,
-            owner_pid: pid,
-            pool_slot: false,
-        };
-        let header = header::encode_header(&fields)?;
-        let size = u64::from(fields.header_len)
-            .checked_add(fields.data_len)
-            .and_then(|n| n.checked_next_multiple_of(PAGE as u64))
-            .ok_or(SegmentProblem::Overflow {
-                what: "the segment size",
-            })?;
-        let len = usize::try_from(size)
-            .ok()
-            .filter(|_| i64::try_from(size).is_ok())
-            .ok_or(SegmentProblem::Unaddressable {
-                what: "the segment size",
-                value: size,
-            })?;
-
+        let plan = Plan::new(layout, meta)?;
         let file = backing.create(&name)?;
         let mut unlinker = Unlinker {
             backing: &backing,
@@ -319,33 +365,158 @@ impl Segment {
         // The umask may have cleared bits of 0600; set the mode exactly.
         file.set_permissions(Permissions::from_mode(0o600))
             .map_err(|e| io("fchmod", e))?;
-        file.set_len(size).map_err(|e| io("ftruncate", e))?;
-        reserve(&file, size)?;
+        file.set_len(plan.size).map_err(|e| io("ftruncate", e))?;
+        reserve(&file, plan.size)?;
         // Populated: `reserve` has allocated (and zeroed) every page, so mapping them all
         // now costs a fraction of faulting them in one by one on first write
         // (BENCHMARKS.md, P4).
         let map = MmapOptions::new()
-            .len(len)
+            .len(plan.len)
             .populate()
             .map_raw(&file)
             .map_err(|e| io("mmap", e))?;
-        // SAFETY: the mapping is `len` ≥ header.len() bytes, readable and writable, and
-        // does not overlap the heap buffer `header`. No other process writes it yet: the
-        // name was created with O_EXCL just now, and an opener that finds it only reads,
-        // and refuses it while the version word is still 0.
-        unsafe { ptr::copy_nonoverlapping(header.as_ptr(), map.as_mut_ptr(), header.len()) };
-        // The sync point: every header byte is in place before the version says so.
-        atomic_u32(&map, OFF_VERSION).store(VERSION, Ordering::Release);
+        // No other process writes it yet: the name was created with O_EXCL just now, and
+        // an opener that finds it only reads, and refuses it while the version is 0.
+        write_stamped(&map, 0, &plan.header);
         unlinker.armed = false;
         drop(unlinker);
         Ok(Segment {
-            map,
-            fields,
+            map: Arc::new(map),
+            base: 0,
+            fields: plan.fields,
             name,
             backing,
             writable: true,
             unlink_on_drop: AtomicBool::new(true),
         })
+    }
+
+    /// Creates a segment for `layout` and `meta` in an anonymous object, owned by this
+    /// process (docs/SEGMENT_FORMAT.md §3.2): reserved, header written and stamped,
+    /// then sealed against shrinking and growing. Peers reach it only through its
+    /// descriptor; it goes when the last descriptor and mapping of it do.
+    ///
+    /// # Errors
+    ///
+    /// As [`Segment::create`]; [`SegmentProblem::Descriptors`] when this process has no
+    /// descriptor left.
+    pub fn create_anonymous(layout: &Layout, meta: &Meta) -> Result<Segment> {
+        let name = new_name();
+        Segment::create_anon(name.clone(), layout, meta).map_err(|p| p.at(&name))
+    }
+
+    fn create_anon(
+        name: String,
+        layout: &Layout,
+        meta: &Meta,
+    ) -> std::result::Result<Segment, SegmentProblem> {
+        let plan = Plan::new(layout, meta)?;
+        let obj = AnonObject::create(&name, plan.size)?;
+        obj.reserve(0, plan.size)?;
+        let map = MmapOptions::new()
+            .len(plan.len)
+            .populate()
+            .map_raw(obj.raw_fd())
+            .map_err(|e| io("mmap", e))?;
+        // No other process can reach the object yet: its descriptor has not left.
+        write_stamped(&map, 0, &plan.header);
+        obj.seal()?;
+        Ok(Segment {
+            map: Arc::new(map),
+            base: 0,
+            fields: plan.fields,
+            name,
+            backing: Backing::Anon(Arc::new(obj)),
+            writable: true,
+            unlink_on_drop: AtomicBool::new(false),
+        })
+    }
+
+    /// Creates a segment with `transport`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Segment::create`] and [`Segment::create_anonymous`].
+    pub fn create_with_transport(
+        transport: Transport,
+        layout: &Layout,
+        meta: &Meta,
+    ) -> Result<Segment> {
+        match transport {
+            Transport::Anonymous => Segment::create_anonymous(layout, meta),
+            Transport::Named => Segment::create(layout, meta),
+        }
+    }
+
+    /// Takes in the segment at `offset` of an anonymous object a peer sent the
+    /// descriptor of, validating the descriptor (docs/SEGMENT_FORMAT.md §8, step 0) and
+    /// then the header as for any segment. `name` is the object's name from the
+    /// reference (its identity, never opened).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Segment`](crate::ErrorKind::Segment) with the first check that
+    /// failed.
+    pub(crate) fn from_descriptor(
+        fd: std::os::fd::OwnedFd,
+        name: &str,
+        offset: u64,
+        writable: bool,
+    ) -> Result<Segment> {
+        let open = || -> std::result::Result<Segment, SegmentProblem> {
+            check_name(name)?;
+            let (obj, size) = AnonObject::received(fd, name, offset, writable)?;
+            let base = usize::try_from(offset).map_err(|_| SegmentProblem::Unaddressable {
+                what: "the offset",
+                value: offset,
+            })?;
+            let map = map_raw(obj.raw_fd(), size, writable)?;
+            let copy = copy_header(&map, base, size - offset)?;
+            let fields = header::parse_header(&copy, size - offset)?;
+            Ok(Segment {
+                map: Arc::new(map),
+                base,
+                fields,
+                name: name.to_string(),
+                backing: Backing::Anon(Arc::new(obj)),
+                writable,
+                unlink_on_drop: AtomicBool::new(false),
+            })
+        };
+        open().map_err(|p| p.at(name))
+    }
+
+    /// The anonymous object the segment lives in, if it is anonymous.
+    pub(crate) fn anon(&self) -> Option<&Arc<AnonObject>> {
+        match &self.backing {
+            Backing::Anon(obj) => Some(obj),
+            _ => None,
+        }
+    }
+
+    /// The transport of the segment.
+    pub fn transport(&self) -> Transport {
+        match self.backing {
+            Backing::Anon(_) => Transport::Anonymous,
+            _ => Transport::Named,
+        }
+    }
+
+    /// Where the segment's header starts in its object: 0, or a pool slot's offset in
+    /// its arena.
+    pub fn offset(&self) -> u64 {
+        self.base as u64
+    }
+
+    /// The segment's key: what RELEASE names and the ledger files it under — the wire
+    /// name, with `@` and the offset in hex for a slot of an arena
+    /// (docs/PROTOCOL.md §5.7).
+    pub fn key(&self) -> String {
+        if self.base == 0 {
+            self.wire_name()
+        } else {
+            format!("{}@{:x}", self.name, self.base)
+        }
     }
 
     /// Opens an existing segment by name, read-only or read-write, and validates it
@@ -375,10 +546,11 @@ impl Segment {
             let file = backing.open(name, writable)?;
             let size = check_file(&file)?;
             let map = map_file(&file, size, writable)?;
-            let copy = copy_header(&map, size)?;
+            let copy = copy_header(&map, 0, size)?;
             let fields = header::parse_header(&copy, size)?;
             Ok(Segment {
-                map,
+                map: Arc::new(map),
+                base: 0,
                 fields,
                 name: name.to_string(),
                 backing,
@@ -398,7 +570,7 @@ impl Segment {
     /// path of its file for a segment in a backing directory (docs/PROTOCOL.md §5.5).
     pub fn wire_name(&self) -> String {
         match &self.backing {
-            Backing::Shm => self.name.clone(),
+            Backing::Shm | Backing::Anon(_) => self.name.clone(),
             Backing::Dir(dir) => Backing::path(dir, &self.name)
                 .to_string_lossy()
                 .into_owned(),
@@ -430,7 +602,7 @@ impl Segment {
         // at most one past the end; wrapping_add needs no unsafe for that.
         self.map
             .as_mut_ptr()
-            .wrapping_add(self.fields.header_len as usize)
+            .wrapping_add(self.base + self.fields.header_len as usize)
     }
 
     /// Bytes of the data area (at least [`Layout::extent`]).
@@ -471,7 +643,7 @@ impl Segment {
 
     /// The generation counter (live).
     pub fn generation(&self) -> u64 {
-        load_u64(atomic_u64(&self.map, OFF_GENERATION))
+        load_u64(atomic_u64(&self.map, self.base + OFF_GENERATION))
     }
 
     /// Adds one to the generation counter and returns the new value.
@@ -481,13 +653,13 @@ impl Segment {
     /// [`SegmentProblem::ReadOnly`] on a read-only mapping.
     pub fn bump_generation(&self) -> Result<u64> {
         self.check_writable()?;
-        let previous = atomic_u64(&self.map, OFF_GENERATION).fetch_add(1, Ordering::AcqRel);
+        let previous = atomic_u64(&self.map, self.base + OFF_GENERATION).fetch_add(1, Ordering::AcqRel);
         Ok(previous.wrapping_add(1))
     }
 
     /// The advisory state word (live): [`STATE_OWNED`], [`STATE_SHARED`], ….
     pub fn state(&self) -> u32 {
-        load_u32(atomic_u32(&self.map, OFF_STATE))
+        load_u32(atomic_u32(&self.map, self.base + OFF_STATE))
     }
 
     /// Sets the advisory state word.
@@ -497,13 +669,13 @@ impl Segment {
     /// [`SegmentProblem::ReadOnly`] on a read-only mapping.
     pub fn set_state(&self, state: u32) -> Result<()> {
         self.check_writable()?;
-        atomic_u32(&self.map, OFF_STATE).store(state, Ordering::Release);
+        atomic_u32(&self.map, self.base + OFF_STATE).store(state, Ordering::Release);
         Ok(())
     }
 
     /// The pid of the process that will unlink the segment (live).
     pub fn owner_pid(&self) -> u32 {
-        load_u32(atomic_u32(&self.map, OFF_OWNER_PID))
+        load_u32(atomic_u32(&self.map, self.base + OFF_OWNER_PID))
     }
 
     /// Records the pid of the process that will unlink the segment.
@@ -513,7 +685,7 @@ impl Segment {
     /// [`SegmentProblem::ReadOnly`] on a read-only mapping.
     pub fn set_owner_pid(&self, pid: u32) -> Result<()> {
         self.check_writable()?;
-        atomic_u32(&self.map, OFF_OWNER_PID).store(pid, Ordering::Release);
+        atomic_u32(&self.map, self.base + OFF_OWNER_PID).store(pid, Ordering::Release);
         Ok(())
     }
 
@@ -542,12 +714,12 @@ impl Segment {
             }
             .at(&self.name));
         }
-        let version = atomic_u32(&self.map, OFF_VERSION);
+        let version = atomic_u32(&self.map, self.base + OFF_VERSION);
         version.store(0, Ordering::Relaxed);
         fence(Ordering::Release);
-        let base = self.map.as_mut_ptr();
-        // SAFETY: the mapping is writable (checked above) and at least header_len bytes
-        // long. The writes cover [FIXED_LEN, header_len) and the meta_len word at
+        let base = self.map.as_mut_ptr().wrapping_add(self.base);
+        // SAFETY: the mapping is writable (checked above) and at least base + header_len
+        // bytes long. The writes cover [FIXED_LEN, header_len) and the meta_len word at
         // OFF_META_LEN: inside the header, disjoint from the atomic words and the data,
         // and from the heap buffers they copy from. Other processes only read these
         // bytes, and openers refuse the header until the version is restored below.
@@ -586,10 +758,10 @@ impl Segment {
             ..self.fields.clone()
         };
         let bytes = header::encode_header(&fields).map_err(|p| p.at(&self.name))?;
-        let version = atomic_u32(&self.map, OFF_VERSION);
+        let version = atomic_u32(&self.map, self.base + OFF_VERSION);
         version.store(0, Ordering::Relaxed);
         fence(Ordering::Release);
-        let base = self.map.as_mut_ptr();
+        let base = self.map.as_mut_ptr().wrapping_add(self.base);
         // Everything but the version word and the atomic words (generation, state,
         // owner_pid), which keep their live values.
         for (start, end) in [
@@ -597,8 +769,9 @@ impl Segment {
             (OFF_VERSION + 4, OFF_GENERATION),
             (OFF_OWNER_PID + 4, bytes.len()),
         ] {
-            // SAFETY: the mapping is writable (checked above) and at least header_len
-            // = bytes.len() bytes long (encode_header kept this segment's header_len);
+            // SAFETY: the mapping is writable (checked above) and at least base +
+            // header_len = base + bytes.len() bytes long (encode_header kept this
+            // segment's header_len);
             // [start, end) lies inside it, outside the atomic words, and does not
             // overlap the heap buffer `bytes`. Peers only read these bytes, and refuse
             // the header until the version is restored below.
@@ -632,6 +805,72 @@ impl Drop for Segment {
             let _ = self.backing.unlink(&self.name);
         }
     }
+}
+
+/// What a new segment will hold: its header fields and bytes, and its size.
+struct Plan {
+    fields: HeaderFields,
+    header: Vec<u8>,
+    /// The segment's size: header and data, rounded up to a page.
+    size: u64,
+    /// The same as a `usize` (it is addressable and fits an `off_t`).
+    len: usize,
+}
+
+impl Plan {
+    fn new(layout: &Layout, meta: &Meta) -> std::result::Result<Plan, SegmentProblem> {
+        let (_, extent) = layout.check()?;
+        let meta_len = meta.encode(layout.ndim())?.len();
+        let pid = std::process::id();
+        let fields = HeaderFields {
+            layout: layout.clone(),
+            meta: meta.clone(),
+            header_len: header::header_len_for(meta_len)?,
+            data_len: extent,
+            creator_pid: pid,
+            creator_start: own_start_time(),
+            generation: 0,
+            state: STATE_OWNED,
+            owner_pid: pid,
+            pool_slot: false,
+        };
+        let header = header::encode_header(&fields)?;
+        let size = u64::from(fields.header_len)
+            .checked_add(fields.data_len)
+            .and_then(|n| n.checked_next_multiple_of(PAGE as u64))
+            .ok_or(SegmentProblem::Overflow {
+                what: "the segment size",
+            })?;
+        let len = usize::try_from(size)
+            .ok()
+            .filter(|_| i64::try_from(size).is_ok())
+            .ok_or(SegmentProblem::Unaddressable {
+                what: "the segment size",
+                value: size,
+            })?;
+        Ok(Plan {
+            fields,
+            header,
+            size,
+            len,
+        })
+    }
+}
+
+/// Writes a new segment's header at `base` of a fresh mapping, then stamps the version
+/// (docs/SEGMENT_FORMAT.md §7). The caller guarantees that no other process writes those
+/// bytes yet.
+fn write_stamped(map: &MmapRaw, base: usize, header: &[u8]) {
+    assert!(base.checked_add(header.len()).is_some_and(|end| end <= map.len()));
+    // SAFETY: the range [base, base + header.len()) lies inside the mapping (asserted),
+    // which is readable and writable, and does not overlap the heap buffer `header`.
+    // Nothing else writes it (the caller's guarantee), and openers refuse the header
+    // while the version word is still 0.
+    unsafe {
+        ptr::copy_nonoverlapping(header.as_ptr(), map.as_mut_ptr().add(base), header.len());
+    }
+    // The sync point: every header byte is in place before the version says so.
+    atomic_u32(map, base + OFF_VERSION).store(VERSION, Ordering::Release);
 }
 
 /// Reserves `size` bytes of backing memory so that a full file system fails here with
@@ -679,6 +918,14 @@ fn map_file(
     size: u64,
     writable: bool,
 ) -> std::result::Result<MmapRaw, SegmentProblem> {
+    map_raw(file.as_raw_fd(), size, writable)
+}
+
+fn map_raw(
+    fd: std::os::fd::RawFd,
+    size: u64,
+    writable: bool,
+) -> std::result::Result<MmapRaw, SegmentProblem> {
     let len = usize::try_from(size).map_err(|_| SegmentProblem::Unaddressable {
         what: "the segment size",
         value: size,
@@ -686,24 +933,29 @@ fn map_file(
     let mut options = MmapOptions::new();
     options.len(len);
     let map = if writable {
-        options.map_raw(file)
+        options.map_raw(fd)
     } else {
-        options.map_raw_read_only(file)
+        options.map_raw_read_only(fd)
     };
     map.map_err(|e| io("mmap", e))
 }
 
-/// Copies the header out of a mapping of at least one page: the version is loaded
-/// first (acquire), the atomic words are loaded atomically, everything else is copied,
-/// and the version is checked again afterwards.
-fn copy_header(map: &MmapRaw, file_size: u64) -> std::result::Result<Vec<u8>, SegmentProblem> {
-    let version = atomic_u32(map, OFF_VERSION);
+/// Copies the header at `base` out of a mapping holding at least one page from there
+/// (`file_size` is the object's size less `base`): the version is loaded first
+/// (acquire), the atomic words are loaded atomically, everything else is copied, and
+/// the version is checked again afterwards.
+fn copy_header(
+    map: &MmapRaw,
+    base: usize,
+    file_size: u64,
+) -> std::result::Result<Vec<u8>, SegmentProblem> {
+    let version = atomic_u32(map, base + OFF_VERSION);
     let before = load_u32(version);
     if before == 0 {
         return Err(SegmentProblem::NotInitialised);
     }
     let mut word = [0u8; 4];
-    read_mapped(map, OFF_HEADER_LEN, &mut word);
+    read_mapped(map, base + OFF_HEADER_LEN, &mut word);
     let header_len = u64::from(u32::from_le_bytes(word));
     // A bad header_len is reported by the parser; copy one page to let it see it.
     let len = if (PAGE as u64..=file_size).contains(&header_len) {
@@ -713,13 +965,13 @@ fn copy_header(map: &MmapRaw, file_size: u64) -> std::result::Result<Vec<u8>, Se
     };
     let mut copy = vec![0u8; len];
     // Peers write the words in [OFF_GENERATION, OFF_META_LEN) atomically: load them so.
-    read_mapped(map, 0, &mut copy[..OFF_GENERATION]);
-    read_mapped(map, OFF_META_LEN, &mut copy[OFF_META_LEN..]);
-    let generation = load_u64(atomic_u64(map, OFF_GENERATION));
+    read_mapped(map, base, &mut copy[..OFF_GENERATION]);
+    read_mapped(map, base + OFF_META_LEN, &mut copy[OFF_META_LEN..]);
+    let generation = load_u64(atomic_u64(map, base + OFF_GENERATION));
     copy[OFF_GENERATION..OFF_STATE].copy_from_slice(&generation.to_le_bytes());
-    let state = load_u32(atomic_u32(map, OFF_STATE));
+    let state = load_u32(atomic_u32(map, base + OFF_STATE));
     copy[OFF_STATE..OFF_OWNER_PID].copy_from_slice(&state.to_le_bytes());
-    let owner = load_u32(atomic_u32(map, OFF_OWNER_PID));
+    let owner = load_u32(atomic_u32(map, base + OFF_OWNER_PID));
     copy[OFF_OWNER_PID..OFF_META_LEN].copy_from_slice(&owner.to_le_bytes());
     fence(Ordering::Acquire);
     if version.load(Ordering::Relaxed) != before {
@@ -782,11 +1034,11 @@ fn read_mapped(map: &MmapRaw, off: usize, dst: &mut [u8]) {
 /// The header word at `off` as an atomic.
 ///
 /// Panics (an internal invariant, not input) if `off` is not 4-aligned inside the
-/// first page.
+/// mapping.
 fn atomic_u32(map: &MmapRaw, off: usize) -> &AtomicU32 {
-    assert!(off % 4 == 0 && off + 4 <= PAGE && map.len() >= PAGE);
-    // SAFETY: the mapping is page-aligned and at least a page long, so base + off is
-    // 4-aligned and in bounds; the reference lives no longer than `map`. Other
+    assert!(off % 4 == 0 && off + 4 <= map.len());
+    // SAFETY: the mapping starts on a page boundary, so base + off is 4-aligned, and it
+    // is in bounds (asserted); the reference lives no longer than `map`. Other
     // processes access these words only atomically (the format says so), and this
     // process only through atomics, so sharing them as `&AtomicU32` is sound. On a
     // read-only mapping only loads happen (the writers check `writable`), and those are
@@ -796,7 +1048,7 @@ fn atomic_u32(map: &MmapRaw, off: usize) -> &AtomicU32 {
 
 /// The header word at `off` as a 64-bit atomic; as [`atomic_u32`], 8-aligned.
 fn atomic_u64(map: &MmapRaw, off: usize) -> &AtomicU64 {
-    assert!(off % 8 == 0 && off + 8 <= PAGE && map.len() >= PAGE);
+    assert!(off % 8 == 0 && off + 8 <= map.len());
     // SAFETY: as in `atomic_u32`, with 8-byte alignment (page-aligned base, offset a
     // multiple of 8).
     unsafe { &*map.as_ptr().add(off).cast::<AtomicU64>() }

@@ -88,7 +88,7 @@ pub fn inspect(name: &str) -> Result<SegmentInfo> {
     } else {
         None
     };
-    match copy_header(&map, size).and_then(|copy| header::parse_header(&copy, size)) {
+    match copy_header(&map, 0, size).and_then(|copy| header::parse_header(&copy, size)) {
         Ok(fields) => {
             let alive = creator_alive(fields.creator_pid, fields.creator_start);
             Ok(SegmentInfo {

@@ -31,6 +31,32 @@ pub enum SegmentProblem {
         /// Bytes the segment needs.
         needed: u64,
     },
+    /// This process cannot open another descriptor (its limit, `RLIMIT_NOFILE`, or the
+    /// system's is reached); an anonymous segment needs one while it lives.
+    #[error("no descriptor left for an anonymous segment ({message}); raise the limit (ulimit -n) or use the named transport")]
+    Descriptors {
+        /// The system's message.
+        message: String,
+    },
+    /// A descriptor from a peer is not sealed against shrinking and growing, so the
+    /// object could shrink under a mapping.
+    #[error("descriptor not sealed against shrinking and growing (seals {seals:#x})")]
+    NotSealed {
+        /// The seals it has.
+        seals: u32,
+    },
+    /// A descriptor from a peer is read-only, and the reference needs write access.
+    #[error("descriptor opened read-only for a writable reference")]
+    ReadOnlyDescriptor,
+    /// A reference's offset does not leave a page of the object from there, or is not a
+    /// multiple of the page size.
+    #[error("offset {offset} in an object of {size} bytes")]
+    Offset {
+        /// The reference's offset.
+        offset: u64,
+        /// The object's size.
+        size: u64,
+    },
     /// An operating-system call failed.
     #[error("{call} failed: {message}")]
     Os {

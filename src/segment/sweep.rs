@@ -288,7 +288,7 @@ fn read_pids(file: &File) -> std::result::Result<HeaderPids, Unreadable> {
     };
     let size = check_file(file).map_err(unreadable)?;
     let map = map_file(file, size, false).map_err(unreadable)?;
-    match copy_header(&map, size).and_then(|copy| header::parse_header(&copy, size)) {
+    match copy_header(&map, 0, size).and_then(|copy| header::parse_header(&copy, size)) {
         Ok(fields) => Ok(HeaderPids {
             creator: fields.creator_pid,
             start: fields.creator_start,

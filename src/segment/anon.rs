@@ -1,0 +1,261 @@
+//! Anonymous objects: the memory of the anonymous transport (docs/SEGMENT_FORMAT.md §3.2).
+//!
+//! On Linux an anonymous object is a `memfd`: it has no name in any directory, its size
+//! is sealed before any other process sees it, and it is freed by the kernel when the
+//! last descriptor and mapping of it are gone. Other processes reach it only through a
+//! descriptor this process passes them. On macOS it is a POSIX shared-memory object
+//! unlinked right after creation (it cannot be sealed there).
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::sync::Mutex;
+
+use super::problem::{SegmentProblem, io, os};
+use crate::output::lock;
+use crate::peer::{PeerKey, PeerRef};
+
+/// One anonymous object, shared by the segments that live in it (one, or a pool
+/// arena's slots). Dropping the last handle closes the descriptor and tells the gateways
+/// that map it that it is gone (FORGET), so that their mappings go too.
+pub(crate) struct AnonObject {
+    fd: OwnedFd,
+    /// `/pxg-<pid hex>-<16 hex digits>`: the object's identity on the wire.
+    name: String,
+    /// The gateways a descriptor of it was sent to, and with which access.
+    delivered: Mutex<Vec<Delivery>>,
+}
+
+struct Delivery {
+    peer: PeerRef,
+    read_only: bool,
+    writable: bool,
+}
+
+impl std::fmt::Debug for AnonObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnonObject")
+            .field("fd", &self.fd.as_raw_fd())
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `MFD_NOEXEC_SEAL` (Linux 6.3): the object can never be made executable.
+#[cfg(target_os = "linux")]
+const MFD_NOEXEC_SEAL: u32 = 0x0008;
+
+impl AnonObject {
+    /// Creates an object of `size` bytes, mode 0400, not yet reserved or sealed
+    /// (docs/SEGMENT_FORMAT.md §3.2, steps 1–3).
+    #[cfg(target_os = "linux")]
+    pub(crate) fn create(name: &str, size: u64) -> Result<AnonObject, SegmentProblem> {
+        use nix::sys::memfd::{MFdFlags, memfd_create};
+        let label = name.trim_start_matches('/');
+        let flags = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
+        let fd = match memfd_create(label, flags | MFdFlags::from_bits_retain(MFD_NOEXEC_SEAL)) {
+            Err(nix::errno::Errno::EINVAL) => memfd_create(label, flags),
+            other => other,
+        }
+        .map_err(|e| match e {
+            nix::errno::Errno::EMFILE | nix::errno::Errno::ENFILE => {
+                SegmentProblem::Descriptors {
+                    message: e.desc().to_string(),
+                }
+            }
+            e => os("memfd_create", e),
+        })?;
+        AnonObject::sized(fd, name, size)
+    }
+
+    /// macOS: a shared-memory object made under `name` and unlinked at once.
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) fn create(name: &str, size: u64) -> Result<AnonObject, SegmentProblem> {
+        use nix::fcntl::OFlag;
+        use nix::sys::stat::Mode;
+        let fd = nix::sys::mman::shm_open(
+            name,
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR,
+            Mode::S_IRUSR | Mode::S_IWUSR,
+        )
+        .map_err(|e| os("shm_open", e))?;
+        let _ = nix::sys::mman::shm_unlink(name);
+        AnonObject::sized(fd, name, size)
+    }
+
+    fn sized(fd: OwnedFd, name: &str, size: u64) -> Result<AnonObject, SegmentProblem> {
+        let file = File::from(fd);
+        // Read-only for everyone but root: a read-only descriptor passed to a peer
+        // cannot be reopened writable through /proc.
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(0o400))
+                .map_err(|e| io("fchmod", e))?;
+        }
+        file.set_len(size).map_err(|e| io("ftruncate", e))?;
+        Ok(AnonObject {
+            fd: OwnedFd::from(file),
+            name: name.to_string(),
+            delivered: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Reserves `len` bytes at `offset`, so that running out of memory is an error here
+    /// rather than a fault at the first write (step 4).
+    pub(crate) fn reserve(&self, offset: u64, len: u64) -> Result<(), SegmentProblem> {
+        #[cfg(target_os = "linux")]
+        {
+            let (off, len) = (offset as libc::off_t, len as libc::off_t);
+            match nix::fcntl::posix_fallocate(self.fd.as_fd(), off, len) {
+                Ok(()) => Ok(()),
+                Err(nix::errno::Errno::ENOSPC | nix::errno::Errno::ENOMEM) => {
+                    Err(SegmentProblem::NoSpace { needed: len as u64 })
+                }
+                Err(e) => Err(os("fallocate", e)),
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = (offset, len);
+            Ok(())
+        }
+    }
+
+    /// Seals the object's size (step 6): from now on nobody can shrink or grow it, nor
+    /// add seals.
+    pub(crate) fn seal(&self) -> Result<(), SegmentProblem> {
+        #[cfg(target_os = "linux")]
+        {
+            use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+            let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+            fcntl(self.fd.as_fd(), FcntlArg::F_ADD_SEALS(seals)).map_err(|e| os("F_ADD_SEALS", e))?;
+        }
+        Ok(())
+    }
+
+    /// Takes in a descriptor a peer sent for the segment at `offset` of the object
+    /// `name`, after step 0 of the validation (docs/SEGMENT_FORMAT.md §8): a regular
+    /// file of this uid with no group or other access, sealed against shrinking and
+    /// growing, opened with the access needed, holding at least a page from `offset`.
+    /// Returns the object and its size.
+    pub(crate) fn received(
+        fd: OwnedFd,
+        name: &str,
+        offset: u64,
+        writable: bool,
+    ) -> Result<(AnonObject, u64), SegmentProblem> {
+        let file = File::from(fd);
+        let size = super::check_file(&file)?;
+        #[cfg(target_os = "linux")]
+        {
+            use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+            let seals = fcntl(file.as_fd(), FcntlArg::F_GET_SEALS)
+                .map_err(|e| os("F_GET_SEALS", e))?;
+            let seals = SealFlag::from_bits_truncate(seals);
+            let needed = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW;
+            if !seals.contains(needed) {
+                return Err(SegmentProblem::NotSealed {
+                    seals: seals.bits() as u32,
+                });
+            }
+        }
+        let mode = nix::fcntl::fcntl(file.as_fd(), nix::fcntl::FcntlArg::F_GETFL)
+            .map_err(|e| os("F_GETFL", e))?;
+        if writable && mode & libc::O_ACCMODE != libc::O_RDWR {
+            return Err(SegmentProblem::ReadOnlyDescriptor);
+        }
+        if offset % super::PAGE as u64 != 0
+            || offset
+                .checked_add(super::PAGE as u64)
+                .is_none_or(|end| end > size)
+        {
+            return Err(SegmentProblem::Offset { offset, size });
+        }
+        Ok((
+            AnonObject {
+                fd: OwnedFd::from(file),
+                name: name.to_string(),
+                delivered: Mutex::new(Vec::new()),
+            },
+            size,
+        ))
+    }
+
+    /// The object's size in bytes.
+    pub(crate) fn size(&self) -> Result<u64, SegmentProblem> {
+        nix::sys::stat::fstat(self.fd.as_fd())
+            .map(|st| st.st_size as u64)
+            .map_err(|e| os("fstat", e))
+    }
+
+    pub(crate) fn file(&self) -> Result<File, SegmentProblem> {
+        self.fd
+            .try_clone()
+            .map(File::from)
+            .map_err(|e| io("dup", e))
+    }
+
+    /// The descriptor, for mapping.
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// The object's name, `/pxg-…`.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A descriptor to pass to a peer: a duplicate for writable access, else one opened
+    /// read-only, so that the peer cannot map the object writable.
+    pub(crate) fn descriptor(&self, writable: bool) -> std::io::Result<OwnedFd> {
+        if writable || cfg!(not(target_os = "linux")) {
+            return self.fd.try_clone();
+        }
+        let path = format!("/proc/self/fd/{}", self.fd.as_raw_fd());
+        std::fs::OpenOptions::new()
+            .read(true)
+            .open(path)
+            .map(OwnedFd::from)
+    }
+
+    /// True when `peer` got a descriptor of the object giving at least `writable`
+    /// access, and so maps it already.
+    pub(crate) fn delivered_to(&self, peer: PeerKey, writable: bool) -> bool {
+        lock(&self.delivered)
+            .iter()
+            .any(|d| d.peer.key == peer && if writable { d.writable } else { d.read_only || d.writable })
+    }
+
+    /// Records that `peer` got a descriptor of the object (and maps it from now on).
+    pub(crate) fn note_delivered(&self, peer: &PeerRef, writable: bool) {
+        let mut delivered = lock(&self.delivered);
+        delivered.retain(|d| d.peer.weak.strong_count() > 0);
+        match delivered.iter_mut().find(|d| d.peer.key == peer.key) {
+            Some(d) if writable => d.writable = true,
+            Some(d) => d.read_only = true,
+            None => delivered.push(Delivery {
+                peer: peer.clone(),
+                read_only: !writable,
+                writable,
+            }),
+        }
+    }
+
+    /// The inode of the object, for `pixgate ls`.
+    pub(crate) fn inode(&self) -> Option<u64> {
+        File::from(self.fd.try_clone().ok()?)
+            .metadata()
+            .ok()
+            .map(|m| m.ino())
+    }
+}
+
+impl Drop for AnonObject {
+    fn drop(&mut self) {
+        let delivered = std::mem::take(&mut *lock(&self.delivered));
+        for peer in delivered.iter().filter_map(|d| d.peer.upgrade()) {
+            peer.forget(&self.name);
+        }
+    }
+}
