@@ -11,7 +11,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::header::{DType, Layout, Meta};
 use crate::lease::{self, Counts, Dropped, Holding, PeerKey, PeerRef, SlotHome};
 use crate::segment::Segment;
-use crate::value::{Access, ArrayRef, Value};
+use crate::segment::Transport;
+use crate::value::{Access, ArrayRef, Place, Value};
 
 mod sealed {
     pub trait Sealed {}
@@ -205,7 +206,7 @@ impl<T: Element> SharedArray<T> {
 
     fn with_layout(layout: Layout, meta: &Meta) -> Result<SharedArray<T>> {
         let seg = Segment::create(&layout, meta)?;
-        let holding = lease::register(&seg.wire_name(), Vec::new());
+        let holding = lease::register(&seg.key(), Vec::new());
         Ok(SharedArray {
             seg: Some(seg),
             holding,
@@ -296,7 +297,7 @@ impl<T: Element> SharedArray<T> {
                 return Err(already());
             }
         }
-        let Some(holding) = lease::register_adopted(&seg.wire_name()) else {
+        let Some(holding) = lease::register_adopted(&seg.key()) else {
             if let Some(t) = ticket {
                 t.unadopt();
             }
@@ -344,7 +345,7 @@ impl<T: Element> SharedArray<T> {
 
     /// An array in a pool slot: `seg` was just rewritten for `T` and this use.
     pub(crate) fn in_slot(seg: Segment, peers: Vec<PeerRef>, home: Arc<dyn SlotHome>) -> Self {
-        let holding = lease::register(&seg.wire_name(), peers);
+        let holding = lease::register(&seg.key(), peers);
         SharedArray {
             seg: Some(seg),
             holding,
@@ -375,6 +376,11 @@ impl<T: Element> SharedArray<T> {
     /// backing directory.
     pub(crate) fn wire_name(&self) -> String {
         self.seg().wire_name()
+    }
+
+    /// The key the ledger files the array under, and RELEASE names it by.
+    pub(crate) fn key(&self) -> String {
+        self.seg().key()
     }
 
     /// The shape.
@@ -559,8 +565,18 @@ impl<T: Element> SharedArray<T> {
             self.wire_name(),
             self.generation(),
             access,
+            self.place(),
             ticket,
         ))
+    }
+
+    fn place(&self) -> Place {
+        match self.seg().transport() {
+            Transport::Anonymous => Place::Anonymous {
+                offset: self.seg().offset(),
+            },
+            Transport::Named => Place::Named,
+        }
     }
 
     /// A read-only reference for the peer, to send once. Rust may keep reading; writing
@@ -638,12 +654,13 @@ impl<T: Element> SharedArray<T> {
                 self.name()
             ))));
         }
-        let (name, generation) = (self.wire_name(), self.generation());
+        let (name, generation, place) = (self.wire_name(), self.generation(), self.place());
         match self.holding.make_move(&mut self.seg) {
             Ok(ticket) => Ok(Value::Array(ArrayRef::with_ticket(
                 name,
                 generation,
                 Access::Moved,
+                place,
                 ticket,
             ))),
             Err(counts) => Err(self.busy("move", &counts)),

@@ -53,7 +53,7 @@ use std::io::Write as _;
 use num_bigint::BigInt;
 use num_traits::ToPrimitive;
 
-use crate::value::{Access, ArrayRef, Value};
+use crate::value::{Access, ArrayRef, Place, Value};
 
 /// The version byte that starts the output of [`dumps`].
 pub const DUMPFORMAT_VERSION: u8 = 2;
@@ -92,6 +92,11 @@ const OP_COMPLEX: u8 = b'T';
 /// `i32`-length-prefixed UTF-8 string, the generation as a big-endian `u64`, the access
 /// as one byte (0 shared, 1 lent, 2 moved).
 pub(crate) const OP_ARRAY: u8 = b'U';
+
+/// A reference to an array in an anonymous segment: as `U`'s name block, then the
+/// descriptor token, the offset of the segment in its object and the generation, each a
+/// big-endian `u64`, and the access byte (docs/PROTOCOL.md §5.7).
+pub(crate) const OP_DESC_ARRAY: u8 = b'V';
 
 /// The longest segment name an array reference may carry.
 pub const MAX_ARRAY_NAME: usize = 255;
@@ -460,9 +465,14 @@ fn encode_value(value: &Value, depth: usize, out: &mut Vec<u8>) -> Result<(), En
                     len: name.len(),
                 }));
             }
-            out.push(OP_ARRAY);
+            let anonymous = a.transport() == crate::segment::Transport::Anonymous;
+            out.push(if anonymous { OP_DESC_ARRAY } else { OP_ARRAY });
             out.extend_from_slice(&encode_len("array name", name.len())?);
             out.extend_from_slice(name.as_bytes());
+            if anonymous {
+                out.extend_from_slice(&a.token().to_be_bytes());
+                out.extend_from_slice(&a.offset().to_be_bytes());
+            }
             out.extend_from_slice(&a.generation().to_be_bytes());
             out.push(a.access() as u8);
         }
@@ -707,8 +717,8 @@ impl<'a> Decoder<'a> {
                     let id = self.read_i32(op, at)?;
                     return Err(fail(DecodeErrorKind::ChannelRef(id)));
                 }
-                OP_ARRAY => {
-                    let value = self.array_ref(at)?;
+                OP_ARRAY | OP_DESC_ARRAY => {
+                    let value = self.array_ref(op, at)?;
                     self.stack.push(Entry {
                         value,
                         depth: 0,
@@ -725,9 +735,9 @@ impl<'a> Decoder<'a> {
         self.input.len() - self.pos
     }
 
-    fn array_ref(&mut self, at: usize) -> Step<Value> {
+    fn array_ref(&mut self, op: u8, at: usize) -> Step<Value> {
         let bad = |reason: String| DecodeError::new(DecodeErrorKind::BadArrayRef { reason }, at);
-        let raw = self.read_sized(OP_ARRAY, at)?;
+        let raw = self.read_sized(op, at)?;
         if raw.is_empty() || raw.len() > MAX_ARRAY_NAME {
             return Err(bad(format!(
                 "name of {} bytes, expected 1 to {MAX_ARRAY_NAME}",
@@ -737,11 +747,23 @@ impl<'a> Decoder<'a> {
         let name = std::str::from_utf8(raw)
             .map_err(|_| bad("name is not UTF-8".into()))?
             .to_owned();
-        let generation = u64::from_be_bytes(self.read_array::<8>(OP_ARRAY, at)?);
-        let [access] = self.read_array::<1>(OP_ARRAY, at)?;
+        let (place, token) = if op == OP_DESC_ARRAY {
+            let token = u64::from_be_bytes(self.read_array::<8>(op, at)?);
+            let offset = u64::from_be_bytes(self.read_array::<8>(op, at)?);
+            if offset % 4096 != 0 {
+                return Err(bad(format!("offset {offset} is not a multiple of 4096")));
+            }
+            (Place::Anonymous { offset }, token)
+        } else {
+            (Place::Named, 0)
+        };
+        let generation = u64::from_be_bytes(self.read_array::<8>(op, at)?);
+        let [access] = self.read_array::<1>(op, at)?;
         let access = Access::from_u8(access)
             .ok_or_else(|| bad(format!("access byte {access}, expected 0, 1 or 2")))?;
-        Ok(Value::Array(ArrayRef::new(name, generation, access)))
+        Ok(Value::Array(ArrayRef::described(
+            name, generation, access, place, token,
+        )))
     }
 
     fn read_array<const N: usize>(&mut self, opcode: u8, at: usize) -> Step<[u8; N]> {

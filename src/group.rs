@@ -326,7 +326,7 @@ impl Group {
             .map(|&i| crate::lease::key_of(&**self.gateways[i].shared()))
             .collect();
         let out_refs = output.lend_split(&peers)?;
-        let (out_name, out_gen) = (output.name().to_string(), output.generation());
+        let (out_name, out_gen) = (output.key(), output.generation());
 
         // Start every part; a worker that cannot be started is the failure, and the
         // references made for it and for those after it are taken back (dropped unsent).

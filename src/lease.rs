@@ -701,7 +701,7 @@ pub(crate) fn receive(value: &mut Value, pid: u32, from: PeerKey) {
     value.for_each_array_mut(|r| match r.access() {
         Access::Moved => r.set_ticket(Ticket::incoming(r.name(), pid)),
         access => {
-            release(r.name(), r.generation(), access, from);
+            release(&r.key(), r.generation(), access, from);
         }
     });
 }

@@ -150,7 +150,7 @@ impl<'c> FrameStream<'c> {
             Some(extra) => Value::Tuple(vec![lent, extra]),
             None => lent,
         };
-        let (name, generation) = (frame.wire_name(), frame.generation());
+        let (name, generation) = (frame.key(), frame.generation());
         // Out of our hands: the slot comes back with the worker's release, or at once
         // if the send fails (the unsent reference is dropped with `value`).
         drop(frame);

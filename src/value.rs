@@ -2,6 +2,7 @@
 
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use num_bigint::BigInt;
 use num_complex::Complex64;
@@ -456,23 +457,63 @@ impl Access {
 ///
 /// Equality and hashing compare what the reference names (segment, generation,
 /// access), not whether it can still be sent.
-#[derive(Clone)]
 pub struct ArrayRef {
     name: String,
     generation: u64,
     access: Access,
+    /// Where the array's memory is.
+    place: Place,
+    /// For an anonymous segment, the descriptor token it travels with (0: the receiver
+    /// maps the object already; docs/PROTOCOL.md §5.7). Set by the send path just
+    /// before the value is encoded, and by the decoder.
+    token: AtomicU64,
     /// What sending or dropping this reference does: None for a reference that only
     /// describes an array (decoded from bytes).
     ticket: Option<Arc<Ticket>>,
 }
 
+/// Where a referenced array's memory is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Place {
+    /// A named segment (opcode `U`).
+    Named,
+    /// A segment at `offset` of an anonymous object (opcode `V`).
+    Anonymous { offset: u64 },
+}
+
+impl Clone for ArrayRef {
+    fn clone(&self) -> ArrayRef {
+        ArrayRef {
+            name: self.name.clone(),
+            generation: self.generation,
+            access: self.access,
+            place: self.place,
+            token: AtomicU64::new(self.token.load(Ordering::Relaxed)),
+            ticket: self.ticket.clone(),
+        }
+    }
+}
+
 impl ArrayRef {
     /// A reference that only describes an array: it cannot be sent.
     pub(crate) fn new(name: String, generation: u64, access: Access) -> ArrayRef {
+        ArrayRef::described(name, generation, access, Place::Named, 0)
+    }
+
+    /// A reference that only describes an array, anywhere.
+    pub(crate) fn described(
+        name: String,
+        generation: u64,
+        access: Access,
+        place: Place,
+        token: u64,
+    ) -> ArrayRef {
         ArrayRef {
             name,
             generation,
             access,
+            place,
+            token: AtomicU64::new(token),
             ticket: None,
         }
     }
@@ -482,14 +523,56 @@ impl ArrayRef {
         name: String,
         generation: u64,
         access: Access,
+        place: Place,
         ticket: Arc<Ticket>,
     ) -> ArrayRef {
         ArrayRef {
             name,
             generation,
             access,
+            place,
+            token: AtomicU64::new(0),
             ticket: Some(ticket),
         }
+    }
+
+    /// How the array's memory reaches the receiver: a named segment, or an anonymous
+    /// one whose descriptor travels beside the frame.
+    pub fn transport(&self) -> crate::segment::Transport {
+        match self.place {
+            Place::Named => crate::segment::Transport::Named,
+            Place::Anonymous { .. } => crate::segment::Transport::Anonymous,
+        }
+    }
+
+    /// Where the segment's header starts in its object: 0, or a pool slot's offset in an
+    /// anonymous arena.
+    pub fn offset(&self) -> u64 {
+        match self.place {
+            Place::Named => 0,
+            Place::Anonymous { offset } => offset,
+        }
+    }
+
+    /// The segment's key, as RELEASE names it and the ledger files it: the name, with
+    /// `@` and the offset in hex for a slot of an arena (docs/PROTOCOL.md §5.7).
+    pub fn key(&self) -> String {
+        match self.place {
+            Place::Anonymous { offset } if offset != 0 => format!("{}@{offset:x}", self.name),
+            _ => self.name.clone(),
+        }
+    }
+
+    pub(crate) fn place(&self) -> Place {
+        self.place
+    }
+
+    pub(crate) fn token(&self) -> u64 {
+        self.token.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_token(&self, token: u64) {
+        self.token.store(token, Ordering::Relaxed);
     }
 
     /// The segment's name, with its leading slash (`/pxg-…`), or the file's absolute
@@ -525,7 +608,8 @@ impl ArrayRef {
 
 impl PartialEq for ArrayRef {
     fn eq(&self, other: &ArrayRef) -> bool {
-        (&self.name, self.generation, self.access) == (&other.name, other.generation, other.access)
+        (&self.name, self.generation, self.access, self.place)
+            == (&other.name, other.generation, other.access, other.place)
     }
 }
 
@@ -533,7 +617,7 @@ impl Eq for ArrayRef {}
 
 impl std::hash::Hash for ArrayRef {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        (&self.name, self.generation, self.access).hash(state);
+        (&self.name, self.generation, self.access, self.place).hash(state);
     }
 }
 
@@ -543,6 +627,7 @@ impl fmt::Debug for ArrayRef {
             .field("name", &self.name)
             .field("generation", &self.generation)
             .field("access", &self.access)
+            .field("place", &self.place)
             .field("sendable", &self.is_sendable())
             .finish()
     }
