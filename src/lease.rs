@@ -722,7 +722,13 @@ mod tests {
     }
 
     fn reference(n: &str, access: Access, t: Arc<Ticket>) -> Value {
-        Value::Array(ArrayRef::with_ticket(n.to_string(), 5, access, t))
+        Value::Array(ArrayRef::with_ticket(
+            n.to_string(),
+            5,
+            access,
+            crate::value::Place::Named,
+            t,
+        ))
     }
 
     fn drop_entry(h: Holding) {

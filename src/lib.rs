@@ -23,6 +23,7 @@ mod array;
 mod bootstrap;
 mod channel;
 pub mod codec;
+mod descriptors;
 mod error;
 mod frame;
 /// Fuzz target bodies, shared by `fuzz/` and `tests/fuzz_corpus.rs`; not part of the API.
