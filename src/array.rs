@@ -191,7 +191,22 @@ impl<T: Element> SharedArray<T> {
     /// [`ErrorKind::Segment`] when the shape is invalid (more than 32 axes, byte size
     /// overflow) or the segment cannot be created (no space in /dev/shm).
     pub fn zeros(shape: &[usize]) -> Result<SharedArray<T>> {
-        Self::with_layout(Layout::c_order(T::DTYPE, shape)?, &Meta::default())
+        Self::zeros_in(Transport::from_env(), shape)
+    }
+
+    /// A new zero-filled array in C order, in a segment of the given transport: anonymous
+    /// (reached only through descriptors; the default on Linux and macOS) or named (for
+    /// gateways with `transport=named`, such as Jython workers).
+    ///
+    /// # Errors
+    ///
+    /// As [`SharedArray::zeros`].
+    pub fn zeros_in(transport: Transport, shape: &[usize]) -> Result<SharedArray<T>> {
+        Self::with_layout(
+            transport,
+            Layout::c_order(T::DTYPE, shape)?,
+            &Meta::default(),
+        )
     }
 
     /// A new zero-filled array with explicit byte strides (each a multiple of the
@@ -201,11 +216,15 @@ impl<T: Element> SharedArray<T> {
     ///
     /// As [`SharedArray::zeros`].
     pub fn zeros_strided(shape: &[usize], strides: &[usize]) -> Result<SharedArray<T>> {
-        Self::with_layout(Layout::strided(T::DTYPE, shape, strides)?, &Meta::default())
+        Self::with_layout(
+            Transport::from_env(),
+            Layout::strided(T::DTYPE, shape, strides)?,
+            &Meta::default(),
+        )
     }
 
-    fn with_layout(layout: Layout, meta: &Meta) -> Result<SharedArray<T>> {
-        let seg = Segment::create(&layout, meta)?;
+    fn with_layout(transport: Transport, layout: Layout, meta: &Meta) -> Result<SharedArray<T>> {
+        let seg = Segment::create_with_transport(transport, &layout, meta)?;
         let holding = lease::register(&seg.key(), Vec::new());
         Ok(SharedArray {
             seg: Some(seg),
@@ -273,7 +292,23 @@ impl<T: Element> SharedArray<T> {
                 r.name()
             )))
         };
-        let seg = Segment::open(r.name(), r.access() != Access::Shared)?;
+        let writable = r.access() != Access::Shared;
+        let seg = match r.place() {
+            Place::Named => Segment::open(r.name(), writable)?,
+            Place::Anonymous { offset } => match ticket.and_then(|t| t.take_fd()) {
+                Some(fd) => Segment::from_descriptor(fd, r.name(), offset, writable)?,
+                // A reference without a descriptor names what this process holds (an
+                // array coming back), or nothing it can map.
+                None if lease::is_held(&r.key()) => return Err(already()),
+                None => {
+                    return Err(Error::new(ErrorKind::Reference(format!(
+                        "reference to anonymous array {} came without a descriptor (or \
+                         its descriptor was taken by an earlier adoption)",
+                        r.key()
+                    ))));
+                }
+            },
+        };
         let dtype = seg.layout().dtype;
         if dtype != T::DTYPE {
             return Err(Error::new(ErrorKind::Convert(format!(
@@ -366,8 +401,14 @@ impl<T: Element> SharedArray<T> {
         self.seg().generation()
     }
 
+    /// The transport of the array's segment.
+    pub fn transport(&self) -> Transport {
+        self.seg().transport()
+    }
+
     /// The segment's name (`/pxg-…`). A pool slot in a backing directory is the file of
-    /// that name in the directory.
+    /// that name in the directory; an anonymous segment has no file: the name is its
+    /// identity (and shows in `/proc/PID/fd` as `/memfd:pxg-…`).
     pub fn name(&self) -> &str {
         self.seg().name()
     }

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
-    UnixAddr, recvmsg, sendmsg, socketpair,
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
+    recvmsg, sendmsg, socketpair,
 };
 
 use crate::output::lock;
@@ -141,7 +141,9 @@ impl DescriptorSocket {
                 return Err(why.clone());
             }
             if token == 0 || token < rx.expected {
-                return Err(format!("descriptor token {token} is unknown or used already"));
+                return Err(format!(
+                    "descriptor token {token} is unknown or used already"
+                ));
             }
             match self.read_message(&mut rx) {
                 Ok(true) => {}
@@ -186,7 +188,10 @@ impl DescriptorSocket {
                 if let ControlMessageOwned::ScmRights(raw) = c {
                     // SAFETY: the kernel installed these descriptors in this process's
                     // table just now for this message; nothing else owns them.
-                    fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                    fds.extend(
+                        raw.into_iter()
+                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                    );
                 }
             }
             (r.bytes, fds, r.flags.contains(MsgFlags::MSG_CTRUNC))
@@ -198,11 +203,8 @@ impl DescriptorSocket {
         let mut have = got;
         let until = Instant::now() + TAKE_TIMEOUT;
         while have < MESSAGE_LEN {
-            match nix::sys::socket::recv(
-                self.sock.as_raw_fd(),
-                &mut msg[have..],
-                MsgFlags::empty(),
-            ) {
+            match nix::sys::socket::recv(self.sock.as_raw_fd(), &mut msg[have..], MsgFlags::empty())
+            {
                 Ok(0) => return Err("the descriptor socket ended inside a message".into()),
                 Ok(n) => have += n,
                 Err(Errno::EINTR) => {}
@@ -305,7 +307,9 @@ mod tests {
         assert!(rx.take(1, soon).unwrap_err().contains("used already"));
         assert!(rx.take(0, soon).is_err());
         let t = Instant::now();
-        let err = rx.take(301, Instant::now() + Duration::from_millis(100)).unwrap_err();
+        let err = rx
+            .take(301, Instant::now() + Duration::from_millis(100))
+            .unwrap_err();
         assert!(err.contains("did not arrive"), "{err}");
         assert!(t.elapsed() < Duration::from_secs(2));
     }

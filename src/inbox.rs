@@ -220,6 +220,12 @@ impl Shared {
         })
     }
 
+    /// The descriptor the worker sent under `token` (docs/PROTOCOL.md §2.7).
+    fn take_descriptor(&self, token: u64) -> std::result::Result<OwnedFd, String> {
+        let _ = token;
+        Err("this gateway has no descriptor socket (named transport)".to_string())
+    }
+
     /// The identity the ledger knows this gateway by, for references sent to it.
     pub(crate) fn peer_ref(self: &Arc<Self>) -> crate::lease::PeerRef {
         crate::lease::PeerRef::new(self)
@@ -441,10 +447,19 @@ impl Shared {
                 match t {
                     MsgType::ChannelData => {
                         let mut item = decode_payload(&f.payload).map_err(Error::from);
-                        // No `U` opcode, no array: skip the walk (a byte scan is cheaper
-                        // than a walk over a big list).
-                        if let (Ok(v), true) = (&mut item, f.payload.contains(&b'U')) {
-                            crate::lease::receive(v, self.pid, crate::lease::key_of(self));
+                        // No `U` or `V` opcode, no array: skip the walk (a byte scan is
+                        // cheaper than a walk over a big list).
+                        let arrays = f.payload.iter().any(|&b| b == b'U' || b == b'V');
+                        if let (Ok(v), true) = (&mut item, arrays) {
+                            let taken = crate::lease::receive(
+                                v,
+                                self.pid,
+                                crate::lease::key_of(self),
+                                |token| self.take_descriptor(token),
+                            );
+                            if let Err(why) = taken {
+                                item = Err(Error::protocol(why));
+                            }
                         }
                         Prepared::Data {
                             channel: f.channel,

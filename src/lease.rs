@@ -30,12 +30,13 @@
 //! lock of this module is held while a peer or a pool is called.
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use crate::error::{Error, ErrorKind, Result};
-pub(crate) use crate::peer::{Peer, PeerKey, PeerRef, key_of};
 use crate::output::lock;
+pub(crate) use crate::peer::{Peer, PeerKey, PeerRef, key_of};
 use crate::segment::Segment;
 use crate::value::{Access, ArrayRef, Value};
 
@@ -352,11 +353,16 @@ enum Kind {
         id: u64,
         seg: Box<Mutex<Option<Segment>>>,
     },
-    /// A moved reference from the worker with this pid.
+    /// A reference from the worker with this pid: a moved one (unlinked or closed
+    /// unless adopted), or one that came with a descriptor.
     Incoming {
         name: String,
         pid: u32,
         adopted: AtomicBool,
+        /// The descriptor of an anonymous segment, until it is adopted.
+        fd: Mutex<Option<OwnedFd>>,
+        moved: bool,
+        anonymous: bool,
     },
 }
 
@@ -377,15 +383,33 @@ fn refused(name: &str, reason: impl std::fmt::Display) -> Error {
 }
 
 impl Ticket {
-    /// A ticket for a moved reference that arrived from the worker `pid`.
-    pub(crate) fn incoming(name: &str, pid: u32) -> Arc<Ticket> {
+    /// A ticket for a reference that arrived from the worker `pid`: moved, or with the
+    /// descriptor of an anonymous segment.
+    pub(crate) fn incoming(
+        name: &str,
+        pid: u32,
+        moved: bool,
+        anonymous: bool,
+        fd: Option<OwnedFd>,
+    ) -> Arc<Ticket> {
         Arc::new(Ticket {
             kind: Kind::Incoming {
                 name: name.to_string(),
                 pid,
                 adopted: AtomicBool::new(false),
+                fd: Mutex::new(fd),
+                moved,
+                anonymous,
             },
         })
+    }
+
+    /// For a reference that came with a descriptor: takes it (once).
+    pub(crate) fn take_fd(&self) -> Option<OwnedFd> {
+        match &self.kind {
+            Kind::Incoming { fd, .. } => lock(fd).take(),
+            _ => None,
+        }
     }
 
     pub(crate) fn is_sendable(&self) -> bool {
@@ -532,8 +556,18 @@ impl Drop for Ticket {
                 // Never sent: still this process's, so dropping it unlinks it.
                 drop(lock(seg).take());
             }
-            Kind::Incoming { name, pid, adopted } => {
-                if !adopted.load(Ordering::Acquire) && !is_held(name) {
+            Kind::Incoming {
+                name,
+                pid,
+                adopted,
+                fd,
+                moved,
+                anonymous,
+            } => {
+                // An anonymous segment's descriptor closes with the ticket: its memory
+                // goes once the worker lets go too. A named one is unlinked.
+                drop(lock(fd).take());
+                if *moved && !*anonymous && !adopted.load(Ordering::Acquire) && !is_held(name) {
                     crate::segment::unlink_abandoned(name, *pid);
                 }
             }
@@ -694,16 +728,46 @@ pub(crate) fn forget_everywhere(seg: Segment, peers: Vec<PeerRef>) {
 }
 
 /// Takes in the references of a value that arrived from the worker `pid` (gateway
-/// `from`): a moved one gets a ticket that unlinks its segment unless it is adopted; a
-/// shared or lent one names an array of this process that the worker gives back, which
-/// releases it (once per reference).
-pub(crate) fn receive(value: &mut Value, pid: u32, from: PeerKey) {
-    value.for_each_array_mut(|r| match r.access() {
-        Access::Moved => r.set_ticket(Ticket::incoming(r.name(), pid)),
-        access => {
-            release(&r.key(), r.generation(), access, from);
+/// `from`): a reference that came with a descriptor (token not 0) takes it from
+/// `take_fd`; a moved one gets a ticket that unlinks (named) or closes (anonymous) its
+/// segment unless it is adopted; a shared or lent one without a descriptor names an
+/// array of this process that the worker gives back, which releases it (once per
+/// reference).
+///
+/// # Errors
+///
+/// What `take_fd` reports for a descriptor that cannot be had; the value is then
+/// unusable, and the descriptors taken so far close with it.
+pub(crate) fn receive(
+    value: &mut Value,
+    pid: u32,
+    from: PeerKey,
+    mut take_fd: impl FnMut(u64) -> std::result::Result<OwnedFd, String>,
+) -> std::result::Result<(), String> {
+    let mut failed = None;
+    value.for_each_array_mut(|r| {
+        let fd = match r.token() {
+            0 => None,
+            token => match take_fd(token) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    failed.get_or_insert(format!("array {}: {e}", r.name()));
+                    return;
+                }
+            },
+        };
+        let anonymous = r.transport() == crate::segment::Transport::Anonymous;
+        match r.access() {
+            Access::Moved => r.set_ticket(Ticket::incoming(r.name(), pid, true, anonymous, fd)),
+            _ if fd.is_some() => {
+                r.set_ticket(Ticket::incoming(r.name(), pid, false, anonymous, fd))
+            }
+            access => {
+                release(&r.key(), r.generation(), access, from);
+            }
         }
     });
+    failed.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::header::{DType, Layout, Meta};
 use crate::lease::{PeerRef, SlotHome, forget_everywhere};
 use crate::output::lock;
-use crate::segment::Segment;
+use crate::segment::{Arena, Segment, Transport};
 
 /// What [`Pool::take`] does when every slot of the size class is in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +57,7 @@ pub struct PoolBuilder {
     when_full: WhenFull,
     dir: Option<PathBuf>,
     prefill: bool,
+    transport: Transport,
 }
 
 impl PoolBuilder {
@@ -81,9 +82,19 @@ impl PoolBuilder {
     }
 
     /// Creates the slots as files in `dir` (a tmpfs mount, e.g. one with
-    /// `huge=always`) instead of POSIX shared memory.
+    /// `huge=always`): named segments, whatever the transport.
     pub fn backing_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.dir = Some(dir.into());
+        self
+    }
+
+    /// How the slots reach the workers (default: [`Transport::from_env`]). With
+    /// [`Transport::Anonymous`] each size class is one arena, an anonymous object
+    /// holding all its slots, so that a stream of any length costs a gateway at most
+    /// two descriptors per class; with [`Transport::Named`] each slot is a named
+    /// segment.
+    pub fn transport(mut self, transport: Transport) -> Self {
+        self.transport = transport;
         self
     }
 
@@ -117,6 +128,9 @@ impl PoolBuilder {
                         bytes,
                         free: Vec::new(),
                         created: 0,
+                        arena: None,
+                        next_index: 0,
+                        spare: Vec::new(),
                     })
                     .collect(),
                 closed: false,
@@ -124,12 +138,15 @@ impl PoolBuilder {
             back: Condvar::new(),
             slots: self.slots,
             when_full: self.when_full,
+            arenas: self.dir.is_none() && self.transport == Transport::Anonymous,
+            prefill: self.prefill,
             dir: self.dir,
         });
         if self.prefill {
             for class in 0..classes.len() {
                 for _ in 0..shared.slots {
-                    let seg = shared.new_slot(class)?;
+                    let index = lock(&shared.state).classes[class].index();
+                    let seg = shared.new_slot(class, index)?;
                     let mut st = lock(&shared.state);
                     st.classes[class].created += 1;
                     st.classes[class].free.push(Slot {
@@ -167,7 +184,7 @@ pub struct ClassStats {
 
 impl Pool {
     /// A builder with no size class yet, 4 slots per class, blocking up to 10 s when
-    /// full, POSIX shared memory, prefilled.
+    /// full, the process's default transport, prefilled.
     pub fn builder() -> PoolBuilder {
         PoolBuilder {
             classes: Vec::new(),
@@ -175,6 +192,7 @@ impl Pool {
             when_full: WhenFull::Block(Duration::from_secs(10)),
             dir: None,
             prefill: true,
+            transport: Transport::from_env(),
         }
     }
 
@@ -255,6 +273,23 @@ struct Class {
     bytes: usize,
     free: Vec<Slot>,
     created: usize,
+    /// With the anonymous transport: the object all the class's slots live in, made
+    /// with the first slot.
+    arena: Option<Arc<Arena>>,
+    /// Arena indices never made yet start here; `spare` holds those whose making
+    /// failed, to try again.
+    next_index: usize,
+    spare: Vec<usize>,
+}
+
+impl Class {
+    /// The arena index for a new slot.
+    fn index(&mut self) -> usize {
+        self.spare.pop().unwrap_or_else(|| {
+            self.next_index += 1;
+            self.next_index - 1
+        })
+    }
 }
 
 struct PoolState {
@@ -269,6 +304,9 @@ pub(crate) struct PoolShared {
     slots: usize,
     when_full: WhenFull,
     dir: Option<PathBuf>,
+    /// Slots live in one arena per class (anonymous transport, no backing directory).
+    arenas: bool,
+    prefill: bool,
 }
 
 impl std::fmt::Debug for PoolShared {
@@ -282,8 +320,23 @@ impl std::fmt::Debug for PoolShared {
 }
 
 impl PoolShared {
-    fn new_slot(&self, class: usize) -> Result<Segment> {
+    /// Makes the `index`-th slot of `class` (counted from 0).
+    fn new_slot(&self, class: usize, index: usize) -> Result<Segment> {
         let bytes = lock(&self.state).classes[class].bytes;
+        if self.arenas {
+            let arena = {
+                let mut st = lock(&self.state);
+                match &st.classes[class].arena {
+                    Some(a) => Arc::clone(a),
+                    None => {
+                        let a = Arc::new(Segment::arena(bytes, self.slots, self.prefill)?);
+                        st.classes[class].arena = Some(Arc::clone(&a));
+                        a
+                    }
+                }
+            };
+            return arena.slot(index);
+        }
         let layout = Layout::c_order(DType::U8, &[bytes])?;
         let meta = Meta::default();
         match &self.dir {
@@ -308,15 +361,18 @@ impl PoolShared {
                 return Ok(slot);
             }
             if st.classes[class].created < self.slots {
+                let index = st.classes[class].index();
                 st.classes[class].created += 1;
                 drop(st);
-                return match self.new_slot(class) {
+                return match self.new_slot(class, index) {
                     Ok(seg) => Ok(Slot {
                         seg,
                         peers: Vec::new(),
                     }),
                     Err(e) => {
-                        lock(&self.state).classes[class].created -= 1;
+                        let mut st = lock(&self.state);
+                        st.classes[class].created -= 1;
+                        st.classes[class].spare.push(index);
                         Err(e)
                     }
                 };
@@ -367,6 +423,10 @@ impl PoolShared {
                 return;
             }
             st.closed = true;
+            // The arenas live on in the slots still out, and go with the last of them.
+            for c in &mut st.classes {
+                c.arena = None;
+            }
             st.classes
                 .iter_mut()
                 .flat_map(|c| std::mem::take(&mut c.free))

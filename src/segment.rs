@@ -26,8 +26,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::ptr;
-use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::{Arc, OnceLock};
 
 use memmap2::{MmapOptions, MmapRaw};
 use nix::fcntl::OFlag;
@@ -432,6 +432,20 @@ impl Segment {
         })
     }
 
+    /// Creates a pool arena: an anonymous object for `slots` slots of `data_bytes` bytes
+    /// each (docs/SEGMENT_FORMAT.md §3.3), sized and sealed now. With `reserve_all`
+    /// every slot's memory is reserved and mapped populated at once; otherwise each
+    /// slot's range is, when [`Arena::slot`] makes it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Segment::create_anonymous`].
+    pub(crate) fn arena(data_bytes: usize, slots: usize, reserve_all: bool) -> Result<Arena> {
+        let name = new_name();
+        let layout = Layout::c_order(crate::header::DType::U8, &[data_bytes])?;
+        Arena::create(name.clone(), layout, slots, reserve_all).map_err(|p| p.at(&name))
+    }
+
     /// Creates a segment with `transport`.
     ///
     /// # Errors
@@ -653,7 +667,8 @@ impl Segment {
     /// [`SegmentProblem::ReadOnly`] on a read-only mapping.
     pub fn bump_generation(&self) -> Result<u64> {
         self.check_writable()?;
-        let previous = atomic_u64(&self.map, self.base + OFF_GENERATION).fetch_add(1, Ordering::AcqRel);
+        let previous =
+            atomic_u64(&self.map, self.base + OFF_GENERATION).fetch_add(1, Ordering::AcqRel);
         Ok(previous.wrapping_add(1))
     }
 
@@ -807,6 +822,118 @@ impl Drop for Segment {
     }
 }
 
+/// A pool arena: one anonymous object holding a size class's slots at fixed offsets,
+/// mapped once; each slot is a complete segment (docs/SEGMENT_FORMAT.md §3.3).
+pub(crate) struct Arena {
+    obj: Arc<AnonObject>,
+    map: Arc<MmapRaw>,
+    /// A slot's layout before its first use: its data area as bytes.
+    layout: Layout,
+    /// Bytes per slot: the header page and the data, rounded up to a page.
+    slot_size: usize,
+    slots: usize,
+    reserved: bool,
+}
+
+impl std::fmt::Debug for Arena {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Arena")
+            .field("name", &self.obj.name())
+            .field("slot_size", &self.slot_size)
+            .field("slots", &self.slots)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Arena {
+    fn create(
+        name: String,
+        layout: Layout,
+        slots: usize,
+        reserve_all: bool,
+    ) -> std::result::Result<Arena, SegmentProblem> {
+        let plan = Plan::new(&layout, &Meta::default())?;
+        let total = plan
+            .len
+            .checked_mul(slots)
+            .filter(|t| i64::try_from(*t).is_ok());
+        let total = total.ok_or(SegmentProblem::Overflow {
+            what: "the arena size",
+        })?;
+        let obj = AnonObject::create(&name, total as u64)?;
+        obj.seal()?;
+        if reserve_all {
+            obj.reserve(0, total as u64)?;
+        }
+        let mut options = MmapOptions::new();
+        options.len(total);
+        if reserve_all {
+            options.populate();
+        }
+        let map = options.map_raw(obj.raw_fd()).map_err(|e| io("mmap", e))?;
+        Ok(Arena {
+            obj: Arc::new(obj),
+            map: Arc::new(map),
+            layout,
+            slot_size: plan.len,
+            slots,
+            reserved: reserve_all,
+        })
+    }
+
+    /// Makes slot `k`: reserves its range (unless the arena was reserved whole), maps
+    /// its pages, writes and stamps its header.
+    ///
+    /// # Errors
+    ///
+    /// [`SegmentProblem::NoSpace`] when its memory cannot be reserved.
+    pub(crate) fn slot(&self, k: usize) -> Result<Segment> {
+        let make = || -> std::result::Result<Segment, SegmentProblem> {
+            assert!(k < self.slots, "slot {k} of an arena of {}", self.slots);
+            let plan = Plan::new(&self.layout, &Meta::default())?;
+            let base = k * self.slot_size;
+            if !self.reserved {
+                self.obj.reserve(base as u64, self.slot_size as u64)?;
+                populate(&self.map, base, self.slot_size);
+            }
+            // No other process has the arena's descriptor before its first slot is
+            // handed out, and a peer maps a slot only after a reference to it, which
+            // comes after this: nothing else writes these bytes yet.
+            write_stamped(&self.map, base, &plan.header);
+            Ok(Segment {
+                map: Arc::clone(&self.map),
+                base,
+                fields: plan.fields,
+                name: self.obj.name().to_string(),
+                backing: Backing::Anon(Arc::clone(&self.obj)),
+                writable: true,
+                unlink_on_drop: AtomicBool::new(false),
+            })
+        };
+        make().map_err(|p| p.at(self.obj.name()))
+    }
+}
+
+/// Faults in `len` bytes of `map` at `base` for writing, so that the first use of a slot
+/// does not pay for it page by page (best effort: `MADV_POPULATE_WRITE`, Linux 5.14).
+fn populate(map: &MmapRaw, base: usize, len: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        assert!(base.checked_add(len).is_some_and(|end| end <= map.len()));
+        // SAFETY: the range lies inside the mapping (asserted) and starts on a page
+        // boundary; MADV_POPULATE_WRITE only faults pages in, changing no contents.
+        let _ = unsafe {
+            libc::madvise(
+                map.as_mut_ptr().add(base).cast(),
+                len,
+                libc::MADV_POPULATE_WRITE,
+            )
+        };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (map, base, len);
+}
+
 /// What a new segment will hold: its header fields and bytes, and its size.
 struct Plan {
     fields: HeaderFields,
@@ -861,7 +988,10 @@ impl Plan {
 /// (docs/SEGMENT_FORMAT.md §7). The caller guarantees that no other process writes those
 /// bytes yet.
 fn write_stamped(map: &MmapRaw, base: usize, header: &[u8]) {
-    assert!(base.checked_add(header.len()).is_some_and(|end| end <= map.len()));
+    assert!(
+        base.checked_add(header.len())
+            .is_some_and(|end| end <= map.len())
+    );
     // SAFETY: the range [base, base + header.len()) lies inside the mapping (asserted),
     // which is readable and writable, and does not overlap the heap buffer `header`.
     // Nothing else writes it (the caller's guarantee), and openers refuse the header

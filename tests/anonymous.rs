@@ -52,10 +52,7 @@ fn an_anonymous_segment_cannot_be_resized_by_anyone() {
     let fd = std::fs::read_dir("/proc/self/fd")
         .unwrap()
         .filter_map(|e| e.ok())
-        .find(|e| {
-            std::fs::read_link(e.path())
-                .is_ok_and(|t| t.to_string_lossy().contains(&name))
-        })
+        .find(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().contains(&name)))
         .unwrap();
     // Opened again through /proc, as another process of the user could.
     let f = std::fs::OpenOptions::new()

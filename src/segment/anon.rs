@@ -58,11 +58,9 @@ impl AnonObject {
             other => other,
         }
         .map_err(|e| match e {
-            nix::errno::Errno::EMFILE | nix::errno::Errno::ENFILE => {
-                SegmentProblem::Descriptors {
-                    message: e.desc().to_string(),
-                }
-            }
+            nix::errno::Errno::EMFILE | nix::errno::Errno::ENFILE => SegmentProblem::Descriptors {
+                message: e.desc().to_string(),
+            },
             e => os("memfd_create", e),
         })?;
         AnonObject::sized(fd, name, size)
@@ -129,7 +127,8 @@ impl AnonObject {
         {
             use nix::fcntl::{FcntlArg, SealFlag, fcntl};
             let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
-            fcntl(self.fd.as_fd(), FcntlArg::F_ADD_SEALS(seals)).map_err(|e| os("F_ADD_SEALS", e))?;
+            fcntl(self.fd.as_fd(), FcntlArg::F_ADD_SEALS(seals))
+                .map_err(|e| os("F_ADD_SEALS", e))?;
         }
         Ok(())
     }
@@ -150,8 +149,8 @@ impl AnonObject {
         #[cfg(target_os = "linux")]
         {
             use nix::fcntl::{FcntlArg, SealFlag, fcntl};
-            let seals = fcntl(file.as_fd(), FcntlArg::F_GET_SEALS)
-                .map_err(|e| os("F_GET_SEALS", e))?;
+            let seals =
+                fcntl(file.as_fd(), FcntlArg::F_GET_SEALS).map_err(|e| os("F_GET_SEALS", e))?;
             let seals = SealFlag::from_bits_truncate(seals);
             let needed = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW;
             if !seals.contains(needed) {
@@ -222,9 +221,14 @@ impl AnonObject {
     /// True when `peer` got a descriptor of the object giving at least `writable`
     /// access, and so maps it already.
     pub(crate) fn delivered_to(&self, peer: PeerKey, writable: bool) -> bool {
-        lock(&self.delivered)
-            .iter()
-            .any(|d| d.peer.key == peer && if writable { d.writable } else { d.read_only || d.writable })
+        lock(&self.delivered).iter().any(|d| {
+            d.peer.key == peer
+                && if writable {
+                    d.writable
+                } else {
+                    d.read_only || d.writable
+                }
+        })
     }
 
     /// Records that `peer` got a descriptor of the object (and maps it from now on).

@@ -33,7 +33,9 @@ pub enum SegmentProblem {
     },
     /// This process cannot open another descriptor (its limit, `RLIMIT_NOFILE`, or the
     /// system's is reached); an anonymous segment needs one while it lives.
-    #[error("no descriptor left for an anonymous segment ({message}); raise the limit (ulimit -n) or use the named transport")]
+    #[error(
+        "no descriptor left for an anonymous segment ({message}); raise the limit (ulimit -n) or use the named transport"
+    )]
     Descriptors {
         /// The system's message.
         message: String,
