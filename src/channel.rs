@@ -309,8 +309,9 @@ impl Drop for Channel {
             }
         };
         if send_close {
+            // Never waits for a full pipe: the close is written when it drains.
             if let Ok(frame) = build_frame(MsgType::ChannelClose, self.id, |_| Ok::<_, Error>(())) {
-                let _ = self.shared.write_frame(&frame);
+                self.shared.try_write_frame(&frame);
             }
         }
     }

@@ -372,11 +372,17 @@ impl Gateway {
     /// Asks the worker to exit, waits up to `timeout`, then kills it; always reaps it.
     /// Returns how it ended. Calling it again returns the same status.
     ///
+    /// `timeout` covers the whole polite part: waiting for the pipe to the worker (full
+    /// when the worker stopped reading, or while another thread's send is under way),
+    /// writing GATEWAY_TERMINATE, and waiting for the process to end. Then the worker
+    /// and its process group get `SIGKILL`.
+    ///
     /// # Errors
     ///
     /// [`ErrorKind::Timeout`] only if the process survives `SIGKILL` for 10 s (a process
     /// stuck in the kernel).
     pub fn exit(&self, timeout: Duration) -> Result<WorkerExit> {
+        let deadline = Instant::now() + timeout;
         {
             let mut st = self.shared.lock();
             if let Some(e) = &st.exit {
@@ -385,9 +391,9 @@ impl Gateway {
             st.closed_by_host = true;
         }
         if let Ok(frame) = build_frame(MsgType::GatewayTerminate, 0, |_| Ok::<_, Error>(())) {
-            let _ = self.shared.write_frame(&frame);
+            let _ = self.shared.write_frame_until(&frame, Some(deadline));
         }
-        if let Some(e) = wait_exit(&self.shared, Instant::now() + timeout) {
+        if let Some(e) = wait_exit(&self.shared, deadline) {
             return Ok(e);
         }
         self.kill()

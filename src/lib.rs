@@ -39,6 +39,7 @@ mod serde_value;
 mod spec;
 mod stream;
 mod value;
+mod writer;
 
 pub use array::{Element, SharedArray};
 pub use channel::{Channel, ExecOptions, Iter};
