@@ -243,20 +243,20 @@ impl Gateway {
             .map_err(|e| Error::io("creating wake-up pipes", e))?,
         );
 
-        let s = Arc::clone(&shared);
+        // The receiver disconnects once both pumps have ended.
+        let (pumped_tx, pumped) = mpsc::channel::<()>();
+        let (s, done) = (Arc::clone(&shared), pumped_tx.clone());
         spawn_thread(format!("pixgate-{id}-stdout"), move || {
-            s.sink.pump(stdout, Stream::Stdout)
+            s.sink.pump(stdout, Stream::Stdout);
+            drop(done);
         })?;
-        let (stderr_done_tx, stderr_done) = mpsc::channel::<()>();
-        let s = Arc::clone(&shared);
+        let (s, done) = (Arc::clone(&shared), pumped_tx);
         spawn_thread(format!("pixgate-{id}-stderr"), move || {
             s.sink.pump(stderr, Stream::Stderr);
-            drop(stderr_done_tx);
+            drop(done);
         })?;
         let s = Arc::clone(&shared);
-        spawn_thread(format!("pixgate-{id}-reaper"), move || {
-            reap(&s, stderr_done)
-        })?;
+        spawn_thread(format!("pixgate-{id}-reaper"), move || reap(&s, pumped))?;
 
         if spec.helper == HelperSource::Bootstrap {
             // A writer thread, so that a worker that never reads cannot block the host
@@ -531,7 +531,7 @@ fn kill_and_wait(shared: &Shared) -> Option<WorkerExit> {
 
 /// The reaper thread: waits for the child to exit, marks it gone before reaping it, and
 /// records the status with the stderr tail.
-fn reap(shared: &Shared, stderr_done: mpsc::Receiver<()>) {
+fn reap(shared: &Shared, pumped: mpsc::Receiver<()>) {
     use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
     let pid = nix::unistd::Pid::from_raw(shared.pid as i32);
     // Wait without reaping, so that the pid cannot be reused while `kill` may use it.
@@ -550,9 +550,10 @@ fn reap(shared: &Shared, stderr_done: mpsc::Receiver<()>) {
         Ok(WaitStatus::Signaled(_, s, _)) => (None, Some(s as i32)),
         _ => (None, None),
     };
-    // Let the stderr pump drain what the worker wrote last (grandchildren may hold the
-    // pipe open, so only briefly).
-    let _ = stderr_done.recv_timeout(Duration::from_millis(500));
+    // Let the output pumps deliver what the worker wrote last, so that `exit` returns
+    // after it and the stderr tail holds it (something else may hold the pipes open,
+    // so only briefly).
+    let _ = pumped.recv_timeout(Duration::from_millis(500));
     shared.set_exit(WorkerExit {
         gateway: shared.id.clone(),
         pid: shared.pid,
