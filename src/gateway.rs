@@ -211,8 +211,8 @@ impl Gateway {
         let nice = spec.nice;
         let parent = std::process::id() as libc::pid_t;
         // SAFETY: the closure runs in the forked child before exec and calls only
-        // async-signal-safe functions (dup2, nice, prctl, getppid, _exit); it allocates
-        // nothing and touches no lock.
+        // async-signal-safe functions (setpgid, dup2, nice, prctl, getppid, _exit); it
+        // allocates nothing and touches no lock.
         unsafe {
             cmd.pre_exec(move || child_setup(rfd, wfd, nice, parent));
         }
@@ -512,25 +512,35 @@ fn wait_exit(shared: &Shared, deadline: Instant) -> Option<WorkerExit> {
     }
 }
 
-/// Sends `SIGKILL` unless the process is already gone, then waits for the reaper.
+/// Sends `SIGKILL` to the worker and its process group unless the worker is already
+/// gone, then waits for the reaper.
 fn kill_and_wait(shared: &Shared) -> Option<WorkerExit> {
     {
         let mut st = shared.lock();
         st.closed_by_host = true;
         if !st.child_gone {
             // The reaper marks `child_gone` before reaping, under this lock, so the pid
-            // still names our child here.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(shared.pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            // still names our child here, and the group it leads.
+            kill_worker(shared.pid);
         }
     }
     wait_exit(shared, Instant::now() + Duration::from_secs(10))
 }
 
-/// The reaper thread: waits for the child to exit, marks it gone before reaping it, and
-/// records the status with the stderr tail.
+/// `SIGKILL` to the worker and to its process group (the processes remote code
+/// started). The group's id is the worker's pid (`setpgid(0, 0)` in `child_setup`);
+/// the caller must know that the worker is not reaped yet, so that neither the pid nor
+/// the group id can name another process.
+fn kill_worker(pid: u32) {
+    use nix::sys::signal::{Signal, kill, killpg};
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    // The worker first: it may have left its group.
+    let _ = kill(pid, Signal::SIGKILL);
+    let _ = killpg(pid, Signal::SIGKILL);
+}
+
+/// The reaper thread: waits for the child to exit, ends the rest of its process group,
+/// marks it gone before reaping it, and records the status with the stderr tail.
 fn reap(shared: &Shared, pumped: mpsc::Receiver<()>) {
     use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
     let pid = nix::unistd::Pid::from_raw(shared.pid as i32);
@@ -538,6 +548,9 @@ fn reap(shared: &Shared, pumped: mpsc::Receiver<()>) {
     while let Err(nix::errno::Errno::EINTR) =
         waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
     {}
+    // Processes the remote code started end with the worker. The unreaped worker keeps
+    // its pid, and so the group's id, from being reused until the reap below.
+    let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
     shared.lock().child_gone = true;
     let status = loop {
         match waitpid(pid, None) {
@@ -578,10 +591,18 @@ fn high_dup(fd: &OwnedFd) -> Result<OwnedFd> {
 }
 
 /// Runs in the forked child before exec. Async-signal-safe calls only.
+///
+/// The worker leads a process group of its own: the processes its remote code starts
+/// join it, so the host can end them with it; and a stopped worker cannot make the
+/// host's group an orphaned group with a stopped member, which the kernel answers with
+/// SIGHUP to every member, the host included.
 fn child_setup(rfd: i32, wfd: i32, nice: Option<i32>, parent: libc::pid_t) -> std::io::Result<()> {
     // SAFETY: plain system calls on descriptors this process owns; no memory is shared
     // with other threads (the child has only this one).
     unsafe {
+        if libc::setpgid(0, 0) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
         if libc::dup2(rfd, 3) < 0 || libc::dup2(wfd, 4) < 0 {
             return Err(std::io::Error::last_os_error());
         }

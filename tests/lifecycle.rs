@@ -1,5 +1,6 @@
 //! Bounded lifecycles: every blocking write honours its deadline even when the pipe to
-//! the worker is full, and drops never wait for the pipe.
+//! the worker is full, drops never wait for the pipe, and the processes that remote code
+//! starts end with the worker.
 //!
 //! A worker stopped with `SIGSTOP` reads nothing, so a large send fills the pipe and
 //! stays blocked in it. Every operation under test runs under a watchdog: if it has not
@@ -8,6 +9,8 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -224,4 +227,168 @@ fn a_close_and_a_forget_deferred_by_a_full_pipe_arrive_once_it_drains() {
     );
     assert_eq!(gw.exit(T).unwrap().code, Some(0));
     assert_no_segments();
+}
+
+/// Remote code that starts `sleep 1000` and a Python child that ignores SIGTERM, and
+/// sends their pids once both run.
+const CHILDREN: &str = r#"
+import subprocess, sys
+plain = subprocess.Popen(["sleep", "1000"])
+stubborn = subprocess.Popen(
+    [sys.executable, "-c",
+     "import signal, sys, time\n"
+     "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+     "sys.stdout.write('ready\\n'); sys.stdout.flush()\n"
+     "time.sleep(1000)\n"],
+    stdout=subprocess.PIPE)
+assert stubborn.stdout.readline() == b"ready\n"
+channel.send([plain.pid, stubborn.pid])
+"#;
+
+fn children_of(gw: &Gateway) -> Vec<u32> {
+    let ch = gw.remote_exec(CHILDREN).unwrap();
+    let pids: Vec<u32> = ch
+        .receive_timeout(T)
+        .unwrap()
+        .as_seq()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_i64().unwrap() as u32)
+        .collect();
+    for &p in &pids {
+        assert!(process_alive(p), "child {p} runs");
+    }
+    pids
+}
+
+/// Asserts that every pid ends within 5 s; kills survivors first so that a failing test
+/// leaves nothing behind.
+fn assert_all_gone(pids: &[u32], after: &str) {
+    let survivors: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|&p| wait_gone(p, Duration::from_secs(5)).is_none())
+        .collect();
+    for &p in &survivors {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(
+        survivors.is_empty(),
+        "processes started by remote code outlived {after}: {survivors:?}"
+    );
+}
+
+#[test]
+fn processes_started_by_remote_code_end_with_exit() {
+    let gw = gateway();
+    let pids = children_of(&gw);
+    let exit = gw.exit(T).unwrap();
+    assert_eq!(exit.code, Some(0), "{exit:?}");
+    assert_all_gone(&pids, "exit()");
+}
+
+#[test]
+fn processes_started_by_remote_code_end_with_kill() {
+    let gw = gateway();
+    let pids = children_of(&gw);
+    let exit = gw.kill().unwrap();
+    assert_eq!(exit.signal, Some(9), "{exit:?}");
+    assert_all_gone(&pids, "kill()");
+}
+
+#[test]
+fn the_worker_has_a_process_group_of_its_own() {
+    let gw = gateway();
+    let pid = nix::unistd::Pid::from_raw(gw.pid() as i32);
+    assert_eq!(nix::unistd::getpgid(Some(pid)).unwrap(), pid);
+    assert_ne!(nix::unistd::getpgrp(), pid);
+}
+
+/// `target/<profile>/examples/NAME`, next to the directory of this test binary.
+fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let bin = dir.join("examples").join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build --all-targets`",
+        bin.display()
+    );
+    bin
+}
+
+/// Lines of a child's stdout, read on a thread so that every wait has a deadline.
+fn lines_of(out: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn field(rx: &mpsc::Receiver<String>, key: &str) -> String {
+    let line = rx
+        .recv_timeout(T)
+        .unwrap_or_else(|_| panic!("no {key:?} line within {T:?}"));
+    line.strip_prefix(&format!("{key} "))
+        .unwrap_or_else(|| panic!("expected {key:?}, got {line:?}"))
+        .to_string()
+}
+
+/// POSIX sends SIGHUP and SIGCONT to every member of a process group that becomes
+/// orphaned while one of its members is stopped. A worker in its host's group, stopped
+/// at the moment the host's parent exits, therefore got the host killed.
+#[test]
+fn a_host_whose_parent_exits_while_its_worker_is_stopped_survives() {
+    // The launcher starts a new session, starts the host in a process group of its
+    // own inside it, prints the host's pid and waits to be killed.
+    let mut launcher = Command::new(example("pgroup_host"))
+        .args(["launch", &spec("")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start pgroup_host");
+    let mut to_host = launcher.stdin.take().unwrap();
+    let lines = lines_of(launcher.stdout.take().unwrap());
+    let host: u32 = field(&lines, "host").parse().unwrap();
+    let worker: u32 = field(&lines, "worker").parse().unwrap();
+    let cleanup = |why: &str| -> ! {
+        for p in [host, worker] {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        panic!("{why}");
+    };
+    stop(worker);
+    // The launcher's exit orphans the host's process group.
+    launcher.kill().unwrap();
+    launcher.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    if !process_alive(host) {
+        cleanup("the host died when its parent exited while its worker was stopped");
+    }
+    writeln!(to_host, "exit").unwrap();
+    let t = Instant::now();
+    let exited = match lines.recv_timeout(T) {
+        Ok(l) => l,
+        Err(_) => cleanup("the host's exit(500ms) did not complete"),
+    };
+    eprintln!("host: {exited} ({:?})", t.elapsed());
+    assert!(exited.contains("signal 9 (SIGKILL)"), "{exited}");
+    assert!(wait_gone(host, T).is_some(), "the host ended");
+    assert!(!process_alive(worker));
 }
