@@ -108,8 +108,13 @@ impl GatewayBuilder {
     /// # Errors
     ///
     /// [`ErrorKind::Spec`] for a bad spec, [`ErrorKind::InterpreterNotFound`] when the
-    /// interpreter cannot be started, [`ErrorKind::Timeout`] when the handshake does not
-    /// arrive in time, [`ErrorKind::Handshake`] when the worker dies or answers wrongly.
+    /// interpreter cannot be executed (missing, not executable, not a program),
+    /// [`ErrorKind::Io`] when the start fails for another reason (descriptors or
+    /// threads exhausted; the operating system's error is its source),
+    /// [`ErrorKind::Timeout`] when the handshake does not arrive in time,
+    /// [`ErrorKind::Handshake`] when the worker dies or answers wrongly. After any of
+    /// these, no process of the failed start remains: a child already forked is killed
+    /// and reaped.
     pub fn spawn(self) -> Result<Gateway> {
         Gateway::start(self)
     }
@@ -216,12 +221,9 @@ impl Gateway {
         unsafe {
             cmd.pre_exec(move || child_setup(rfd, wfd, nice, parent));
         }
-        let mut child = spawn_child(cmd).map_err(|e| {
-            Error::new(ErrorKind::InterpreterNotFound {
-                path: python[0].clone(),
-                reason: e.to_string(),
-            })
-        })?;
+        let mut child = spawn_child(cmd).map_err(|e| spawn_error(&python[0], e))?;
+        // From here on every early return kills and reaps the child.
+        let mut guard = StartGuard::new(child.id());
         drop((child_r, child_w));
         let pid = child.id();
         let stdout = child.stdout.take().expect("stdout piped");
@@ -257,6 +259,7 @@ impl Gateway {
         })?;
         let s = Arc::clone(&shared);
         spawn_thread(format!("pixgate-{id}-reaper"), move || reap(&s, pumped))?;
+        guard.reaper_runs(Arc::clone(&shared));
 
         if spec.helper == HelperSource::Bootstrap {
             // A writer thread, so that a worker that never reads cannot block the host
@@ -267,27 +270,25 @@ impl Gateway {
             })?;
         }
 
-        let gw = Gateway {
-            info: handshake(&shared, b.handshake_timeout).inspect_err(|_| {
-                kill_and_wait(&shared);
-            })?,
-            shared,
-            exit_timeout: b.exit_timeout,
-        };
-        if gw.info.protocol != PROTOCOL_VERSION
-            || (gw.info.helper_source == HelperSource::Installed
-                && gw.info.helper_version != HELPER_VERSION)
+        let info = handshake(&shared, b.handshake_timeout)?;
+        if info.protocol != PROTOCOL_VERSION
+            || (info.helper_source == HelperSource::Installed
+                && info.helper_version != HELPER_VERSION)
         {
             let reason = format!(
                 "worker speaks protocol {} with helper {}; this host speaks protocol {} with helper {}",
-                gw.info.protocol, gw.info.helper_version, PROTOCOL_VERSION, HELPER_VERSION
+                info.protocol, info.helper_version, PROTOCOL_VERSION, HELPER_VERSION
             );
-            kill_and_wait(&gw.shared);
             return Err(Error::new(ErrorKind::Handshake { pid, reason }));
         }
-        let s = Arc::clone(&gw.shared);
+        let s = Arc::clone(&shared);
         spawn_thread(format!("pixgate-{id}-reader"), move || s.background())?;
-        Ok(gw)
+        guard.disarm();
+        Ok(Gateway {
+            info,
+            shared,
+            exit_timeout: b.exit_timeout,
+        })
     }
 
     /// The state this gateway's channels share, for arrays made for its worker.
@@ -512,6 +513,90 @@ fn wait_exit(shared: &Shared, deadline: Instant) -> Option<WorkerExit> {
     }
 }
 
+/// Ends the child of a start that fails after the fork: on every early return from
+/// [`Gateway::start`], the child and its process group get `SIGKILL` and the child is
+/// reaped — by the reaper thread once it runs, else here.
+struct StartGuard {
+    pid: Option<u32>,
+    shared: Option<Arc<Shared>>,
+}
+
+impl StartGuard {
+    fn new(pid: u32) -> StartGuard {
+        StartGuard {
+            pid: Some(pid),
+            shared: None,
+        }
+    }
+
+    /// The reaper thread waits for the child from now on.
+    fn reaper_runs(&mut self, shared: Arc<Shared>) {
+        self.shared = Some(shared);
+    }
+
+    /// The start succeeded: the gateway owns the child.
+    fn disarm(mut self) {
+        self.pid = None;
+        self.shared = None;
+    }
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            let _ = kill_and_wait(&shared);
+        } else if let Some(pid) = self.pid.take() {
+            kill_and_reap(pid);
+        }
+    }
+}
+
+/// Kills a child that no reaper thread waits for and reaps it, waiting up to 10 s.
+fn kill_and_reap(pid: u32) {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    // Not reaped yet (only this function reaps it), so the pid is still our child's.
+    kill_worker(pid);
+    let child = nix::unistd::Pid::from_raw(pid as i32);
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) if Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            _ => return,
+        }
+    }
+}
+
+/// The error for an interpreter that could not be started: [`ErrorKind::InterpreterNotFound`]
+/// when the exec itself failed for the file (missing, not executable, not a program),
+/// else [`ErrorKind::Io`] with the operating system's error (descriptors exhausted, no
+/// memory, a failed set-up step in the child).
+fn spawn_error(path: &str, e: std::io::Error) -> Error {
+    let not_runnable = matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ENOENT
+                | libc::EACCES
+                | libc::ENOEXEC
+                | libc::ENOTDIR
+                | libc::ELOOP
+                | libc::ENAMETOOLONG
+                | libc::EISDIR
+                | libc::ETXTBSY
+        )
+    );
+    if not_runnable {
+        Error::new(ErrorKind::InterpreterNotFound {
+            path: path.to_string(),
+            reason: e.to_string(),
+        })
+    } else {
+        Error::io(format!("starting python interpreter {path:?}"), e)
+    }
+}
+
 /// Sends `SIGKILL` to the worker and its process group unless the worker is already
 /// gone, then waits for the reaper.
 fn kill_and_wait(shared: &Shared) -> Option<WorkerExit> {
@@ -633,28 +718,31 @@ type SpawnJob = Box<dyn FnOnce() + Send>;
 /// the *thread* that forked the child exits, so forking from a short-lived user thread
 /// would kill the worker with it.
 fn spawn_child(cmd: Command) -> std::io::Result<std::process::Child> {
-    use std::sync::{Mutex, OnceLock};
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnJob>>> = OnceLock::new();
-    let tx = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnJob>();
-        std::thread::Builder::new()
-            .name("pixgate-spawner".into())
-            .spawn(move || {
-                for job in rx {
-                    job();
-                }
-            })
-            .expect("starting the pixgate spawner thread");
-        Mutex::new(tx)
-    });
+    use std::sync::Mutex;
+    // Started by the first spawn; a failure to start it is that spawn's error.
+    static SPAWNER: Mutex<Option<mpsc::Sender<SpawnJob>>> = Mutex::new(None);
     let (done_tx, done_rx) = mpsc::channel();
     let mut cmd = cmd;
     let job: SpawnJob = Box::new(move || {
         let _ = done_tx.send(cmd.spawn());
     });
-    crate::output::lock(tx)
-        .send(job)
-        .map_err(|_| std::io::Error::other("spawner thread is gone"))?;
+    {
+        let mut spawner = crate::output::lock(&SPAWNER);
+        if spawner.is_none() {
+            let (tx, rx) = mpsc::channel::<SpawnJob>();
+            std::thread::Builder::new()
+                .name("pixgate-spawner".into())
+                .spawn(move || {
+                    for job in rx {
+                        job();
+                    }
+                })?;
+            *spawner = Some(tx);
+        }
+        let tx = spawner.as_ref().expect("set above");
+        tx.send(job)
+            .map_err(|_| std::io::Error::other("spawner thread is gone"))?;
+    }
     done_rx
         .recv()
         .map_err(|_| std::io::Error::other("spawner thread is gone"))?
