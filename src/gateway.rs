@@ -123,7 +123,10 @@ impl GatewayBuilder {
 /// A worker process running the helper, and the host's handle on it.
 ///
 /// Dropping the gateway ends the worker: politely first, then by `SIGKILL` after the
-/// exit timeout. Channels of a dropped gateway report [`ErrorKind::GatewayClosed`].
+/// exit timeout, which bounds the whole drop also when the worker has stopped reading.
+/// The worker leads a process group of its own; processes its remote code starts are
+/// in it and end with the worker. Channels of a dropped gateway report
+/// [`ErrorKind::GatewayClosed`].
 pub struct Gateway {
     shared: Arc<Shared>,
     info: WorkerInfo,
