@@ -8,10 +8,10 @@
 //!
 //! - [`Writer::write`] waits, until an optional deadline, for its turn and for room. The
 //!   turn is a token (`busy`) under the writer's mutex, given back with a condition
-//!   variable, so a thread can wait for it with a deadline; a thread blocked in a full
-//!   pipe no longer holds a lock others wait on without one. A write that is its own
-//!   only user and finds room (the round-trip path) holds the mutex for one `write`
-//!   call and never polls.
+//!   variable, so a thread can wait for it with a deadline; a thread waiting for room
+//!   in a full pipe holds no lock that others would wait on without one. A write that
+//!   finds the writer free, nothing queued and room in the pipe (the round-trip path)
+//!   holds the mutex for one `write` call and never polls.
 //! - [`Writer::try_write`] never waits: drops use it (channel close, FORGET). A frame
 //!   that cannot be written at once is queued; the next writer writes the queue first,
 //!   and a flusher thread, started when something is queued and ending when the queue
@@ -237,7 +237,7 @@ impl Inner {
     }
 
     /// Writes `bytes[*done..]`, waiting for room until `deadline`; `*done` counts what
-    /// was written even when this fails.
+    /// was written even when this fails. Any failure but a timeout ends the writer.
     fn write_waiting(
         &self,
         bytes: &[u8],
@@ -279,7 +279,12 @@ impl Inner {
                 Err(WriteError::Gone)
             }
             Ok(_) | Err(Errno::EINTR) => Ok(()),
-            Err(e) => Err(WriteError::Io(e.into())),
+            Err(e) => {
+                // As for a failed write: the stream is unusable (and the flusher must
+                // not retry forever).
+                self.mark_gone();
+                Err(WriteError::Io(e.into()))
+            }
         }
     }
 
