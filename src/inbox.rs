@@ -219,7 +219,8 @@ impl Shared {
     /// [`ErrorKind::Timeout`] when the deadline passed before the frame was started
     /// (nothing was sent); the worker's death; an I/O error.
     pub(crate) fn write_frame_until(&self, bytes: &[u8], deadline: Option<Instant>) -> Result<()> {
-        let start = Instant::now();
+        // The clock only for a deadline: sends have none, and this is their path.
+        let start = deadline.map(|_| Instant::now());
         self.writer.write(bytes, deadline).map_err(|e| match e {
             WriteError::Gone => {
                 let st = self.lock();
@@ -227,7 +228,10 @@ impl Shared {
             }
             WriteError::Timeout => Error::new(ErrorKind::Timeout {
                 operation: format!("writing to worker {} (pid {})", self.id, self.pid),
-                after: deadline.map_or(Duration::ZERO, |d| d.saturating_duration_since(start)),
+                after: match (deadline, start) {
+                    (Some(d), Some(s)) => d.saturating_duration_since(s),
+                    _ => Duration::ZERO,
+                },
             }),
             WriteError::Io(e) => Error::io(format!("writing to worker {}", self.id), e),
         })
