@@ -50,7 +50,8 @@ impl ExecOptions {
 /// [`ErrorKind::ChannelClosed`] once the remote side closed the channel and every item
 /// was taken, [`ErrorKind::Remote`] when the remote code raised, [`ErrorKind::Cancelled`]
 /// when it ended because of [`Channel::cancel`], and [`ErrorKind::WorkerDied`] when the
-/// worker went away. Dropping a channel closes the host's sending side.
+/// worker went away. Dropping a channel closes the host's sending side; the drop never
+/// waits for the worker (with the pipe full, the close is written once it drains).
 pub struct Channel {
     shared: Arc<Shared>,
     id: i32,
@@ -81,6 +82,10 @@ impl Channel {
     }
 
     /// Sends a value to the remote code.
+    ///
+    /// While the pipe to the worker is full (the worker is not reading), waits for room
+    /// as long as the worker lives; [`Gateway::exit`](crate::Gateway::exit) or
+    /// [`Gateway::kill`](crate::Gateway::kill) on another thread ends the wait.
     ///
     /// # Errors
     ///
@@ -321,8 +326,9 @@ impl Drop for Channel {
             }
         };
         if send_close {
+            // Never waits for a full pipe: the close is written when it drains.
             if let Ok(frame) = build_frame(MsgType::ChannelClose, self.id, |_| Ok::<_, Error>(())) {
-                let _ = self.shared.write_frame(&frame);
+                self.shared.try_write_frame(&frame);
             }
         }
     }

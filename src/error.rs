@@ -61,6 +61,7 @@ impl Error {
             context: context.into(),
             kind: err.kind(),
             message: err.to_string(),
+            source: std::sync::Arc::new(err),
         })
     }
 
@@ -105,6 +106,7 @@ impl std::error::Error for Error {
             ErrorKind::Decode(e) => Some(e),
             ErrorKind::Encode(e) => Some(e),
             ErrorKind::GroupWorker { cause, .. } => Some(&**cause),
+            ErrorKind::Io { source, .. } => Some(&**source),
             _ => None,
         }
     }
@@ -257,7 +259,9 @@ pub enum ErrorKind {
         /// What is wrong.
         problem: crate::segment::SegmentProblem,
     },
-    /// An operating-system call failed.
+    /// An operating-system call failed. The error's
+    /// [`source`](std::error::Error::source) is the [`std::io::Error`] itself (with its
+    /// `raw_os_error`).
     #[error("{context}: {message}")]
     Io {
         /// What was being done.
@@ -266,6 +270,8 @@ pub enum ErrorKind {
         kind: std::io::ErrorKind,
         /// The operating system's message.
         message: String,
+        /// The error as the operating system reported it.
+        source: std::sync::Arc<std::io::Error>,
     },
 }
 

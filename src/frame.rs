@@ -400,7 +400,9 @@ pub(crate) fn build_frame<E>(
     Ok(out)
 }
 
-/// Writes all of `bytes` to `fd`, retrying on EINTR and short writes.
+/// Writes all of `bytes` to a blocking `fd`, retrying on EINTR and short writes (the
+/// tests' writer; the gateway writes through `crate::writer`).
+#[cfg(test)]
 pub(crate) fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
         match nix::unistd::write(fd, bytes) {

@@ -108,8 +108,13 @@ impl GatewayBuilder {
     /// # Errors
     ///
     /// [`ErrorKind::Spec`] for a bad spec, [`ErrorKind::InterpreterNotFound`] when the
-    /// interpreter cannot be started, [`ErrorKind::Timeout`] when the handshake does not
-    /// arrive in time, [`ErrorKind::Handshake`] when the worker dies or answers wrongly.
+    /// interpreter cannot be executed (missing, not executable, not a program),
+    /// [`ErrorKind::Io`] when the start fails for another reason (descriptors or
+    /// threads exhausted; the operating system's error is its source),
+    /// [`ErrorKind::Timeout`] when the handshake does not arrive in time,
+    /// [`ErrorKind::Handshake`] when the worker dies or answers wrongly. After any of
+    /// these, no process of the failed start remains: a child already forked is killed
+    /// and reaped.
     pub fn spawn(self) -> Result<Gateway> {
         Gateway::start(self)
     }
@@ -118,7 +123,10 @@ impl GatewayBuilder {
 /// A worker process running the helper, and the host's handle on it.
 ///
 /// Dropping the gateway ends the worker: politely first, then by `SIGKILL` after the
-/// exit timeout. Channels of a dropped gateway report [`ErrorKind::GatewayClosed`].
+/// exit timeout, which bounds the whole drop also when the worker has stopped reading.
+/// The worker leads a process group of its own; processes its remote code starts are
+/// in it and end with the worker. Channels of a dropped gateway report
+/// [`ErrorKind::GatewayClosed`].
 pub struct Gateway {
     shared: Arc<Shared>,
     info: WorkerInfo,
@@ -211,17 +219,14 @@ impl Gateway {
         let nice = spec.nice;
         let parent = std::process::id() as libc::pid_t;
         // SAFETY: the closure runs in the forked child before exec and calls only
-        // async-signal-safe functions (dup2, nice, prctl, getppid, _exit); it allocates
-        // nothing and touches no lock.
+        // async-signal-safe functions (setpgid, dup2, nice, prctl, getppid, _exit); it
+        // allocates nothing and touches no lock.
         unsafe {
             cmd.pre_exec(move || child_setup(rfd, wfd, nice, parent));
         }
-        let mut child = spawn_child(cmd).map_err(|e| {
-            Error::new(ErrorKind::InterpreterNotFound {
-                path: python[0].clone(),
-                reason: e.to_string(),
-            })
-        })?;
+        let mut child = spawn_child(cmd).map_err(|e| spawn_error(&python[0], e))?;
+        // From here on every early return kills and reaps the child.
+        let mut guard = StartGuard::new(child.id());
         drop((child_r, child_w));
         let pid = child.id();
         let stdout = child.stdout.take().expect("stdout piped");
@@ -243,20 +248,21 @@ impl Gateway {
             .map_err(|e| Error::io("creating wake-up pipes", e))?,
         );
 
-        let s = Arc::clone(&shared);
+        // The receiver disconnects once both pumps have ended.
+        let (pumped_tx, pumped) = mpsc::channel::<()>();
+        let (s, done) = (Arc::clone(&shared), pumped_tx.clone());
         spawn_thread(format!("pixgate-{id}-stdout"), move || {
-            s.sink.pump(stdout, Stream::Stdout)
+            s.sink.pump(stdout, Stream::Stdout);
+            drop(done);
         })?;
-        let (stderr_done_tx, stderr_done) = mpsc::channel::<()>();
-        let s = Arc::clone(&shared);
+        let (s, done) = (Arc::clone(&shared), pumped_tx);
         spawn_thread(format!("pixgate-{id}-stderr"), move || {
             s.sink.pump(stderr, Stream::Stderr);
-            drop(stderr_done_tx);
+            drop(done);
         })?;
         let s = Arc::clone(&shared);
-        spawn_thread(format!("pixgate-{id}-reaper"), move || {
-            reap(&s, stderr_done)
-        })?;
+        spawn_thread(format!("pixgate-{id}-reaper"), move || reap(&s, pumped))?;
+        guard.reaper_runs(Arc::clone(&shared));
 
         if spec.helper == HelperSource::Bootstrap {
             // A writer thread, so that a worker that never reads cannot block the host
@@ -267,27 +273,25 @@ impl Gateway {
             })?;
         }
 
-        let gw = Gateway {
-            info: handshake(&shared, b.handshake_timeout).inspect_err(|_| {
-                kill_and_wait(&shared);
-            })?,
-            shared,
-            exit_timeout: b.exit_timeout,
-        };
-        if gw.info.protocol != PROTOCOL_VERSION
-            || (gw.info.helper_source == HelperSource::Installed
-                && gw.info.helper_version != HELPER_VERSION)
+        let info = handshake(&shared, b.handshake_timeout)?;
+        if info.protocol != PROTOCOL_VERSION
+            || (info.helper_source == HelperSource::Installed
+                && info.helper_version != HELPER_VERSION)
         {
             let reason = format!(
                 "worker speaks protocol {} with helper {}; this host speaks protocol {} with helper {}",
-                gw.info.protocol, gw.info.helper_version, PROTOCOL_VERSION, HELPER_VERSION
+                info.protocol, info.helper_version, PROTOCOL_VERSION, HELPER_VERSION
             );
-            kill_and_wait(&gw.shared);
             return Err(Error::new(ErrorKind::Handshake { pid, reason }));
         }
-        let s = Arc::clone(&gw.shared);
+        let s = Arc::clone(&shared);
         spawn_thread(format!("pixgate-{id}-reader"), move || s.background())?;
-        Ok(gw)
+        guard.disarm();
+        Ok(Gateway {
+            info,
+            shared,
+            exit_timeout: b.exit_timeout,
+        })
     }
 
     /// The state this gateway's channels share, for arrays made for its worker.
@@ -373,11 +377,17 @@ impl Gateway {
     /// Asks the worker to exit, waits up to `timeout`, then kills it; always reaps it.
     /// Returns how it ended. Calling it again returns the same status.
     ///
+    /// `timeout` covers the whole polite part: waiting for the pipe to the worker (full
+    /// when the worker stopped reading, or while another thread's send is under way),
+    /// writing GATEWAY_TERMINATE, and waiting for the process to end. Then the worker
+    /// and its process group get `SIGKILL`.
+    ///
     /// # Errors
     ///
     /// [`ErrorKind::Timeout`] only if the process survives `SIGKILL` for 10 s (a process
     /// stuck in the kernel).
     pub fn exit(&self, timeout: Duration) -> Result<WorkerExit> {
+        let deadline = Instant::now() + timeout;
         {
             let mut st = self.shared.lock();
             if let Some(e) = &st.exit {
@@ -386,9 +396,9 @@ impl Gateway {
             st.closed_by_host = true;
         }
         if let Ok(frame) = build_frame(MsgType::GatewayTerminate, 0, |_| Ok::<_, Error>(())) {
-            let _ = self.shared.write_frame(&frame);
+            let _ = self.shared.write_frame_until(&frame, Some(deadline));
         }
-        if let Some(e) = wait_exit(&self.shared, Instant::now() + timeout) {
+        if let Some(e) = wait_exit(&self.shared, deadline) {
             return Ok(e);
         }
         self.kill()
@@ -507,32 +517,129 @@ fn wait_exit(shared: &Shared, deadline: Instant) -> Option<WorkerExit> {
     }
 }
 
-/// Sends `SIGKILL` unless the process is already gone, then waits for the reaper.
+/// Ends the child of a start that fails after the fork: on every early return from
+/// [`Gateway::start`], the child and its process group get `SIGKILL` and the child is
+/// reaped — by the reaper thread once it runs, else here.
+struct StartGuard {
+    pid: Option<u32>,
+    shared: Option<Arc<Shared>>,
+}
+
+impl StartGuard {
+    fn new(pid: u32) -> StartGuard {
+        StartGuard {
+            pid: Some(pid),
+            shared: None,
+        }
+    }
+
+    /// The reaper thread waits for the child from now on.
+    fn reaper_runs(&mut self, shared: Arc<Shared>) {
+        self.shared = Some(shared);
+    }
+
+    /// The start succeeded: the gateway owns the child.
+    fn disarm(mut self) {
+        self.pid = None;
+        self.shared = None;
+    }
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            let _ = kill_and_wait(&shared);
+        } else if let Some(pid) = self.pid.take() {
+            kill_and_reap(pid);
+        }
+    }
+}
+
+/// Kills a child that no reaper thread waits for and reaps it, waiting up to 10 s.
+fn kill_and_reap(pid: u32) {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    // Not reaped yet (only this function reaps it), so the pid is still our child's.
+    kill_worker(pid);
+    let child = nix::unistd::Pid::from_raw(pid as i32);
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) if Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            _ => return,
+        }
+    }
+}
+
+/// The error for an interpreter that could not be started: [`ErrorKind::InterpreterNotFound`]
+/// when the exec itself failed for the file (missing, not executable, not a program),
+/// else [`ErrorKind::Io`] with the operating system's error (descriptors exhausted, no
+/// memory, a failed set-up step in the child).
+fn spawn_error(path: &str, e: std::io::Error) -> Error {
+    let not_runnable = matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ENOENT
+                | libc::EACCES
+                | libc::ENOEXEC
+                | libc::ENOTDIR
+                | libc::ELOOP
+                | libc::ENAMETOOLONG
+                | libc::EISDIR
+                | libc::ETXTBSY
+        )
+    );
+    if not_runnable {
+        Error::new(ErrorKind::InterpreterNotFound {
+            path: path.to_string(),
+            reason: e.to_string(),
+        })
+    } else {
+        Error::io(format!("starting python interpreter {path:?}"), e)
+    }
+}
+
+/// Sends `SIGKILL` to the worker and its process group unless the worker is already
+/// gone, then waits for the reaper.
 fn kill_and_wait(shared: &Shared) -> Option<WorkerExit> {
     {
         let mut st = shared.lock();
         st.closed_by_host = true;
         if !st.child_gone {
             // The reaper marks `child_gone` before reaping, under this lock, so the pid
-            // still names our child here.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(shared.pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            // still names our child here, and the group it leads.
+            kill_worker(shared.pid);
         }
     }
     wait_exit(shared, Instant::now() + Duration::from_secs(10))
 }
 
-/// The reaper thread: waits for the child to exit, marks it gone before reaping it, and
-/// records the status with the stderr tail.
-fn reap(shared: &Shared, stderr_done: mpsc::Receiver<()>) {
+/// `SIGKILL` to the worker and to its process group (the processes remote code
+/// started). The group's id is the worker's pid (`setpgid(0, 0)` in `child_setup`);
+/// the caller must know that the worker is not reaped yet, so that neither the pid nor
+/// the group id can name another process.
+fn kill_worker(pid: u32) {
+    use nix::sys::signal::{Signal, kill, killpg};
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    // The worker first: it may have left its group.
+    let _ = kill(pid, Signal::SIGKILL);
+    let _ = killpg(pid, Signal::SIGKILL);
+}
+
+/// The reaper thread: waits for the child to exit, ends the rest of its process group,
+/// marks it gone before reaping it, and records the status with the stderr tail.
+fn reap(shared: &Shared, pumped: mpsc::Receiver<()>) {
     use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
     let pid = nix::unistd::Pid::from_raw(shared.pid as i32);
     // Wait without reaping, so that the pid cannot be reused while `kill` may use it.
     while let Err(nix::errno::Errno::EINTR) =
         waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
     {}
+    // Processes the remote code started end with the worker. The unreaped worker keeps
+    // its pid, and so the group's id, from being reused until the reap below.
+    let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
     shared.lock().child_gone = true;
     let status = loop {
         match waitpid(pid, None) {
@@ -545,9 +652,10 @@ fn reap(shared: &Shared, stderr_done: mpsc::Receiver<()>) {
         Ok(WaitStatus::Signaled(_, s, _)) => (None, Some(s as i32)),
         _ => (None, None),
     };
-    // Let the stderr pump drain what the worker wrote last (grandchildren may hold the
-    // pipe open, so only briefly).
-    let _ = stderr_done.recv_timeout(Duration::from_millis(500));
+    // Let the output pumps deliver what the worker wrote last, so that `exit` returns
+    // after it and the stderr tail holds it (something else may hold the pipes open,
+    // so only briefly).
+    let _ = pumped.recv_timeout(Duration::from_millis(500));
     shared.set_exit(WorkerExit {
         gateway: shared.id.clone(),
         pid: shared.pid,
@@ -572,10 +680,18 @@ fn high_dup(fd: &OwnedFd) -> Result<OwnedFd> {
 }
 
 /// Runs in the forked child before exec. Async-signal-safe calls only.
+///
+/// The worker leads a process group of its own: the processes its remote code starts
+/// join it, so the host can end them with it; and a stopped worker cannot make the
+/// host's group an orphaned group with a stopped member, which the kernel answers with
+/// SIGHUP to every member, the host included.
 fn child_setup(rfd: i32, wfd: i32, nice: Option<i32>, parent: libc::pid_t) -> std::io::Result<()> {
     // SAFETY: plain system calls on descriptors this process owns; no memory is shared
     // with other threads (the child has only this one).
     unsafe {
+        if libc::setpgid(0, 0) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
         if libc::dup2(rfd, 3) < 0 || libc::dup2(wfd, 4) < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -606,28 +722,31 @@ type SpawnJob = Box<dyn FnOnce() + Send>;
 /// the *thread* that forked the child exits, so forking from a short-lived user thread
 /// would kill the worker with it.
 fn spawn_child(cmd: Command) -> std::io::Result<std::process::Child> {
-    use std::sync::{Mutex, OnceLock};
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnJob>>> = OnceLock::new();
-    let tx = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnJob>();
-        std::thread::Builder::new()
-            .name("pixgate-spawner".into())
-            .spawn(move || {
-                for job in rx {
-                    job();
-                }
-            })
-            .expect("starting the pixgate spawner thread");
-        Mutex::new(tx)
-    });
+    use std::sync::Mutex;
+    // Started by the first spawn; a failure to start it is that spawn's error.
+    static SPAWNER: Mutex<Option<mpsc::Sender<SpawnJob>>> = Mutex::new(None);
     let (done_tx, done_rx) = mpsc::channel();
     let mut cmd = cmd;
     let job: SpawnJob = Box::new(move || {
         let _ = done_tx.send(cmd.spawn());
     });
-    crate::output::lock(tx)
-        .send(job)
-        .map_err(|_| std::io::Error::other("spawner thread is gone"))?;
+    {
+        let mut spawner = crate::output::lock(&SPAWNER);
+        if spawner.is_none() {
+            let (tx, rx) = mpsc::channel::<SpawnJob>();
+            std::thread::Builder::new()
+                .name("pixgate-spawner".into())
+                .spawn(move || {
+                    for job in rx {
+                        job();
+                    }
+                })?;
+            *spawner = Some(tx);
+        }
+        let tx = spawner.as_ref().expect("set above");
+        tx.send(job)
+            .map_err(|_| std::io::Error::other("spawner thread is gone"))?;
+    }
     done_rx
         .recv()
         .map_err(|_| std::io::Error::other("spawner thread is gone"))?

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 
 use crate::codec::{decode_payload, encode_payload};
 use crate::error::{Error, ErrorKind, RemoteError, Result, WorkerExit};
-use crate::frame::{Event, Frame, FrameReader, MsgType, ReadError, build_frame, write_all};
+use crate::frame::{Event, Frame, FrameReader, MsgType, ReadError, build_frame};
 use crate::output::{OutputSink, Stream, lock};
 use crate::value::{Access, Value};
+use crate::writer::{WriteError, Writer};
 
 /// How long the baton stays free before the background reader takes it.
 const BG_IDLE: Duration = Duration::from_millis(1);
@@ -111,7 +112,7 @@ pub(crate) struct Shared {
     pub(crate) state: Mutex<State>,
     bg_cond: Condvar,
     pub(crate) exit_cond: Condvar,
-    writer: Mutex<OwnedFd>,
+    writer: Writer,
     kick_r: OwnedFd,
     kick_w: OwnedFd,
     dead_r: OwnedFd,
@@ -139,6 +140,7 @@ impl Shared {
     ) -> std::io::Result<Shared> {
         let (kick_r, kick_w) = nonblocking_pipe()?;
         let (dead_r, dead_w) = nonblocking_pipe()?;
+        let writer = Writer::new(id.clone(), writer, dead_r.try_clone()?)?;
         Ok(Shared {
             id,
             pid,
@@ -162,7 +164,7 @@ impl Shared {
             }),
             bg_cond: Condvar::new(),
             exit_cond: Condvar::new(),
-            writer: Mutex::new(writer),
+            writer,
             kick_r,
             kick_w,
             dead_r,
@@ -204,19 +206,34 @@ impl Shared {
         out
     }
 
-    /// Writes one frame. Errors report the worker's death when that is the cause.
+    /// Writes one frame, waiting for room as long as the worker lives. Errors report
+    /// the worker's death when that is the cause.
     pub(crate) fn write_frame(&self, bytes: &[u8]) -> Result<()> {
-        let res = {
-            let w = lock(&self.writer);
-            write_all(w.as_fd(), bytes)
-        };
-        res.map_err(|e| {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
+        self.write_frame_until(bytes, None)
+    }
+
+    /// Writes one frame, waiting for the turn and for room until `deadline`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Timeout`] when the deadline passed before the frame was started
+    /// (nothing was sent); the worker's death; an I/O error.
+    pub(crate) fn write_frame_until(&self, bytes: &[u8], deadline: Option<Instant>) -> Result<()> {
+        // The clock only for a deadline: sends have none, and this is their path.
+        let start = deadline.map(|_| Instant::now());
+        self.writer.write(bytes, deadline).map_err(|e| match e {
+            WriteError::Gone => {
                 let st = self.lock();
                 self.gone_error(st)
-            } else {
-                Error::io(format!("writing to worker {}", self.id), e)
             }
+            WriteError::Timeout => Error::new(ErrorKind::Timeout {
+                operation: format!("writing to worker {} (pid {})", self.id, self.pid),
+                after: match (deadline, start) {
+                    (Some(d), Some(s)) => d.saturating_duration_since(s),
+                    _ => Duration::ZERO,
+                },
+            }),
+            WriteError::Io(e) => Error::io(format!("writing to worker {}", self.id), e),
         })
     }
 
@@ -231,9 +248,17 @@ impl Shared {
         crate::lease::PeerRef::new(self)
     }
 
+    /// Writes a small control frame now, or hands it to the gateway's flusher when the
+    /// pipe is full: for drops, which must never wait for the worker. Nothing is
+    /// reported; a worker that is gone needs no control frames.
+    pub(crate) fn try_write_frame(&self, bytes: &[u8]) {
+        self.writer.try_write(bytes);
+    }
+
     /// Tells the worker that the segment `name` is gone, so that it drops the mapping it
     /// keeps of it (FORGET, docs/PROTOCOL.md §4.13). Nothing to do, and nothing
-    /// reported, when the worker is gone: it has nothing mapped any more.
+    /// reported, when the worker is gone: it has nothing mapped any more. Never waits
+    /// for the pipe: a FORGET that does not fit is written when it drains.
     pub(crate) fn forget_segment(&self, name: &str) {
         {
             let st = self.lock();
@@ -245,7 +270,7 @@ impl Shared {
             encode_payload(&Value::from(name), out)
         });
         if let Ok(frame) = frame {
-            let _ = self.write_frame(&frame);
+            self.try_write_frame(&frame);
         }
     }
 

@@ -42,6 +42,7 @@ mod serde_value;
 mod spec;
 mod stream;
 mod value;
+mod writer;
 
 pub use array::{Element, SharedArray};
 pub use channel::{Channel, ExecOptions, Iter};
@@ -54,7 +55,10 @@ pub use gateway::{
 };
 pub use group::{Group, STOP_GRACE};
 pub use header::{DType, FLAG_C_CONTIGUOUS, FLAG_F_CONTIGUOUS, Layout, MAX_NDIM, Meta, RawHeader};
-pub use output::{OutputCallback, OutputLine, OutputMode, Stream};
+pub use output::{
+    CAPTURED_LINE_OVERHEAD, MAX_CAPTURED_OUTPUT, MAX_OUTPUT_LINE, OutputCallback, OutputLine,
+    OutputMode, Stream,
+};
 pub use pool::{ClassStats, Pool, PoolBuilder, WhenFull};
 pub use segment::{SegmentInfo, SegmentProblem};
 pub use serde_value::{from_value, to_value};

@@ -307,6 +307,7 @@ pub(crate) fn run(opts: &Options) -> pixgate::Result<ExitCode> {
             context: format!("writing the chart to {}", opts.svg.display()),
             kind: e.kind(),
             message: e.to_string(),
+            source: std::sync::Arc::new(e),
         })
     })?;
     if opts.json {
