@@ -1,5 +1,6 @@
 //! Channels: the host's end of a remote execution.
 
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -107,22 +108,68 @@ impl Channel {
     /// cannot be sent (made elsewhere, sent already, or its array dropped); nothing is
     /// written then.
     pub fn send_value(&self, value: &Value) -> Result<()> {
-        let frame = build_frame(MsgType::ChannelData, self.id, |out| {
-            encode_payload(value, out)
-        })?;
+        self.send_encoded(MsgType::ChannelData, value, true)
+    }
+
+    /// Encodes `value` into a frame of type `msg` and sends it with what its array
+    /// references need: each is marked sent before the write (the worker may give one
+    /// back before the write returns), and an anonymous segment the worker does not map
+    /// yet has its descriptor sent first on the descriptor socket (docs/PROTOCOL.md
+    /// §2.7, §5.7). `need_open`: the host must not have closed the channel.
+    pub(crate) fn send_encoded(&self, msg: MsgType, value: &Value, need_open: bool) -> Result<()> {
+        let encode = || build_frame(msg, self.id, |out| encode_payload(value, out));
+        let mut frame = encode()?;
         self.check_frame_len(&frame)?;
-        // No `U` opcode, no array: skip the walk (a byte scan is cheaper than a walk
-        // over a big list). The references are marked sent before the write: the
-        // worker may give one back before the write returns.
-        let sending = if frame[crate::frame::HEADER_LEN..].contains(&b'U') {
-            Some(crate::lease::send(value, &self.shared.peer_ref())?)
-        } else {
-            None
-        };
-        self.send_checked(frame, true)?;
-        if let Some(s) = sending {
-            s.done();
+        // No `U` or `V` opcode, no array: skip the walk (a byte scan is cheaper than a
+        // walk over a big list).
+        if !frame[crate::frame::HEADER_LEN..]
+            .iter()
+            .any(|&b| b == b'U' || b == b'V')
+        {
+            return self.send_checked(frame, need_open);
         }
+        let peer = self.shared.peer_ref();
+        let sending = crate::lease::send(value, &peer)?;
+        let mut delivered = Vec::new();
+        if sending.has_anonymous() {
+            let Some(sock) = self.shared.descriptors() else {
+                return Err(Error::new(ErrorKind::Reference(format!(
+                    "gateway {} uses named segments (transport=named); an anonymous array \
+                     cannot reach it: make the array with Transport::Named",
+                    self.shared.id
+                ))));
+            };
+            let mut fds = Vec::new();
+            for (r, obj) in sending.anonymous() {
+                let writable = r.access() != crate::value::Access::Shared;
+                if !obj.delivered_to(peer.key, writable) {
+                    let fd = obj
+                        .descriptor(writable)
+                        .map_err(|e| Error::io(format!("passing array {}", r.key()), e))?;
+                    fds.push(fd);
+                    delivered.push((r, obj, writable));
+                }
+            }
+            if !fds.is_empty() {
+                self.check_open(need_open)?;
+                let borrowed: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
+                let first = sock
+                    .send(&borrowed, None)
+                    .map_err(|e| Error::io(format!("sending descriptors to {}", self.shared.id), e))?;
+                for (i, (r, ..)) in delivered.iter().enumerate() {
+                    r.set_token(first + i as u64);
+                }
+                frame = encode()?;
+                for (r, ..) in &delivered {
+                    r.set_token(0);
+                }
+            }
+        }
+        self.send_checked(frame, need_open)?;
+        for (_, obj, writable) in delivered {
+            obj.note_delivered(&peer, writable);
+        }
+        sending.done();
         Ok(())
     }
 
@@ -293,16 +340,20 @@ impl Channel {
     /// `need_open`, that the host has not closed this channel.
     fn send_checked(&self, frame: Vec<u8>, need_open: bool) -> Result<()> {
         self.check_frame_len(&frame)?;
-        {
-            let st = self.shared.lock();
-            if need_open && st.channels.get(&self.id).is_none_or(|ch| ch.local_closed) {
-                return Err(Error::new(ErrorKind::ChannelClosed { id: self.id }));
-            }
-            if st.closed_by_host || st.child_gone || st.is_broken() {
-                return Err(self.shared.gone_error(st));
-            }
-        }
+        self.check_open(need_open)?;
         self.shared.write_frame(&frame)
+    }
+
+    /// The worker is there and, with `need_open`, the host has not closed this channel.
+    fn check_open(&self, need_open: bool) -> Result<()> {
+        let st = self.shared.lock();
+        if need_open && st.channels.get(&self.id).is_none_or(|ch| ch.local_closed) {
+            return Err(Error::new(ErrorKind::ChannelClosed { id: self.id }));
+        }
+        if st.closed_by_host || st.child_gone || st.is_broken() {
+            return Err(self.shared.gone_error(st));
+        }
+        Ok(())
     }
 }
 

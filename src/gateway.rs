@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use crate::bootstrap;
 use crate::channel::{Channel, ExecOptions};
-use crate::codec::{decode_payload, encode_payload};
+use crate::codec::decode_payload;
 use crate::error::{Error, ErrorKind, Result, WorkerExit};
 use crate::frame::{DEFAULT_MAX_FRAME_LEN, FrameReader, MsgType, build_frame};
 use crate::inbox::Shared;
 use crate::output::{OutputLine, OutputMode, OutputSink, Stream};
+use crate::segment::Transport;
 use crate::spec::{HelperSource, Spec};
 use crate::value::Value;
 
@@ -48,6 +49,9 @@ pub struct WorkerInfo {
     pub pid: u32,
     /// `sys.executable` of the worker.
     pub executable: String,
+    /// How arrays reach this worker: anonymous segments by descriptor when both sides
+    /// can (the default), else named segments.
+    pub transport: Transport,
 }
 
 /// Configures and spawns a [`Gateway`].
@@ -59,9 +63,20 @@ pub struct GatewayBuilder {
     output: OutputMode,
     max_frame_len: u32,
     spin: Duration,
+    transport: Option<Transport>,
 }
 
 impl GatewayBuilder {
+    /// How arrays reach the worker (default: the spec's `transport=`, else
+    /// [`Transport::from_env`]). With [`Transport::Anonymous`] the gateway gets a
+    /// descriptor socket, provided the worker can pass descriptors (CPython 3.9 or later
+    /// on Linux or macOS); otherwise, and with [`Transport::Named`], arrays travel as
+    /// named segments, and an anonymous array cannot be sent to it.
+    pub fn transport(mut self, transport: Transport) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
     /// How long to wait for the worker's handshake (default 30 s).
     pub fn handshake_timeout(mut self, t: Duration) -> Self {
         self.handshake_timeout = t;
@@ -161,6 +176,7 @@ impl Gateway {
             output: OutputMode::default(),
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             spin: Duration::ZERO,
+            transport: None,
         }
     }
 
@@ -190,6 +206,18 @@ impl Gateway {
         let child_r = high_dup(&to_worker_r)?;
         let child_w = high_dup(&from_worker_w)?;
         drop((to_worker_r, from_worker_w));
+        // The descriptor socket (anonymous transport), fd 5 in the child.
+        let wanted = b
+            .transport
+            .or(spec.transport)
+            .unwrap_or_else(Transport::from_env);
+        let (sock_host, sock_child) = if wanted == Transport::Anonymous {
+            let (host, child) = crate::descriptors::pair()
+                .map_err(|e| Error::io("creating the descriptor socket", e))?;
+            (Some(host), Some(high_dup(&child)?))
+        } else {
+            (None, None)
+        };
 
         let mut cmd = Command::new(&python[0]);
         cmd.args(&python[1..]);
@@ -212,22 +240,27 @@ impl Gateway {
             HelperSource::Bootstrap => cmd.env("PIXGATE_BOOTSTRAP", "1"),
             HelperSource::Installed => cmd.env_remove("PIXGATE_BOOTSTRAP"),
         };
+        match sock_child {
+            Some(_) => cmd.env("PIXGATE_DESCRIPTORS", "5"),
+            None => cmd.env_remove("PIXGATE_DESCRIPTORS"),
+        };
         if let Some(dir) = &spec.chdir {
             cmd.current_dir(dir);
         }
         let (rfd, wfd) = (child_r.as_raw_fd(), child_w.as_raw_fd());
+        let dfd = sock_child.as_ref().map(|fd| fd.as_raw_fd());
         let nice = spec.nice;
         let parent = std::process::id() as libc::pid_t;
         // SAFETY: the closure runs in the forked child before exec and calls only
         // async-signal-safe functions (setpgid, dup2, nice, prctl, getppid, _exit); it
         // allocates nothing and touches no lock.
         unsafe {
-            cmd.pre_exec(move || child_setup(rfd, wfd, nice, parent));
+            cmd.pre_exec(move || child_setup(rfd, wfd, dfd, nice, parent));
         }
         let mut child = spawn_child(cmd).map_err(|e| spawn_error(&python[0], e))?;
         // From here on every early return kills and reaps the child.
         let mut guard = StartGuard::new(child.id());
-        drop((child_r, child_w));
+        drop((child_r, child_w, sock_child));
         let pid = child.id();
         let stdout = child.stdout.take().expect("stdout piped");
         let stderr = child.stderr.take().expect("stderr piped");
@@ -273,7 +306,15 @@ impl Gateway {
             })?;
         }
 
-        let info = handshake(&shared, b.handshake_timeout)?;
+        let mut info = handshake(&shared, b.handshake_timeout)?;
+        // Anonymous segments need both sides to pass descriptors; else names.
+        info.transport = match sock_host {
+            Some(sock) if info.transport == Transport::Anonymous => {
+                shared.set_descriptors(crate::descriptors::DescriptorSocket::new(sock));
+                Transport::Anonymous
+            }
+            _ => Transport::Named,
+        };
         if info.protocol != PROTOCOL_VERSION
             || (info.helper_source == HelperSource::Installed
                 && info.helper_version != HELPER_VERSION)
@@ -302,6 +343,11 @@ impl Gateway {
     /// The gateway id (`id=` in the spec, else `gwN`).
     pub fn id(&self) -> &str {
         &self.shared.id
+    }
+
+    /// How arrays reach this worker (see [`GatewayBuilder::transport`]).
+    pub fn transport(&self) -> Transport {
+        self.info.transport
     }
 
     /// The worker's process id.
@@ -367,10 +413,7 @@ impl Gateway {
             id
         };
         let channel = Channel::new(Arc::clone(&self.shared), id);
-        let frame = build_frame(msg, id, |out| encode_payload(&task, out))?;
-        let sending = crate::lease::send(&task, &self.shared.peer_ref())?;
-        channel.send_frame(frame)?;
-        sending.done();
+        channel.send_encoded(msg, &task, false)?;
         Ok(channel)
     }
 
@@ -495,6 +538,12 @@ fn handshake(shared: &Shared, timeout: Duration) -> Result<WorkerInfo> {
             .and_then(|p| u32::try_from(p).ok())
             .ok_or_else(|| bad("handshake lacks a valid \"pid\"".into()))?,
         executable: text("executable")?,
+        // What the worker offers; the start decides what the gateway uses.
+        transport: if v.get("descriptors").and_then(Value::as_bool) == Some(true) {
+            Transport::Anonymous
+        } else {
+            Transport::Named
+        },
     })
 }
 
@@ -685,7 +734,13 @@ fn high_dup(fd: &OwnedFd) -> Result<OwnedFd> {
 /// join it, so the host can end them with it; and a stopped worker cannot make the
 /// host's group an orphaned group with a stopped member, which the kernel answers with
 /// SIGHUP to every member, the host included.
-fn child_setup(rfd: i32, wfd: i32, nice: Option<i32>, parent: libc::pid_t) -> std::io::Result<()> {
+fn child_setup(
+    rfd: i32,
+    wfd: i32,
+    dfd: Option<i32>,
+    nice: Option<i32>,
+    parent: libc::pid_t,
+) -> std::io::Result<()> {
     // SAFETY: plain system calls on descriptors this process owns; no memory is shared
     // with other threads (the child has only this one).
     unsafe {
@@ -694,6 +749,11 @@ fn child_setup(rfd: i32, wfd: i32, nice: Option<i32>, parent: libc::pid_t) -> st
         }
         if libc::dup2(rfd, 3) < 0 || libc::dup2(wfd, 4) < 0 {
             return Err(std::io::Error::last_os_error());
+        }
+        if let Some(d) = dfd {
+            if libc::dup2(d, 5) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
         }
         if let Some(n) = nice {
             nix::errno::Errno::clear();

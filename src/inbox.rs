@@ -11,10 +11,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::codec::{decode_payload, encode_payload};
+use crate::descriptors::DescriptorSocket;
 use crate::error::{Error, ErrorKind, RemoteError, Result, WorkerExit};
 use crate::frame::{Event, Frame, FrameReader, MsgType, ReadError, build_frame};
 use crate::output::{OutputSink, Stream, lock};
@@ -118,6 +119,8 @@ pub(crate) struct Shared {
     dead_r: OwnedFd,
     dead_w: OwnedFd,
     pub(crate) sink: OutputSink,
+    /// With the anonymous transport, set once the handshake agreed on it.
+    descriptors: OnceLock<DescriptorSocket>,
 }
 
 /// What a thread waiting on a channel wants to know.
@@ -170,6 +173,7 @@ impl Shared {
             dead_r,
             dead_w,
             sink,
+            descriptors: OnceLock::new(),
         })
     }
 
@@ -239,8 +243,23 @@ impl Shared {
 
     /// The descriptor the worker sent under `token` (docs/PROTOCOL.md §2.7).
     fn take_descriptor(&self, token: u64) -> std::result::Result<OwnedFd, String> {
-        let _ = token;
-        Err("this gateway has no descriptor socket (named transport)".to_string())
+        match self.descriptors.get() {
+            Some(sock) => sock.take(
+                token,
+                Instant::now() + crate::descriptors::TAKE_TIMEOUT,
+            ),
+            None => Err("this gateway has no descriptor socket (named transport)".to_string()),
+        }
+    }
+
+    /// Gives the gateway its descriptor socket (anonymous transport), once.
+    pub(crate) fn set_descriptors(&self, sock: DescriptorSocket) {
+        let _ = self.descriptors.set(sock);
+    }
+
+    /// The descriptor socket, with the anonymous transport.
+    pub(crate) fn descriptors(&self) -> Option<&DescriptorSocket> {
+        self.descriptors.get()
     }
 
     /// The identity the ledger knows this gateway by, for references sent to it.

@@ -37,7 +37,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use crate::error::{Error, ErrorKind, Result};
 use crate::output::lock;
 pub(crate) use crate::peer::{Peer, PeerKey, PeerRef, key_of};
-use crate::segment::Segment;
+use crate::segment::{AnonObject, Segment};
 use crate::value::{Access, ArrayRef, Value};
 
 /// Where a pool slot goes back to.
@@ -80,6 +80,8 @@ pub(crate) struct Entry {
     /// False once the array is gone (dropped, moved away, or its pool closed): its
     /// pending references can no longer be sent.
     live: bool,
+    /// The object of an anonymous segment, whose descriptor a send may pass.
+    anon: Option<Arc<AnonObject>>,
 }
 
 type Ledger = Mutex<HashMap<String, Arc<Mutex<Entry>>>>;
@@ -116,7 +118,7 @@ impl std::fmt::Debug for Holding {
     }
 }
 
-fn new_entry(name: &str) -> Arc<Mutex<Entry>> {
+fn new_entry(name: &str, anon: Option<Arc<AnonObject>>) -> Arc<Mutex<Entry>> {
     Arc::new(Mutex::new(Entry {
         name: name.to_string(),
         records: Vec::new(),
@@ -124,12 +126,18 @@ fn new_entry(name: &str) -> Arc<Mutex<Entry>> {
         peers: Vec::new(),
         parked: None,
         live: true,
+        anon,
     }))
 }
 
-/// Registers an array this process made (a new segment, or a pool slot's new use).
-pub(crate) fn register(name: &str, peers: Vec<PeerRef>) -> Holding {
-    let entry = new_entry(name);
+/// Registers an array this process made (a new segment, or a pool slot's new use);
+/// `anon` is its anonymous object, if it has one.
+pub(crate) fn register(
+    name: &str,
+    peers: Vec<PeerRef>,
+    anon: Option<Arc<AnonObject>>,
+) -> Holding {
+    let entry = new_entry(name, anon);
     lock(&entry).peers = peers;
     lock(&LEDGER).insert(name.to_string(), Arc::clone(&entry));
     Holding(entry)
@@ -140,12 +148,12 @@ pub(crate) fn register(name: &str, peers: Vec<PeerRef>) -> Holding {
 /// records of its own, so safe code could hold a mutable and a shared view of the same
 /// bytes at once (a cloned moved reference adopted twice, or a worker naming one of this
 /// process's arrays in a reference). Returns None in that case.
-pub(crate) fn register_adopted(name: &str) -> Option<Holding> {
+pub(crate) fn register_adopted(name: &str, anon: Option<Arc<AnonObject>>) -> Option<Holding> {
     let mut ledger = lock(&LEDGER);
     if ledger.contains_key(name) {
         return None;
     }
-    let entry = new_entry(name);
+    let entry = new_entry(name, anon);
     ledger.insert(name.to_string(), Arc::clone(&entry));
     Some(Holding(entry))
 }
@@ -404,6 +412,15 @@ impl Ticket {
         })
     }
 
+    /// The anonymous object a share, lend or move of this process refers to.
+    fn anon(&self) -> Option<Arc<AnonObject>> {
+        match &self.kind {
+            Kind::Out { entry, .. } => lock(entry).anon.clone(),
+            Kind::Move { seg, .. } => lock(seg).as_ref().and_then(|s| s.anon().cloned()),
+            Kind::Incoming { .. } => None,
+        }
+    }
+
     /// For a reference that came with a descriptor: takes it (once).
     pub(crate) fn take_fd(&self) -> Option<OwnedFd> {
         match &self.kind {
@@ -578,12 +595,24 @@ impl Drop for Ticket {
 /// The references of one value on their way to a gateway: marked sent when made, taken
 /// back unless [`Sending::done`] is called (the write failed, or never happened).
 #[derive(Debug)]
-pub(crate) struct Sending {
+pub(crate) struct Sending<'v> {
     tickets: Vec<Arc<Ticket>>,
+    /// The references to anonymous segments, with their objects.
+    anonymous: Vec<(&'v ArrayRef, Arc<AnonObject>)>,
     done: bool,
 }
 
-impl Sending {
+impl<'v> Sending<'v> {
+    /// True when the value refers to anonymous segments.
+    pub(crate) fn has_anonymous(&self) -> bool {
+        !self.anonymous.is_empty()
+    }
+
+    /// The references to anonymous segments, with their objects.
+    pub(crate) fn anonymous(&self) -> impl Iterator<Item = (&'v ArrayRef, Arc<AnonObject>)> + '_ {
+        self.anonymous.iter().map(|(r, o)| (*r, Arc::clone(o)))
+    }
+
     /// The frame was written: moves hand their segments over.
     pub(crate) fn done(mut self) {
         self.done = true;
@@ -593,7 +622,7 @@ impl Sending {
     }
 }
 
-impl Drop for Sending {
+impl Drop for Sending<'_> {
     fn drop(&mut self) {
         if !self.done {
             for t in &self.tickets {
@@ -613,11 +642,12 @@ impl Drop for Sending {
 /// into_value in this process, was sent before (or a clone of it was), was made for
 /// another gateway, whose array was dropped, or that occurs twice in `value`. Nothing
 /// is marked then.
-pub(crate) fn send(value: &Value, peer: &PeerRef) -> Result<Sending> {
+pub(crate) fn send<'v>(value: &'v Value, peer: &PeerRef) -> Result<Sending<'v>> {
     let mut refs: Vec<&ArrayRef> = Vec::new();
     value.for_each_array(|r| refs.push(r));
     let mut out = Sending {
         tickets: Vec::with_capacity(refs.len()),
+        anonymous: Vec::new(),
         done: false,
     };
     for r in refs {
@@ -636,6 +666,14 @@ pub(crate) fn send(value: &Value, peer: &PeerRef) -> Result<Sending> {
         }
         t.send(r.name(), peer)?;
         out.tickets.push(Arc::clone(t));
+        if r.transport() == crate::segment::Transport::Anonymous {
+            match t.anon() {
+                Some(obj) => out.anonymous.push((r, obj)),
+                None => {
+                    return Err(refused(r.name(), "its anonymous segment is gone"));
+                }
+            }
+        }
     }
     Ok(out)
 }
@@ -715,7 +753,9 @@ pub(crate) fn take_parked_of(home: usize) -> Vec<(Segment, Vec<PeerRef>)> {
 /// it), so that no reference still on its way can map it anew, then tells them it is
 /// gone; their mappings, and the memory, go when their last array of it does.
 pub(crate) fn forget_everywhere(seg: Segment, peers: Vec<PeerRef>) {
-    if peers.is_empty() {
+    // An anonymous object tells its peers itself, when its last handle goes (a pool
+    // arena outlives each of its slots).
+    if peers.is_empty() || seg.transport() == crate::segment::Transport::Anonymous {
         return;
     }
     if seg.unlinks_on_drop() {
@@ -803,7 +843,7 @@ mod tests {
     #[test]
     fn releases_must_name_what_was_sent_to_that_gateway() {
         let n = name("release");
-        let h = register(&n, Vec::new());
+        let h = register(&n, Vec::new(), None);
         let (a, b) = (Arc::new(Gw), Arc::new(Gw));
         let (pa, pb) = (PeerRef::new(&a), PeerRef::new(&b));
         let t = h.make(Access::Shared, 5, None, |_| true).unwrap();
@@ -831,7 +871,7 @@ mod tests {
     #[test]
     fn a_reference_is_sent_once_and_taken_back_unless_it_was() {
         let n = name("once");
-        let h = register(&n, Vec::new());
+        let h = register(&n, Vec::new(), None);
         let g = Arc::new(Gw);
         let p = PeerRef::new(&g);
         let t = h.make(Access::Lent, 5, None, Counts::none).unwrap();
@@ -852,7 +892,7 @@ mod tests {
     #[test]
     fn a_reference_made_for_one_gateway_cannot_go_to_another() {
         let n = name("only");
-        let h = register(&n, Vec::new());
+        let h = register(&n, Vec::new(), None);
         let (a, b) = (Arc::new(Gw), Arc::new(Gw));
         let (pa, pb) = (PeerRef::new(&a), PeerRef::new(&b));
         let t = h.make(Access::Shared, 5, Some(pa.key), |_| true).unwrap();
@@ -875,10 +915,10 @@ mod tests {
     #[test]
     fn a_segment_is_adopted_once_per_process() {
         let n = name("adopt");
-        let first = register_adopted(&n).expect("first adoption");
-        assert!(register_adopted(&n).is_none(), "adopted twice");
+        let first = register_adopted(&n, None).expect("first adoption");
+        assert!(register_adopted(&n, None).is_none(), "adopted twice");
         first.forget_unused();
-        let again = register_adopted(&n).expect("free again once dropped");
+        let again = register_adopted(&n, None).expect("free again once dropped");
         drop_entry(again);
     }
 }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::segment::Transport;
 use crate::error::{Error, ErrorKind, Result};
 
 /// Where the worker gets the helper package from.
@@ -29,6 +30,7 @@ pub enum HelperSource {
 /// | `nice=N` | niceness increment of the worker |
 /// | `dont_write_bytecode` | run the worker with `-B` |
 /// | `helper=bootstrap\|installed` | where the helper package comes from |
+/// | `transport=anonymous\|named` | how arrays reach the worker (default: [`Transport::from_env`]) |
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Spec {
     /// Interpreter command and its arguments; empty means the default interpreter.
@@ -45,6 +47,8 @@ pub struct Spec {
     pub dont_write_bytecode: bool,
     /// Where the helper package comes from.
     pub helper: HelperSource,
+    /// How arrays reach the worker; None for the process's default.
+    pub transport: Option<Transport>,
 }
 
 impl Spec {
@@ -142,6 +146,12 @@ impl Spec {
                             )));
                         }
                     }
+                }
+                "transport" => {
+                    let v = need(value, key, err)?;
+                    out.transport = Some(Transport::parse(v).ok_or_else(|| {
+                        err(format!("transport={v:?}: expected anonymous or named"))
+                    })?);
                 }
                 "execmodel" => match need(value, key, err)? {
                     "thread" => {}
