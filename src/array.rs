@@ -225,7 +225,7 @@ impl<T: Element> SharedArray<T> {
 
     fn with_layout(transport: Transport, layout: Layout, meta: &Meta) -> Result<SharedArray<T>> {
         let seg = Segment::create_with_transport(transport, &layout, meta)?;
-        let holding = lease::register(&seg.key(), Vec::new(), seg.anon().cloned());
+        let holding = lease::register(&seg, Vec::new());
         Ok(SharedArray {
             seg: Some(seg),
             holding,
@@ -332,7 +332,7 @@ impl<T: Element> SharedArray<T> {
                 return Err(already());
             }
         }
-        let Some(holding) = lease::register_adopted(&seg.key(), seg.anon().cloned()) else {
+        let Some(holding) = lease::register_adopted(&seg) else {
             if let Some(t) = ticket {
                 t.unadopt();
             }
@@ -380,7 +380,7 @@ impl<T: Element> SharedArray<T> {
 
     /// An array in a pool slot: `seg` was just rewritten for `T` and this use.
     pub(crate) fn in_slot(seg: Segment, peers: Vec<PeerRef>, home: Arc<dyn SlotHome>) -> Self {
-        let holding = lease::register(&seg.key(), peers, seg.anon().cloned());
+        let holding = lease::register(&seg, peers);
         SharedArray {
             seg: Some(seg),
             holding,

@@ -153,9 +153,9 @@ impl Channel {
             if !fds.is_empty() {
                 self.check_open(need_open)?;
                 let borrowed: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
-                let first = sock
-                    .send(&borrowed, None)
-                    .map_err(|e| Error::io(format!("sending descriptors to {}", self.shared.id), e))?;
+                let first = sock.send(&borrowed, None).map_err(|e| {
+                    Error::io(format!("sending descriptors to {}", self.shared.id), e)
+                })?;
                 for (i, (r, ..)) in delivered.iter().enumerate() {
                     r.set_token(first + i as u64);
                 }

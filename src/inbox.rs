@@ -244,10 +244,7 @@ impl Shared {
     /// The descriptor the worker sent under `token` (docs/PROTOCOL.md §2.7).
     fn take_descriptor(&self, token: u64) -> std::result::Result<OwnedFd, String> {
         match self.descriptors.get() {
-            Some(sock) => sock.take(
-                token,
-                Instant::now() + crate::descriptors::TAKE_TIMEOUT,
-            ),
+            Some(sock) => sock.take(token, Instant::now() + crate::descriptors::TAKE_TIMEOUT),
             None => Err("this gateway has no descriptor socket (named transport)".to_string()),
         }
     }

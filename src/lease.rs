@@ -37,7 +37,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use crate::error::{Error, ErrorKind, Result};
 use crate::output::lock;
 pub(crate) use crate::peer::{Peer, PeerKey, PeerRef, key_of};
-use crate::segment::{AnonObject, Segment};
+use crate::segment::{AnonObject, Segment, StateWord};
 use crate::value::{Access, ArrayRef, Value};
 
 /// Where a pool slot goes back to.
@@ -82,6 +82,9 @@ pub(crate) struct Entry {
     live: bool,
     /// The object of an anonymous segment, whose descriptor a send may pass.
     anon: Option<Arc<AnonObject>>,
+    /// The header's state word, kept to what is out (docs/SEGMENT_FORMAT.md §5), for
+    /// `pixgate ls`; None for an array mapped read-only here.
+    state: Option<StateWord>,
 }
 
 type Ledger = Mutex<HashMap<String, Arc<Mutex<Entry>>>>;
@@ -118,28 +121,26 @@ impl std::fmt::Debug for Holding {
     }
 }
 
-fn new_entry(name: &str, anon: Option<Arc<AnonObject>>) -> Arc<Mutex<Entry>> {
+fn new_entry(seg: &Segment) -> Arc<Mutex<Entry>> {
     Arc::new(Mutex::new(Entry {
-        name: name.to_string(),
+        name: seg.key(),
         records: Vec::new(),
         next_id: 0,
         peers: Vec::new(),
         parked: None,
         live: true,
-        anon,
+        anon: seg.anon().cloned(),
+        state: seg.state_word(),
     }))
 }
 
-/// Registers an array this process made (a new segment, or a pool slot's new use);
-/// `anon` is its anonymous object, if it has one.
-pub(crate) fn register(
-    name: &str,
-    peers: Vec<PeerRef>,
-    anon: Option<Arc<AnonObject>>,
-) -> Holding {
-    let entry = new_entry(name, anon);
+/// Registers an array this process made on `seg` (a new segment, or a pool slot's new
+/// use), filed under the segment's key.
+pub(crate) fn register(seg: &Segment, peers: Vec<PeerRef>) -> Holding {
+    let name = seg.key();
+    let entry = new_entry(seg);
     lock(&entry).peers = peers;
-    lock(&LEDGER).insert(name.to_string(), Arc::clone(&entry));
+    lock(&LEDGER).insert(name, Arc::clone(&entry));
     Holding(entry)
 }
 
@@ -148,13 +149,14 @@ pub(crate) fn register(
 /// records of its own, so safe code could hold a mutable and a shared view of the same
 /// bytes at once (a cloned moved reference adopted twice, or a worker naming one of this
 /// process's arrays in a reference). Returns None in that case.
-pub(crate) fn register_adopted(name: &str, anon: Option<Arc<AnonObject>>) -> Option<Holding> {
+pub(crate) fn register_adopted(seg: &Segment) -> Option<Holding> {
+    let name = seg.key();
     let mut ledger = lock(&LEDGER);
-    if ledger.contains_key(name) {
+    if ledger.contains_key(&name) {
         return None;
     }
-    let entry = new_entry(name, anon);
-    ledger.insert(name.to_string(), Arc::clone(&entry));
+    let entry = new_entry(seg);
+    ledger.insert(name, Arc::clone(&entry));
     Some(Holding(entry))
 }
 
@@ -177,6 +179,35 @@ fn unregister(e: &mut Entry, entry: &Arc<Mutex<Entry>>) {
 }
 
 impl Entry {
+    /// Writes what is out into the header's state word: lent wins over shared, shared
+    /// over moved, and owned when nothing is.
+    fn publish(&self) {
+        let Some(word) = &self.state else {
+            return;
+        };
+        let mut c = Counts::default();
+        for r in self
+            .records
+            .iter()
+            .filter(|r| matches!(r.state, State::Sent(_)))
+        {
+            match r.access {
+                Access::Shared => c.shares += 1,
+                Access::Lent => c.lent += 1,
+                Access::Moved => c.moving = true,
+            }
+        }
+        word.set(if c.lent > 0 {
+            crate::segment::STATE_LENT
+        } else if c.shares > 0 {
+            crate::segment::STATE_SHARED
+        } else if c.moving {
+            crate::segment::STATE_MOVED
+        } else {
+            crate::segment::STATE_OWNED
+        });
+    }
+
     fn counts(&self) -> Counts {
         let mut c = Counts::default();
         for r in &self.records {
@@ -469,6 +500,7 @@ impl Ticket {
             }
             State::Pending { .. } => {
                 e.records[i].state = State::Sent(peer.key);
+                e.publish();
                 if e.records[i].access == Access::Moved {
                     // Out of the ledger from now on: the receiver may send it back.
                     unregister(&mut e, entry);
@@ -492,6 +524,7 @@ impl Ticket {
                 if let Some(i) = e.position(*id) {
                     let only = e.records[i].only;
                     e.records[i].state = State::Pending { only };
+                    e.publish();
                 }
             }
             Kind::Move { entry, id, .. } => {
@@ -693,6 +726,7 @@ pub(crate) fn release(name: &str, generation: u64, access: Access, from: PeerKey
             return false;
         };
         e.records.remove(i);
+        e.publish();
         e.unpark(&entry)
     };
     go_home(back);
@@ -711,6 +745,7 @@ pub(crate) fn peer_gone(peer: PeerKey) {
             if e.records.len() == before {
                 continue;
             }
+            e.publish();
             e.unpark(&entry)
         };
         go_home(back);
@@ -821,8 +856,9 @@ mod tests {
         fn forget(&self, _name: &str) {}
     }
 
-    fn name(tag: &str) -> String {
-        format!("/pxg-0-lease-test-{tag}")
+    fn segment() -> Segment {
+        let layout = crate::header::Layout::c_order(crate::header::DType::U8, &[8]).unwrap();
+        Segment::create_anonymous(&layout, &crate::header::Meta::default()).unwrap()
     }
 
     fn reference(n: &str, access: Access, t: Arc<Ticket>) -> Value {
@@ -842,8 +878,9 @@ mod tests {
 
     #[test]
     fn releases_must_name_what_was_sent_to_that_gateway() {
-        let n = name("release");
-        let h = register(&n, Vec::new(), None);
+        let seg = segment();
+        let n = seg.key();
+        let h = register(&seg, Vec::new());
         let (a, b) = (Arc::new(Gw), Arc::new(Gw));
         let (pa, pb) = (PeerRef::new(&a), PeerRef::new(&b));
         let t = h.make(Access::Shared, 5, None, |_| true).unwrap();
@@ -870,8 +907,9 @@ mod tests {
 
     #[test]
     fn a_reference_is_sent_once_and_taken_back_unless_it_was() {
-        let n = name("once");
-        let h = register(&n, Vec::new(), None);
+        let seg = segment();
+        let n = seg.key();
+        let h = register(&seg, Vec::new());
         let g = Arc::new(Gw);
         let p = PeerRef::new(&g);
         let t = h.make(Access::Lent, 5, None, Counts::none).unwrap();
@@ -891,8 +929,9 @@ mod tests {
 
     #[test]
     fn a_reference_made_for_one_gateway_cannot_go_to_another() {
-        let n = name("only");
-        let h = register(&n, Vec::new(), None);
+        let seg = segment();
+        let n = seg.key();
+        let h = register(&seg, Vec::new());
         let (a, b) = (Arc::new(Gw), Arc::new(Gw));
         let (pa, pb) = (PeerRef::new(&a), PeerRef::new(&b));
         let t = h.make(Access::Shared, 5, Some(pa.key), |_| true).unwrap();
@@ -914,11 +953,11 @@ mod tests {
 
     #[test]
     fn a_segment_is_adopted_once_per_process() {
-        let n = name("adopt");
-        let first = register_adopted(&n, None).expect("first adoption");
-        assert!(register_adopted(&n, None).is_none(), "adopted twice");
+        let seg = segment();
+        let first = register_adopted(&seg).expect("first adoption");
+        assert!(register_adopted(&seg).is_none(), "adopted twice");
         first.forget_unused();
-        let again = register_adopted(&n, None).expect("free again once dropped");
+        let again = register_adopted(&seg).expect("free again once dropped");
         drop_entry(again);
     }
 }

@@ -677,6 +677,15 @@ impl Segment {
         load_u32(atomic_u32(&self.map, self.base + OFF_STATE))
     }
 
+    /// A handle on the segment's state word, for whoever records what is handed out
+    /// (the ledger); None for a read-only mapping.
+    pub(crate) fn state_word(&self) -> Option<StateWord> {
+        self.writable.then(|| StateWord {
+            map: Arc::clone(&self.map),
+            off: self.base + OFF_STATE,
+        })
+    }
+
     /// Sets the advisory state word.
     ///
     /// # Errors
@@ -932,6 +941,20 @@ fn populate(map: &MmapRaw, base: usize, len: usize) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = (map, base, len);
+}
+
+/// The state word of a writable segment's header, kept apart from the segment (the
+/// mapping stays while the handle does).
+pub(crate) struct StateWord {
+    map: Arc<MmapRaw>,
+    off: usize,
+}
+
+impl StateWord {
+    /// Stores `state` ([`STATE_OWNED`], [`STATE_SHARED`], …).
+    pub(crate) fn set(&self, state: u32) {
+        atomic_u32(&self.map, self.off).store(state, Ordering::Release);
+    }
 }
 
 /// What a new segment will hold: its header fields and bytes, and its size.

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use crate::segment::Transport;
 use crate::error::{Error, ErrorKind, Result};
+use crate::segment::Transport;
 
 /// Where the worker gets the helper package from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
