@@ -889,7 +889,13 @@ mod tests {
             !release(&n, 5, Access::Shared, pa.key),
             "pending: not out yet"
         );
+        assert_eq!(
+            seg.state(),
+            crate::segment::STATE_OWNED,
+            "made, not handed out"
+        );
         send(&v, &pa).unwrap().done();
+        assert_eq!(seg.state(), crate::segment::STATE_SHARED);
         assert!(!release(&n, 4, Access::Shared, pa.key), "stale generation");
         assert!(!release(&n, 5, Access::Lent, pa.key), "nothing lent");
         assert!(!release(&n, 5, Access::Shared, pb.key), "sent to another");
@@ -899,6 +905,7 @@ mod tests {
         );
         assert_eq!(h.counts().shares, 1);
         assert!(release(&n, 5, Access::Shared, pa.key));
+        assert_eq!(seg.state(), crate::segment::STATE_OWNED, "back");
         assert!(!release(&n, 5, Access::Shared, pa.key), "released twice");
         assert!(h.counts().none());
         drop(v);
@@ -918,6 +925,7 @@ mod tests {
         drop(send(&v, &p).unwrap());
         assert!(matches!(&v, Value::Array(r) if r.is_sendable()));
         send(&v, &p).unwrap().done();
+        assert_eq!(seg.state(), crate::segment::STATE_LENT);
         let err = send(&v.clone(), &p).unwrap_err();
         assert!(matches!(err.kind(), ErrorKind::Reference(_)), "{err}");
         assert!(h.make(Access::Shared, 5, None, |c| c.lent == 0).is_err());
