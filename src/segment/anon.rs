@@ -218,16 +218,12 @@ impl AnonObject {
             .map(OwnedFd::from)
     }
 
-    /// True when `peer` got a descriptor of the object giving at least `writable`
-    /// access, and so maps it already.
+    /// True when `peer` got a descriptor of the object with exactly this access, and so
+    /// maps it that way already: a read-only share needs a read-only mapping, which a
+    /// writable one does not give (docs/PROTOCOL.md §5.7).
     pub(crate) fn delivered_to(&self, peer: PeerKey, writable: bool) -> bool {
         lock(&self.delivered).iter().any(|d| {
-            d.peer.key == peer
-                && if writable {
-                    d.writable
-                } else {
-                    d.read_only || d.writable
-                }
+            d.peer.key == peer && if writable { d.writable } else { d.read_only }
         })
     }
 
