@@ -30,6 +30,7 @@ __all__ = [
     "map_array",
     "meta",
     "segment_of",
+    "shared_copy",
     "to_xarray",
     "zeros",
 ]
@@ -356,11 +357,38 @@ def asarray(
     DTypeError, LayoutError, SegmentError, ImportError
         As for :func:`empty`.
     """
-    np = _numpy()
     if dims is None and meta is None:
         found = segment_of(array)
         if found is not None and found[1]:
             return array  # type: ignore[return-value]
+    return shared_copy(array, dims, meta)
+
+
+def shared_copy(
+    array: object,
+    dims: Iterable[str] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> np.ndarray:
+    """A new C-ordered shared array holding a copy of ``array``, of exactly its shape.
+
+    Parameters
+    ----------
+    array : array_like
+        Anything ``numpy.asarray`` accepts, shared or not; 0-d arrays stay 0-d.
+        Big-endian data is converted to little-endian.
+    dims, meta
+        As for :func:`empty`.
+
+    Returns
+    -------
+    numpy.ndarray
+
+    Raises
+    ------
+    DTypeError, LayoutError, SegmentError, ImportError
+        As for :func:`empty`.
+    """
+    np = _numpy()
     src = np.asarray(array)
     dt = src.dtype
     if dt.byteorder == ">" or (dt.byteorder == "=" and sys.byteorder == "big"):
