@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -256,7 +255,8 @@ def test_the_array_keeps_its_mapping_alive() -> None:
     view = _array.map_array(reader)[10:20]
     reader.close()
     seg.close()
-    assert not seg.closed  # the array holds the mapping
+    assert seg.closed and reader.closed
+    assert mapped(seg.name)  # the arrays still use the mapping
     del seg, reader
     gc.collect()
     # The owner's segment object is alive through its array, so nothing was unlinked.
@@ -273,10 +273,44 @@ def test_the_array_keeps_its_mapping_alive() -> None:
     gc.collect()
 
 
+def mapped(name: str) -> bool:
+    """Whether this process maps the segment ``name``."""
+    with open("/proc/self/maps") as f:
+        return any(line.rstrip().endswith("/dev/shm" + name) for line in f)
+
+
+def test_a_closed_segment_is_unmapped_when_its_last_array_goes() -> None:
+    seg = _segment.create("<i4", (1000,))
+    arr = _array.map_array(seg)
+    view = arr[500:]
+    del arr
+    seg.close()
+    # The object is closed; the mapping stays while an array over it exists.
+    assert seg.closed
+    with pytest.raises(SegmentError) as info:
+        _ = seg.generation
+    assert info.value.problem == "closed"
+    del info  # its traceback holds the mmap (a local of Segment.mapping)
+    with pytest.raises(SegmentError):
+        _array.map_array(seg)
+    assert mapped(seg.name)
+    view[...] = 7
+    assert int(view.sum()) == 3500
+    del view
+    gc.collect()
+    # No array is left: the mapping is gone (the segment itself stays until its owner,
+    # the segment object, goes).
+    assert not mapped(seg.name)
+    assert our_segments() == [seg.name[1:]]
+    seg.close()  # again: nothing happens
+    del seg
+    gc.collect()
+
+
 def test_closing_an_unused_segment_unmaps_it() -> None:
     seg = _segment.create("|u1", (3,))
     seg.close()
-    assert seg.closed
+    assert seg.closed and not mapped(seg.name)
     with pytest.raises(SegmentError) as info:
         _ = seg.generation
     assert info.value.problem == "closed"
