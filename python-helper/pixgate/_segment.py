@@ -1478,7 +1478,12 @@ def _reserve(fd: int, size: int, name: str) -> None:
     if fallocate is None:  # macOS: shm objects cannot be fallocated
         return
     try:
-        fallocate(fd, 0, size)
+        failed = fallocate(fd, 0, size)
+        if failed:
+            # PyPy returns posix_fallocate's error number instead of raising it: the
+            # memory is not reserved, and writing past the free space would be a
+            # SIGBUS later.
+            raise OSError(failed, os.strerror(failed))
     except OSError as exc:
         import errno
 
