@@ -999,9 +999,10 @@ def owned_names() -> list[str]:
 class _Mapping:
     """One mmap of a segment and the count of its uses.
 
-    Every open :class:`Segment` over the mmap is one use (a pool slot re-read with
-    :meth:`Segment.reread` gives a second Segment over the same mmap), and so is every
-    array :mod:`pixgate._array` makes over it, until that array is garbage-collected.
+    Every open :class:`Segment` over the mmap is one use until it is closed or
+    collected (a pool slot re-read with :meth:`Segment.reread` gives a second Segment
+    over the same mmap), and so is every array :mod:`pixgate._array` makes over it,
+    until that array is garbage-collected.
     The mmap is closed when the last use ends, and never earlier: a numpy array over a
     closed mapping points at unmapped memory, and touching it is a crash, not an error.
     Whether ``mmap.close()`` refuses while buffers of the mapping exist is an interpreter
@@ -1362,6 +1363,14 @@ class Segment:
         self._closed = True
         self._data = None
         self._mapping.release()
+
+    def __del__(self) -> None:
+        # A segment object dropped without close() ends its use too: the worker drops
+        # the old object each time a pool slot is re-read for a new layout, and those
+        # uses would otherwise pile up for the life of the slot.
+        if not self._closed:
+            self._closed = True
+            self._mapping.release()
 
     def _use(self) -> Callable[[], None]:
         """Count one more use of the mapping (an array made over :attr:`data`) and
