@@ -1002,8 +1002,7 @@ class _Mapping:
     Every open :class:`Segment` over the mmap is one use until it is closed or
     collected (a pool slot re-read with :meth:`Segment.reread` gives a second Segment
     over the same mmap), and so is every array :mod:`pixgate._array` makes over it,
-    until that array is garbage-collected.
-    The mmap is closed when the last use ends, and never earlier: a numpy array over a
+    until that array is garbage-collected. The mmap is closed when the last use ends, and never earlier: a numpy array over a
     closed mapping points at unmapped memory, and touching it is a crash, not an error.
     Whether ``mmap.close()`` refuses while buffers of the mapping exist is an interpreter
     detail (CPython refuses, PyPy does not), so nothing here relies on it.
@@ -1071,6 +1070,7 @@ class Segment:
         "__weakref__",
         "_closed",
         "_data",
+        "_end_use",
         "_finalizer",
         "_mapping",
         "_raw",
@@ -1095,6 +1095,15 @@ class Segment:
         mapping.acquire()
         self._mapping = mapping
         self._closed = False
+        # A segment object collected without close() ends its use too: the worker drops
+        # the old object each time a pool slot is re-read for a new layout, and those
+        # uses would otherwise pile up for the life of the slot. (A weakref callback,
+        # not __del__: PyPy clears weak references to objects with __del__ only at the
+        # collection after the one that finalized them, which would delay the unlinking
+        # of an owned segment.)
+        end = weakref.finalize(self, mapping.release)
+        end.atexit = False
+        self._end_use = end
         self._data: memoryview | None = None
         # The header bytes this object's header was validated from, when kept (reread).
         self._raw: bytes | None = None
@@ -1362,14 +1371,7 @@ class Segment:
             return
         self._closed = True
         self._data = None
-        self._mapping.release()
-
-    def __del__(self) -> None:
-        # A segment object dropped without close() ends its use too: the worker drops
-        # the old object each time a pool slot is re-read for a new layout, and those
-        # uses would otherwise pile up for the life of the slot.
-        if not self._closed:
-            self._closed = True
+        if self._end_use.detach() is not None:
             self._mapping.release()
 
     def _use(self) -> Callable[[], None]:
