@@ -9,6 +9,12 @@ PYTHON ?= python3
 VENV := .venv
 VPY := $(CURDIR)/$(VENV)/bin/python
 STAMP := $(VENV)/.pixgate-deps
+# PyPy (Debian's pypy3): the helper must run on it too. Its own venv holds the Python
+# suite's tools, without numpy (the array tests need numpy and are not run on PyPy).
+PYPY := pypy3
+PYPY_VENV := .venv-pypy
+PYPY_PY := $(CURDIR)/$(PYPY_VENV)/bin/python
+PYPY_STAMP := $(PYPY_VENV)/.pixgate-deps
 export PIXGATE_PYTHON := $(VPY)
 # Tests that would skip for a missing piece of the environment fail instead.
 export PIXGATE_TEST_STRICT := 1
@@ -28,19 +34,23 @@ FUZZ_ARGS := -rss_limit_mb=2048 -timeout=10
 CHAOS_ITERATIONS ?= 100
 SOAK_MESSAGES ?= 1000000
 
-.PHONY: demo test venv build test-rust test-python lint bench clean fuzz fuzz-smoke fuzz-corpus \
+.PHONY: demo test venv pypy build test-rust test-python lint bench clean fuzz fuzz-smoke fuzz-corpus \
 	chaos soak
 
 demo: $(STAMP)
 	cargo build --release
 	./target/release/pixgate demo
 
-test: $(STAMP)
+test: $(STAMP) $(PYPY_STAMP)
 	$(VPY) -m pip install --quiet --no-build-isolation --no-deps ./python-helper
 	cargo build --all-targets
 	timeout $(TEST_TIMEOUT) cargo test --all-targets
 	timeout 600 cargo test --doc
 	cd python-helper && timeout 900 $(VPY) -m pytest -q tests
+	@# The same suite on PyPy: every module that does not need numpy (the others skip).
+	@# Plain asserts: PyPy 7.3.11 once died of SIGSEGV inside pytest's assertion
+	@# rewriting (of hypothesis, while collecting), before any of the helper had run.
+	cd python-helper && timeout 900 $(PYPY_PY) -m pytest -q --assert=plain tests
 	$(MAKE) --no-print-directory fuzz-smoke
 	@# A leak is a segment whose creator is gone (every test process has ended by now).
 	@leaks=""; for f in $$(ls /dev/shm | grep '^pxg-' || true); do \
@@ -48,6 +58,17 @@ test: $(STAMP)
 	done; if [ -n "$$leaks" ]; then echo "leaked segments:$$leaks"; exit 1; fi; echo "no leaked segments"
 
 venv: $(STAMP)
+
+# pypy3 from Debian's packages when it is missing (these machines run as root), and a
+# venv of it with the Python suite's tools.
+pypy: $(PYPY_STAMP)
+
+$(PYPY_STAMP): python-helper/pyproject.toml Makefile
+	command -v $(PYPY) >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pypy3; }
+	test -x $(PYPY_PY) || $(PYPY) -m venv $(PYPY_VENV)
+	$(PYPY_PY) -m pip install --quiet pytest hypothesis execnet
+	touch $(PYPY_STAMP)
 
 $(STAMP): python-helper/pyproject.toml Makefile
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
@@ -103,4 +124,4 @@ lint:
 	cargo clippy --all-targets -- -D warnings
 
 clean:
-	rm -rf $(VENV) target
+	rm -rf $(VENV) $(PYPY_VENV) target

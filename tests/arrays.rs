@@ -433,3 +433,172 @@ for name in ["bool", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "in
     drop(gw);
     assert_no_segments();
 }
+
+/// Shapes that must cross exactly as they are: 0-d, zero-size axes, 32 dimensions.
+const SHAPES: &[&[usize]] = &[
+    &[],
+    &[1],
+    &[0],
+    &[0, 3],
+    &[3, 0],
+    &[3, 0, 2],
+    &[2, 3],
+    &[1; 32],
+    &[
+        2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+        1, 3,
+    ],
+];
+
+/// Reports every array it receives (its shape and its values in C order, as Python
+/// sees them), then gives a lent one back incremented, a moved one back incremented
+/// (moved again), and lets a shared one go.
+const SHAPE_SERVER: &str = r#"
+import numpy as np
+for kind, arr in channel:
+    channel.send((list(arr.shape), arr.ndim, [int(x) for x in arr.reshape(-1)]))
+    if kind == "shared":
+        del arr
+        continue
+    arr += 1
+    channel.send(arr)
+    del arr
+"#;
+
+fn numbered(shape: &[usize]) -> SharedArray<u16> {
+    let mut a = SharedArray::<u16>::zeros(shape).unwrap();
+    for (i, x) in a.view_mut().unwrap().iter_mut().enumerate() {
+        *x = i as u16 + 1;
+    }
+    a
+}
+
+fn ints(v: &Value) -> Vec<i64> {
+    v.as_seq()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect()
+}
+
+#[test]
+fn every_shape_crosses_to_python_exactly_shared_lent_and_moved() {
+    let _serial = serial();
+    let gw = gateway();
+    let ch = gw.remote_exec(SHAPE_SERVER).unwrap();
+    for &shape in SHAPES {
+        let count: usize = shape.iter().product();
+        let want: Vec<i64> = (1..=count as i64).collect();
+        let plus_one: Vec<u16> = (2..=count as u16 + 1).collect();
+        for kind in ["shared", "lent", "moved"] {
+            let mut a = numbered(shape);
+            let r = match kind {
+                "shared" => a.share().unwrap(),
+                "lent" => a.lend().unwrap(),
+                _ => numbered(shape).into_value().unwrap(),
+            };
+            ch.send(Value::Tuple(vec![kind.into(), r])).unwrap();
+            let seen = ch.receive_timeout(T).unwrap();
+            let seen = seen.as_seq().unwrap();
+            let dims: Vec<usize> = ints(&seen[0]).iter().map(|&n| n as usize).collect();
+            assert_eq!(dims, shape, "{kind} {shape:?}: the shape Python sees");
+            assert_eq!(
+                seen[1].as_i64(),
+                Some(shape.len() as i64),
+                "{kind} {shape:?}"
+            );
+            assert_eq!(
+                ints(&seen[2]),
+                want,
+                "{kind} {shape:?}: the values Python sees"
+            );
+            match kind {
+                "shared" => wait_released(&a),
+                "lent" => {
+                    let back = ch.receive_timeout(T).unwrap();
+                    assert!(matches!(back, Value::Array(_)));
+                    assert!(!a.is_lent());
+                    let v = a.view().unwrap();
+                    assert_eq!(v.shape(), shape, "lent {shape:?} after the round trip");
+                    assert_eq!(v.iter().copied().collect::<Vec<_>>(), plus_one);
+                }
+                _ => {
+                    let b = SharedArray::<u16>::from_value(ch.receive_timeout(T).unwrap()).unwrap();
+                    assert_eq!(b.shape(), shape, "moved {shape:?} back");
+                    let v = b.view().unwrap();
+                    assert_eq!(v.shape(), shape);
+                    assert_eq!(v.iter().copied().collect::<Vec<_>>(), plus_one);
+                }
+            }
+        }
+    }
+    ch.close().unwrap();
+    gw.exit(T).unwrap();
+    assert_no_segments();
+}
+
+#[test]
+fn every_shape_made_in_python_reaches_the_host_exactly() {
+    let _serial = serial();
+    let gw = gateway();
+    let ch = gw
+        .remote_exec(
+            r#"
+import numpy as np, pixgate
+base = np.arange(1, 7, dtype=np.uint16)
+shared = pixgate.asarray(base)
+made = pixgate.empty((), "uint16")
+made[...] = 9
+cases = [
+    ("plain 0-d", np.array(5, dtype=np.uint16)),
+    ("0-d view of a plain array", base[4, ...]),
+    ("0-d view of a shared array", shared[2, ...]),
+    ("0-d view of a 2-d array", base.reshape(2, 3)[1, 2, ...]),
+    ("pixgate.empty(())", made),
+    ("pixgate.full(())", pixgate.full((), 4, "uint16")),
+    ("plain (0, 3)", np.zeros((0, 3), np.uint16)),
+    ("plain (3, 0, 2)", np.zeros((3, 0, 2), np.uint16)),
+    ("plain (0,)", np.zeros((0,), np.uint16)),
+    ("pixgate (0, 3)", pixgate.zeros((0, 3), "uint16")),
+    ("pixgate (3, 0, 2)", pixgate.zeros((3, 0, 2), "uint16")),
+    ("plain 32 ones", np.full((1,) * 32, 7, np.uint16)),
+    ("pixgate 32 ones", pixgate.full((1,) * 32, 8, "uint16")),
+    ("plain 32-d, Fortran order", np.array(base.reshape((2,) + (1,) * 30 + (3,)), order="F")),
+    ("plain (1,)", np.array([6], np.uint16)),
+    ("a shared array, whole: moves", shared),
+    ("the same array again: copied", shared),
+]
+for label, a in cases:
+    channel.send((label, list(a.shape), [int(x) for x in a.reshape(-1)], a))
+"#,
+        )
+        .unwrap();
+    // Every case is checked before the test fails, so that one report lists them all.
+    let mut wrong = Vec::new();
+    for _ in 0..17 {
+        let item = ch.receive_timeout(T).unwrap();
+        let t = item.as_seq().unwrap();
+        let label = t[0].as_str().unwrap().to_string();
+        let shape: Vec<usize> = ints(&t[1]).iter().map(|&n| n as usize).collect();
+        let values: Vec<u16> = ints(&t[2]).iter().map(|&n| n as u16).collect();
+        let a = match SharedArray::<u16>::from_value(t[3].clone()) {
+            Ok(a) => a,
+            Err(e) => {
+                wrong.push(format!("{label}: {e}"));
+                continue;
+            }
+        };
+        let v = a.view().unwrap();
+        let got: Vec<u16> = v.iter().copied().collect();
+        if a.shape() != shape || v.shape() != shape || got != values {
+            wrong.push(format!(
+                "{label}: shape {:?}, values {got:?}; sent as {shape:?}, {values:?}",
+                a.shape()
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "arrived wrong:\n{}", wrong.join("\n"));
+    ch.wait_close(Some(T)).unwrap();
+    gw.exit(T).unwrap();
+    assert_no_segments();
+}

@@ -6,13 +6,18 @@ works without numpy; xarray is optional and only :func:`to_xarray` imports it.
 
 Lifetime
 --------
-The data of a segment's array is a view of ``np.frombuffer(segment.data)`` (``data`` is
-a memoryview of the mapping's data area), which holds a buffer export on the mapping:
-the mapping stays mapped as long as the array or any view of it exists, whatever happens
-to the :class:`~pixgate._segment.Segment` object (``np.ndarray(buffer=mapping)`` alone
-would not keep it alive: numpy releases the export it takes). A segment this process
-owns is unlinked when its last array is garbage-collected (or at exit), unless its
-ownership was handed to another process with :func:`disown`.
+The data of a segment's array is a view of an *anchor*, ``np.frombuffer(segment.data)``
+(``data`` is a memoryview of the mapping's data area), which every numpy view of the
+array has as its base. Each anchor counts as a use of the mapping from the moment it is
+made until it is garbage-collected (a weakref callback ends the use), and the mapping is
+unmapped only when no use is left (:class:`pixgate._segment._Mapping`): so the mapping
+stays mapped as long as the array or any view of it exists, whatever happens to the
+:class:`~pixgate._segment.Segment` object and on any interpreter (CPython refuses
+``mmap.close()`` while buffers are exported, PyPy does not; nothing relies on either).
+The anchor must come from ``frombuffer``: ``np.ndarray(buffer=mapping)`` alone keeps no
+buffer of the mapping, so the mmap object could be collected under the array. A
+segment this process owns is unlinked when its last array is garbage-collected (or at
+exit), unless its ownership was handed to another process with :func:`disown`.
 
 Read-only segments are mapped without write permission, so their arrays are not
 writeable and numpy refuses to make them writeable.
@@ -30,6 +35,7 @@ __all__ = [
     "map_array",
     "meta",
     "segment_of",
+    "shared_copy",
     "to_xarray",
     "zeros",
 ]
@@ -108,11 +114,15 @@ def map_array(
     anchor = np.frombuffer(segment.data, dtype=np.uint8)
     arr = np.ndarray(segment.shape, dtype=dtype, buffer=anchor, strides=segment.strides)
     key = id(anchor)
+    # The anchor is a use of the mapping until it is collected: the mapping is never
+    # closed under it, whatever the interpreter lets mmap.close() do.
+    end_use = segment._use()
 
     def gone(ref: object, key: int = key) -> None:
         entry = _anchors.get(key)
         if entry is not None and entry[0] is ref:
             del _anchors[key]
+        end_use()
         if on_release is not None:
             on_release()
 
@@ -356,11 +366,38 @@ def asarray(
     DTypeError, LayoutError, SegmentError, ImportError
         As for :func:`empty`.
     """
-    np = _numpy()
     if dims is None and meta is None:
         found = segment_of(array)
         if found is not None and found[1]:
             return array  # type: ignore[return-value]
+    return shared_copy(array, dims, meta)
+
+
+def shared_copy(
+    array: object,
+    dims: Iterable[str] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> np.ndarray:
+    """A new C-ordered shared array holding a copy of ``array``, of exactly its shape.
+
+    Parameters
+    ----------
+    array : array_like
+        Anything ``numpy.asarray`` accepts, shared or not; 0-d arrays stay 0-d.
+        Big-endian data is converted to little-endian.
+    dims, meta
+        As for :func:`empty`.
+
+    Returns
+    -------
+    numpy.ndarray
+
+    Raises
+    ------
+    DTypeError, LayoutError, SegmentError, ImportError
+        As for :func:`empty`.
+    """
+    np = _numpy()
     src = np.asarray(array)
     dt = src.dtype
     if dt.byteorder == ">" or (dt.byteorder == "=" and sys.byteorder == "big"):

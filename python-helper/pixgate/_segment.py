@@ -94,7 +94,7 @@ import weakref
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
     from typing import Any
 
 from . import _wire
@@ -996,6 +996,60 @@ def owned_names() -> list[str]:
 # Segments
 
 
+class _Mapping:
+    """One mmap of a segment and the count of its uses.
+
+    Every open :class:`Segment` over the mmap is one use until it is closed or
+    collected (a pool slot re-read with :meth:`Segment.reread` gives a second Segment
+    over the same mmap), and so is every array :mod:`pixgate._array` makes over it,
+    until that array is garbage-collected. The mmap is closed when the last use ends, and never earlier: a numpy array over a
+    closed mapping points at unmapped memory, and touching it is a crash, not an error.
+    Whether ``mmap.close()`` refuses while buffers of the mapping exist is an interpreter
+    detail (CPython refuses, PyPy does not), so nothing here relies on it.
+
+    Uses are counted with a list's ``append`` and ``pop``, which are atomic, because the
+    count also drops in weakref callbacks, which may run on any thread at any moment
+    (also inside a method of this class); a lock could deadlock there.
+    """
+
+    __slots__ = ("_uses", "mm")
+
+    def __init__(self, mm: mmap.mmap) -> None:
+        self.mm: mmap.mmap | None = mm
+        self._uses: list[None] = []
+
+    def acquire(self) -> None:
+        """Count one more use. Only a holder of a use may add one (an open Segment),
+        so the count never climbs back from zero."""
+        self._uses.append(None)
+
+    def release(self) -> None:
+        """End one use; close the mmap when it was the last."""
+        uses = self._uses
+        uses.pop()
+        if not uses:
+            self._close()
+
+    @property
+    def uses(self) -> int:
+        """How many uses are counted now."""
+        return len(self._uses)
+
+    def _close(self) -> None:
+        mm, self.mm = self.mm, None
+        if mm is None:
+            return
+        try:
+            mm.close()
+        except BufferError:
+            # CPython still counts a buffer of the mapping that no counted use holds:
+            # the one of the array whose collection ended the last use (its weakref
+            # callback runs just before numpy lets go of its buffer), or a memoryview a
+            # caller took of Segment.data or Segment.mapping. Without this object's
+            # reference, the mmap is unmapped when that buffer goes.
+            pass
+
+
 class Segment:
     """One mapped segment: its validated header and the mapping.
 
@@ -1006,14 +1060,20 @@ class Segment:
 
     A segment is *owned* when this process is the one that unlinks it: at exit, when
     the segment object and every array made from it are gone, or on :meth:`unlink`.
+
+    The mapping is shared by the segment object and the arrays made from it (see
+    :class:`_Mapping`): :meth:`close` ends the object's use of it, and the mapping is
+    unmapped once no open segment object and no array uses it.
     """
 
     __slots__ = (
         "__weakref__",
+        "_closed",
         "_data",
+        "_end_use",
         "_finalizer",
+        "_mapping",
         "_raw",
-        "_mm",
         "directory",
         "header",
         "name",
@@ -1024,7 +1084,7 @@ class Segment:
         self,
         name: str,
         header: Header,
-        mm: mmap.mmap,
+        mapping: _Mapping,
         writable: bool,
         directory: str | None = None,
     ) -> None:
@@ -1032,7 +1092,18 @@ class Segment:
         self.header = header
         self.writable = writable
         self.directory = directory
-        self._mm = mm
+        mapping.acquire()
+        self._mapping = mapping
+        self._closed = False
+        # A segment object collected without close() ends its use too: the worker drops
+        # the old object each time a pool slot is re-read for a new layout, and those
+        # uses would otherwise pile up for the life of the slot. (A weakref callback,
+        # not __del__: PyPy clears weak references to objects with __del__ only at the
+        # collection after the one that finalized them, which would delay the unlinking
+        # of an owned segment.)
+        end = weakref.finalize(self, mapping.release)
+        end.atexit = False
+        self._end_use = end
         self._data: memoryview | None = None
         # The header bytes this object's header was validated from, when kept (reread).
         self._raw: bytes | None = None
@@ -1104,20 +1175,34 @@ class Segment:
 
     @property
     def mapping(self) -> mmap.mmap:
-        """The mapping of the whole segment (read-only unless :attr:`writable`)."""
-        if self._mm.closed:
+        """The mapping of the whole segment (read-only unless :attr:`writable`).
+
+        Raises
+        ------
+        SegmentError
+            With problem ``"closed"``, after :meth:`close`.
+        """
+        mm = self._mapping.mm
+        if self._closed or mm is None or mm.closed:
             raise SegmentError(f"segment {self.name}: closed", "closed", self.name)
-        return self._mm
+        return mm
 
     @property
     def data(self) -> memoryview:
         """The data area of the mapping (read-only unless :attr:`writable`).
 
-        The view holds a buffer export on the mapping: while it, or an array over it,
-        exists, the mapping cannot be closed. Made once and kept.
+        Made once and kept until :meth:`close`. Arrays over it are made by
+        :func:`pixgate._array.map_array`, which counts them as uses of the mapping; a
+        caller's own view of these bytes is not counted and must not outlive
+        :meth:`close`.
+
+        Raises
+        ------
+        SegmentError
+            With problem ``"closed"``, after :meth:`close`.
         """
         view = self._data
-        if view is None:
+        if view is None:  # also after close(): self.mapping raises
             start = self.header.header_len
             view = self._data = memoryview(self.mapping)[start : start + self.data_len]
         return view
@@ -1202,7 +1287,7 @@ class Segment:
                 f"header_len/data_len changed from {header_len}/{old.data_len} to "
                 f"{header.header_len}/{header.data_len}",
             )
-        seg = Segment(self.name, header, mm, self.writable, self.directory)
+        seg = Segment(self.name, header, self._mapping, self.writable, self.directory)
         seg._data = self._data
         seg._raw = raw
         return seg
@@ -1268,22 +1353,41 @@ class Segment:
 
     @property
     def closed(self) -> bool:
-        """Whether the mapping has been unmapped."""
-        return self._mm.closed
+        """Whether this object was closed (or its mapping unmapped)."""
+        mm = self._mapping.mm
+        return self._closed or mm is None or mm.closed
 
     def close(self) -> None:
-        """Unmap the segment, unless arrays still use the mapping.
+        """End this object's use of the mapping; a second call does nothing.
 
-        Arrays made from the segment keep the memory mapped; it is unmapped when the
-        last of them is garbage-collected. Closing does not unlink: an owned segment is
+        The segment's header, data and live fields can no longer be read through this
+        object (``SegmentError`` with problem ``"closed"``). The mapping is unmapped
+        now if nothing else uses it, else when the last array made over it is
+        garbage-collected and every other segment object over it is closed, so an
+        array never outlives its mapping. Closing does not unlink: an owned segment is
         still unlinked when this object and its arrays are gone, or at exit.
         """
-        # Only our reference goes: arrays over the view keep it, and so the mapping.
+        if self._closed:
+            return
+        self._closed = True
         self._data = None
-        try:
-            self._mm.close()
-        except BufferError:
-            pass
+        if self._end_use.detach() is not None:
+            self._mapping.release()
+
+    def _use(self) -> Callable[[], None]:
+        """Count one more use of the mapping (an array made over :attr:`data`) and
+        return the function that ends it.
+
+        Raises
+        ------
+        SegmentError
+            With problem ``"closed"``, after :meth:`close`.
+        """
+        if self._closed:
+            raise SegmentError(f"segment {self.name}: closed", "closed", self.name)
+        mapping = self._mapping
+        mapping.acquire()
+        return mapping.release
 
     def __repr__(self) -> str:
         access = "writable" if self.writable else "read-only"
@@ -1352,7 +1456,7 @@ def create(
         mm[: header.header_len] = encode_header(header)
         header.version = VERSION
         _U32.pack_into(mm, _OFF_VERSION, VERSION)  # the version stamp, last
-        seg = Segment(name, header, mm, True, directory)
+        seg = Segment(name, header, _Mapping(mm), True, directory)
         _register_owned(seg)
     except BaseException:
         if mm is not None:
@@ -1385,7 +1489,12 @@ def _reserve(fd: int, size: int, name: str) -> None:
     if fallocate is None:  # macOS: shm objects cannot be fallocated
         return
     try:
-        fallocate(fd, 0, size)
+        failed = fallocate(fd, 0, size)
+        if failed:
+            # PyPy returns posix_fallocate's error number instead of raising it: the
+            # memory is not reserved, and writing past the free space would be a
+            # SIGBUS later.
+            raise OSError(failed, os.strerror(failed))
     except OSError as exc:
         import errno
 
@@ -1454,7 +1563,7 @@ def open(
     except BaseException:
         mm.close()
         raise
-    return Segment(name, header, mm, writable, directory)
+    return Segment(name, header, _Mapping(mm), writable, directory)
 
 
 def _check_stat(st: os.stat_result, name: str) -> int:

@@ -8,9 +8,10 @@ sending it back to the host releases it instead. The mapping of a shared or lent
 segment is kept for the next reference to it until the host sends FORGET.
 
 An array being sent becomes a reference: the host's own array goes back with the access
-it came with; a whole shared array this process created moves to the host; anything
-else (a plain numpy array, or part of a shared one) is copied once into a new segment,
-which moves. The wire is specified in docs/PROTOCOL.md, the segment in
+it came with; a whole shared array this process created (and still owns) moves to the
+host; anything else (a plain numpy array, part of a shared one, or an array whose segment
+moved already) is copied once into a new segment, which moves. Shapes cross exactly as
+they are, 0-d and zero-size ones included. The wire is specified in docs/PROTOCOL.md, the segment in
 docs/SEGMENT_FORMAT.md.
 """
 
@@ -172,8 +173,11 @@ def _export(obj: object) -> _wire.ArrayRef | None:
         if seg.owned:
             seg.disown()
             return _wire.ArrayRef(seg.name, seg.generation, _wire.MOVED)
+    # Anything else is copied, with its shape exactly (0-d and zero-size included:
+    # np.ascontiguousarray would make a 0-d array 1-d), also a whole shared array whose
+    # segment was handed to the host already.
     try:
-        copy = _array.asarray(np.ascontiguousarray(obj))
+        copy = _array.shared_copy(obj)
     except (Error, TypeError, ValueError) as exc:
         raise DumpError(f"cannot share an array of {obj.dtype} {obj.shape}: {exc}") from exc
     seg = _array.disown(copy)

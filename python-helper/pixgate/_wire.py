@@ -206,6 +206,24 @@ _NAMES = dict(zip(b"@ABCDEFGHIJKLMNOPQRSTU", (
 )))
 # fmt: on
 
+
+def _strict_utf8() -> str:
+    """The encoding name whose ``str(raw, name)`` refuses UTF-8-encoded surrogates.
+
+    ``str(raw, "utf-8")`` is the fastest strict decode on CPython. PyPy's ``str()``
+    takes a fast path for that name which lets ``ed a0 80`` (an encoded surrogate)
+    through, while its codec refuses it; the Rust side refuses it too, so both must.
+    """
+    for name in ("utf-8", "utf_8", "UTF-8"):
+        try:
+            str(b"\xed\xa0\x80", name)
+        except UnicodeDecodeError:
+            return name
+    return "utf-8"  # pragma: no cover - every known interpreter refuses one of them
+
+
+_UTF8 = _strict_utf8()
+
 _EXACT_TYPES = frozenset(
     {type(None), bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset}
 )
@@ -804,7 +822,7 @@ def _decode(buf: bytes | bytearray | memoryview, pos: int, py2string_as_bytes: b
             if stop > end:
                 raise _truncated(op, pos, n + 4, end)
             try:
-                push(str(buf[start:stop], "utf-8"))
+                push(str(buf[start:stop], _UTF8))
             except UnicodeDecodeError as exc:
                 raise LoadError(
                     f"invalid utf-8 in {_NAMES[op]} at offset {start + exc.start}: {exc.reason}"
@@ -995,7 +1013,7 @@ def _fill_scalar_items(
             if length < 0 or stop >= end or buf[stop] != 80:
                 break
             try:
-                append(str(buf[pos + 10 : stop], "utf-8"))
+                append(str(buf[pos + 10 : stop], _UTF8))
             except UnicodeDecodeError:
                 break
         elif op == 76 or op == 82 or op == 67:  # L NONE, R TRUE, C FALSE

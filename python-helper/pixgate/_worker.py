@@ -12,15 +12,23 @@ __all__ = ["Channel", "serve", "PROTOCOL_VERSION"]
 # Start-up time matters (every gateway pays it), so heavy pure-Python modules are
 # avoided: the C cores of queue and collections are used directly, `traceback` and
 # `linecache` (which pulls in tokenize and re) are imported when an error is reported,
-# and `typing` only by type checkers.
+# and `typing` only by type checkers. Interpreters without those cores (PyPy has no
+# `_queue`) get the pure-Python modules; CPython never imports them.
 import _signal
 import os
 import select
 import sys
 import threading
 import time
-from _collections import deque
-from _queue import Empty, SimpleQueue
+
+try:
+    from _collections import deque
+except ImportError:  # pragma: no cover - CPython always has it
+    from collections import deque
+try:
+    from _queue import Empty, SimpleQueue
+except ImportError:  # PyPy
+    from queue import Empty, SimpleQueue
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -191,7 +199,7 @@ class _Conn:
         view = memoryview(payload)
         try:
             while have < length:
-                n = os.readv(self.rfd, [view[have:]])
+                n = _readinto(self.rfd, view[have:])
                 if not n:
                     raise ProtocolError(
                         f"protocol pipe ended inside a frame ({have} of {length} bytes received)"
@@ -200,6 +208,22 @@ class _Conn:
         finally:
             view.release()
         return payload
+
+
+if hasattr(os, "readv"):
+
+    def _readinto(fd: int, view: memoryview) -> int:
+        """Read from ``fd`` straight into ``view``; the count of bytes read."""
+        return os.readv(fd, [view])
+
+else:  # PyPy has no os.readv
+
+    def _readinto(fd: int, view: memoryview) -> int:
+        """Read from ``fd`` straight into ``view``; the count of bytes read."""
+        import io
+
+        with io.FileIO(fd, "rb", closefd=False) as f:
+            return f.readinto(view) or 0
 
 
 class Channel:

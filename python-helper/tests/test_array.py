@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -256,7 +255,8 @@ def test_the_array_keeps_its_mapping_alive() -> None:
     view = _array.map_array(reader)[10:20]
     reader.close()
     seg.close()
-    assert not seg.closed  # the array holds the mapping
+    assert seg.closed and reader.closed
+    assert mapped(seg.name)  # the arrays still use the mapping
     del seg, reader
     gc.collect()
     # The owner's segment object is alive through its array, so nothing was unlinked.
@@ -273,10 +273,44 @@ def test_the_array_keeps_its_mapping_alive() -> None:
     gc.collect()
 
 
+def mapped(name: str) -> bool:
+    """Whether this process maps the segment ``name``."""
+    with open("/proc/self/maps") as f:
+        return any(line.rstrip().endswith("/dev/shm" + name) for line in f)
+
+
+def test_a_closed_segment_is_unmapped_when_its_last_array_goes() -> None:
+    seg = _segment.create("<i4", (1000,))
+    arr = _array.map_array(seg)
+    view = arr[500:]
+    del arr
+    seg.close()
+    # The object is closed; the mapping stays while an array over it exists.
+    assert seg.closed
+    with pytest.raises(SegmentError) as info:
+        _ = seg.generation
+    assert info.value.problem == "closed"
+    del info  # its traceback holds the mmap (a local of Segment.mapping)
+    with pytest.raises(SegmentError):
+        _array.map_array(seg)
+    assert mapped(seg.name)
+    view[...] = 7
+    assert int(view.sum()) == 3500
+    del view
+    gc.collect()
+    # No array is left: the mapping is gone (the segment itself stays until its owner,
+    # the segment object, goes).
+    assert not mapped(seg.name)
+    assert our_segments() == [seg.name[1:]]
+    seg.close()  # again: nothing happens
+    del seg
+    gc.collect()
+
+
 def test_closing_an_unused_segment_unmaps_it() -> None:
     seg = _segment.create("|u1", (3,))
     seg.close()
-    assert seg.closed
+    assert seg.closed and not mapped(seg.name)
     with pytest.raises(SegmentError) as info:
         _ = seg.generation
     assert info.value.problem == "closed"
@@ -579,3 +613,105 @@ def test_release_payloads_are_what_the_codec_writes(generation: int, access: int
     payload = _transfer._release_payload(held)
     assert payload == _wire.dumps_payload((held.name, generation, access))
     assert _wire.loads_payload(payload) == (held.name, generation, access)
+
+
+# ---------------------------------------------------------------------------------------
+# Shapes crossing the wire: what the worker's codec hooks send and map
+
+SENT_SHAPES = [
+    (),
+    (1,),
+    (0,),
+    (0, 3),
+    (3, 0),
+    (3, 0, 2),
+    (2, 3),
+    (1,) * 32,
+    (2,) + (1,) * 30 + (3,),
+]
+
+
+def _sent(arr: Any) -> tuple[tuple[int, ...], list[int]]:
+    """What the host would receive for ``arr``: shape and values of the segment its
+    reference names (the segment is then removed: the host would own it)."""
+    from pixgate import _transfer
+
+    ref = _transfer._export(arr)
+    assert ref is not None and ref.access == _wire.MOVED
+    seg = _segment.open(ref.name)
+    try:
+        got = _array.map_array(seg)
+        return got.shape, [int(x) for x in got.reshape(-1)]
+    finally:
+        _segment.unlink(ref.name)
+
+
+@pytest.mark.parametrize("shape", SENT_SHAPES, ids=str)
+def test_every_shape_is_sent_as_it_is(shape: tuple[int, ...]) -> None:
+    values = np.arange(1, int(np.prod(shape)) + 1, dtype=np.uint16).reshape(shape)
+    expected = (shape, [int(x) for x in values.reshape(-1)])
+    made = pixgate.asarray(values)
+    cases = {
+        "plain": values,
+        "plain, Fortran order": np.array(values, order="F"),
+        "shared, whole": made,  # moves
+        "shared, again": made,  # copied: it was handed to the host already
+        "shared, a view of all of it": made[...],  # whole: copied, as the segment moved
+    }
+    for label, arr in cases.items():
+        assert arr.shape == shape
+        assert _sent(arr) == expected, label
+
+
+def test_0d_arrays_and_views_are_sent_0d() -> None:
+    base = np.arange(1, 7, dtype=np.uint16)
+    shared = pixgate.asarray(base)
+    made = pixgate.empty((), "uint16")
+    made[...] = 9
+    cases = [
+        (np.array(5, dtype=np.uint16), 5),
+        (base[4, ...], 5),
+        (base.reshape(2, 3)[1, 2, ...], 6),
+        (shared[2, ...], 3),
+        (np.array(2.5, dtype=np.float32), 2),
+        (made, 9),
+        (pixgate.full((), 4, "uint16"), 4),
+        (pixgate.asarray(np.float32(3)), 3),
+    ]
+    for arr, value in cases:
+        assert arr.ndim == 0
+        assert _sent(arr) == ((), [value])
+
+
+def test_asarray_and_the_constructors_keep_every_shape() -> None:
+    for shape in SENT_SHAPES:
+        for arr in (
+            pixgate.empty(shape, "uint8"),
+            pixgate.zeros(shape, "uint8"),
+            pixgate.full(shape, 3, "uint8"),
+            pixgate.asarray(np.ones(shape, np.uint8)),
+            pixgate.asarray(np.ones(shape[::-1], np.uint8).T),
+        ):
+            assert arr.shape == shape and pixgate.is_shared(arr)
+            seg = _array.segment_of(arr)[0]
+            assert seg.shape == shape and seg.ndim == len(shape)
+            assert seg.header.nbytes == int(np.prod(shape))
+    # A 0-d segment holds one element; reopened, its array is 0-d again.
+    arr = pixgate.full((), 7, "int32")
+    reader = _array.map_array(_segment.open(_array.segment_of(arr)[0].name))
+    assert reader.shape == () and reader.strides == () and int(reader) == 7
+
+
+def test_every_shape_received_is_mapped_as_it_is() -> None:
+    from pixgate import _transfer
+
+    for shape in SENT_SHAPES:
+        owner = pixgate.asarray(np.arange(int(np.prod(shape)), dtype=np.int16).reshape(shape))
+        seg = _array.segment_of(owner)[0]
+        for access in (_wire.SHARED, _wire.LENT):
+            got = _transfer._import(_wire.ArrayRef(seg.name, seg.generation, access))
+            assert got.shape == shape and got.strides == owner.strides
+            np.testing.assert_array_equal(got, owner)
+            del got
+        _transfer.forget(seg.name)
+    gc.collect()

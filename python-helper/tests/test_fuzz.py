@@ -4,7 +4,9 @@ The codec (``_wire.loads``, ``_wire.loads_payload``) and the header parser
 (``_segment.parse_header``) read bytes another process wrote. On any input they either
 return or raise their documented error (``LoadError``, ``HeaderError``); and whatever
 they accept survives a round trip: encoding it and decoding again gives the same value,
-and encoding that gives the same bytes.
+and encoding that gives the same bytes, up to the order of the items of sets (which
+depends on the hash seed; see ``canonical_encoding``). The round trips are also run in
+fresh interpreters under several fixed hash seeds.
 
 Besides plain random bytes, the inputs are damaged copies of the seed corpus that the
 Rust fuzz targets start from (``fuzz/corpus/``, recorded from a real exchange with a
@@ -14,11 +16,15 @@ worker), so that the tests reach past the first checks.
 from __future__ import annotations
 
 import os
+import random
+import subprocess
+import sys
 from typing import Any, Callable
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_wire import same_value
+from test_wire import canonical_encoding, same_value
 
 from pixgate import HeaderError, LoadError, _segment, _wire
 
@@ -82,7 +88,8 @@ def check_codec(data: bytes) -> None:
         encoded = dumps(value)
         back = loads(encoded)
         assert same_value(back, value), (data, value, back)
-        assert dumps(back) == encoded
+        again = dumps(back)
+        assert canonical_encoding(again) == canonical_encoding(encoded), (data, value)
 
 
 @settings(max_examples=3000, deadline=None)
@@ -103,6 +110,64 @@ def test_real_payloads_round_trip() -> None:
         loads, dumps = FORMS[0] if data[:1] == b"\x02" else FORMS[1]
         value = loads(data)
         assert same_value(loads(dumps(value)), value)
+
+
+def set_heavy_inputs(rng: random.Random) -> list[bytes]:
+    """Encodings of sets and frozensets of short str and bytes (whose hashes, and so
+    iteration orders, change with the hash seed), nested in other containers, and
+    damaged copies of them and of the corpus; the same list for every hash seed."""
+
+    def member() -> object:
+        n = rng.randrange(1, 3)
+        text = "".join(rng.choice("abcxyz") for _ in range(n))
+        return text.encode() if rng.random() < 0.3 else text
+
+    values: list[object] = []
+    for _ in range(150):
+        items = {member() for _ in range(rng.randrange(2, 9))}
+        inner = frozenset(items) if rng.random() < 0.5 else set(items)
+        values.append(inner)
+        values.append((frozenset(items), [1, {"k": inner}]))
+        values.append(frozenset({frozenset(items), member(), (member(), member())}))
+    inputs = [dump(v) for v in values for dump in (_wire.dumps, _wire.dumps_payload)]
+    inputs += corpus("value_decoder")
+    damaged_copies = []
+    for data in inputs:
+        for _ in range(3):
+            copy = bytearray(data)
+            at = rng.randrange(len(copy))
+            copy[at] = rng.randrange(256) if rng.random() < 0.5 else copy[at] ^ 1
+            damaged_copies.append(bytes(copy[: rng.randrange(at, len(copy) + 1)]))
+    return inputs + damaged_copies
+
+
+SEEDED_CHILD = """
+import random, sys
+sys.path.insert(0, sys.argv[1])
+from test_fuzz import check_codec, set_heavy_inputs
+inputs = set_heavy_inputs(random.Random(20261124))
+for data in inputs:
+    check_codec(data)
+print(len(inputs))
+"""
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_codec_round_trips_hold_under_every_hash_seed(seed: int) -> None:
+    # Set iteration order depends on PYTHONHASHSEED, which is fixed when an interpreter
+    # starts: each seed needs a fresh one.
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONHASHSEED=str(seed))
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(tests), env.get("PYTHONPATH", "")])
+    done = subprocess.run(  # noqa: PLW1510 - checked below
+        [sys.executable, "-c", SEEDED_CHILD, tests],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, f"PYTHONHASHSEED={seed}:\n{done.stderr[-4000:]}"
+    assert int(done.stdout) > 1000
 
 
 # ---------------------------------------------------------------------------------------

@@ -929,3 +929,66 @@ def test_reread_follows_a_pool_slot_through_its_uses() -> None:
             fourth.reread()
     finally:
         seg.unlink()
+
+
+def _mapped(name: str) -> bool:
+    """Whether this process maps the segment ``name``."""
+    with open("/proc/self/maps") as f:
+        return any(line.rstrip().endswith("/dev/shm" + name) for line in f)
+
+
+def test_closing_one_segment_object_leaves_the_others_over_its_mapping_open() -> None:
+    # Closing must not depend on mmap.close() refusing while buffers exist (PyPy's does
+    # not refuse): the mapping goes when its last user does.
+    seg = _segment.create("<u2", (4, 4))
+    try:
+        struct.pack_into("<I", seg.mapping, 56, seg.flags | _segment.FLAG_POOL_SLOT)
+        first = _segment.open(seg.name, writable=True)
+        second = first.reread()  # a second object over the same mapping
+        assert second is not first and second.mapping is first.mapping
+        data = second.data
+        first.close()
+        assert first.closed and not second.closed
+        with pytest.raises(SegmentError) as info:
+            _ = first.generation
+        assert info.value.problem == "closed"
+        second.bump_generation()
+        assert second.generation == seg.generation == 1
+        assert bytes(data[:2]) == b"\0\0"
+        del data
+        seg.close()  # the creator's own mapping goes at once: nothing else uses it
+        assert _mapped(seg.name)  # the reader's mapping is still there
+        second.close()
+        assert second.closed and not _mapped(seg.name)
+        second.close()  # again: nothing happens
+    finally:
+        _segment.unlink(seg.name)
+
+
+def test_dropped_segment_objects_end_their_use_of_the_mapping() -> None:
+    seg = _segment.create("<u2", (4, 4))
+    try:
+        mm = seg.mapping
+        struct.pack_into("<I", mm, 56, seg.flags | _segment.FLAG_POOL_SLOT)
+        reader = _segment.open(seg.name, writable=True)
+        mapping = reader._mapping
+        # A slot rewritten for one layout after another, re-read each time as the
+        # worker does, the old object dropped: the count of uses stays put.
+        layouts = [("<f4", (2, 3)), ("<u2", (4, 4)), ("|u1", (5,))]
+        for i in range(30):
+            dtype, shape = layouts[i % 3]
+            header = _segment.build_header(dtype, shape)
+            body = _segment.encode_header(header)
+            for start, end in ((24, 60), (88, 4096)):
+                mm[start:end] = body[start:end]
+            struct.pack_into("<I", mm, 56, header.flags | _segment.FLAG_POOL_SLOT)
+            seg.bump_generation()
+            reader = reader.reread()
+            gc.collect()
+            assert (reader.dtype, reader.shape) == (dtype, shape)
+            assert mapping.uses == 1
+        del reader
+        gc.collect()
+        assert mapping.uses == 0 and mapping.mm is None  # the last object went: unmapped
+    finally:
+        seg.unlink()

@@ -149,6 +149,49 @@ def test_handshake_reports_versions(host: Host) -> None:
         assert info["numpy"] == numpy.__version__
 
 
+def test_large_items_cross_both_ways(host: Host) -> None:
+    # Payloads past 256 KiB are read straight into one buffer (os.readv, or a file
+    # object's readinto where the interpreter has no readv: PyPy).
+    host.exec(1, "for x in channel:\n    channel.send(x[::-1])")
+    for n in (300_000, 3 << 20):
+        item = bytes(range(256)) * (n // 256) + b"end"
+        host.send(CHANNEL_DATA, 1, _wire.dumps_payload(item))
+        assert host.next_on(1) == (CHANNEL_DATA, item[::-1])
+    host.send(CHANNEL_CLOSE, 1)
+    assert host.next_on(1) == (CHANNEL_CLOSE, None)
+
+
+def test_the_worker_imports_no_heavy_module_at_start_up() -> None:
+    # Every gateway pays for what the worker imports before its handshake; the
+    # pure-Python queue is a fallback for interpreters without the C core _queue.
+    # What the standard modules the worker needs import themselves is not counted
+    # (PyPy's threading imports traceback).
+    code = (
+        "import os, select, sys, threading, time\n"
+        "before = set(sys.modules)\n"
+        "import pixgate._worker\n"
+        "new = set(sys.modules) - before\n"
+        "heavy = ['queue', 'traceback', 'linecache', 'typing', 're', 'tokenize', 'numpy']\n"
+        "print(' '.join(m for m in heavy if m in new))\n"
+        "try:\n"
+        "    import _queue\n"
+        "except ImportError:\n"
+        "    print('no _queue')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=HELPER_DIR)
+    done = subprocess.run(  # noqa: PLW1510 - checked below
+        [sys.executable, "-S", "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    allowed = ["queue"] if lines[1:] == ["no _queue"] else []
+    assert lines[0].split() == allowed, done.stdout
+
+
 def test_exec_data_and_close(host: Host) -> None:
     host.exec(1, "for x in channel:\n    channel.send(x * 2)")
     for v in (1, "ab", [1, 2]):
