@@ -276,6 +276,41 @@ pub(crate) fn decode_payload_with(
     decode(bytes, 0, options)
 }
 
+/// The payload of a RECONFIGURE message: the tuple `(py2str_as_py3str,
+/// py3str_as_py2str)` as a channel payload, as execnet sends it.
+pub(crate) fn encode_load_options(options: LoadOptions, out: &mut Vec<u8>) {
+    let flag = |b: bool| if b { OP_TRUE } else { OP_FALSE };
+    out.extend_from_slice(&[
+        flag(options.py2str_as_py3str),
+        flag(options.py3str_as_py2str),
+        OP_BUILDTUPLE,
+        0,
+        0,
+        0,
+        2,
+        OP_STOP,
+    ]);
+}
+
+/// Reads the payload of a RECONFIGURE message; the error says what is wrong with it.
+pub(crate) fn decode_load_options(payload: &[u8]) -> Result<LoadOptions, String> {
+    match &decode_payload(payload) {
+        Ok(Value::Tuple(t)) => match t.as_slice() {
+            [Value::Bool(py2), Value::Bool(py3)] => Ok(LoadOptions::new(*py2, *py3)),
+            _ => Err(format!(
+                "expected (bool, bool), got a tuple of {} items ({})",
+                t.len(),
+                t.iter()
+                    .map(Value::type_name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        },
+        Ok(other) => Err(format!("expected (bool, bool), got {}", other.type_name())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// A value could not be encoded.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 #[error("value encode error: {kind}")]
@@ -1587,6 +1622,35 @@ mod tests {
             decode_payload(b"").unwrap_err().kind(),
             &DecodeErrorKind::Empty
         );
+    }
+
+    #[test]
+    fn reconfigure_payloads_are_execnets_bool_pairs() {
+        for (py2, py3, bytes) in [
+            (true, false, "5243400000000251"),
+            (false, true, "4352400000000251"),
+            (false, false, "4343400000000251"),
+            (true, true, "5252400000000251"),
+        ] {
+            let options = LoadOptions::new(py2, py3);
+            let mut out = Vec::new();
+            encode_load_options(options, &mut out);
+            assert_eq!(to_hex(&out), bytes);
+            let mut same_bytes = Vec::new();
+            encode_payload(&Value::Tuple(vec![py2.into(), py3.into()]), &mut same_bytes)
+                .expect("encodes");
+            assert_eq!(out, same_bytes);
+            assert_eq!(decode_load_options(&out), Ok(options));
+        }
+        for bad in [
+            "4600000001400000000251",
+            "525251",
+            "52400000000151",
+            "4c51",
+            "",
+        ] {
+            assert!(decode_load_options(&hex(bad)).is_err(), "{bad}");
+        }
     }
 
     #[test]
