@@ -251,11 +251,15 @@ impl Channel {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::WorkerDied`] or [`ErrorKind::GatewayClosed`] when the worker is gone.
+    /// [`ErrorKind::WorkerDied`] or [`ErrorKind::GatewayClosed`] when the worker is gone;
+    /// the options are not changed then.
     pub fn reconfigure(&self, options: LoadOptions) -> Result<()> {
         let frame = reconfigure_frame(self.id, options)?;
         {
             let mut st = self.shared.lock();
+            if st.closed_by_host || st.child_gone || st.is_broken() {
+                return Err(self.shared.gone_error(st));
+            }
             if let Some(ch) = st.channels.get_mut(&self.id) {
                 self.shared
                     .reconfigured
