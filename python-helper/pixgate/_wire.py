@@ -36,8 +36,8 @@ byte    name        meaning
 ``K``   NEWLIST     ``i32`` n: push a list that ``P`` fills with items 0 .. n-1
 ``L``   NONE        push None
 ``M``   PY2STRING   ``i32`` length, raw bytes (a Python 2 str): push bytes, or latin-1
-                    text with ``py2str_as_py3str`` (the default of
-                    :func:`loads_payload`)
+                    text with ``py2str_as_py3str`` (which :func:`loads_payload`
+                    always uses)
 ``N``   PY3STRING   ``i32`` length, UTF-8: push a str, or its raw bytes with
                     ``py3str_as_py2str``
 ``O``   SET         ``i32`` n: pop n values, push a set of them
@@ -96,6 +96,7 @@ __all__ = [
     "dumps_payload",
     "loads",
     "loads_payload",
+    "loads_payload_with",
     "pack_frame",
     "unpack_header",
 ]
@@ -701,20 +702,14 @@ def loads(
     return _decode(buf, 1, py2str_as_py3str, py3str_as_py2str, False)
 
 
-def loads_payload(
-    data: bytes | bytearray | memoryview,
-    py2str_as_py3str: bool = True,
-    py3str_as_py2str: bool = False,
-) -> Any:
-    """Deserialize a channel payload, as execnet's ``loads_internal`` does on a channel.
+def loads_payload(data: bytes | bytearray | memoryview) -> Any:
+    """Deserialize a channel payload, as execnet's ``loads_internal`` does on a channel
+    that was never reconfigured: ``M`` (PY2STRING) loads as str, decoded as latin-1.
 
     Parameters
     ----------
     data : bytes, bytearray or memoryview
         One value and STOP, without a version byte, and nothing after it.
-    py2str_as_py3str, py3str_as_py2str : bool
-        As for :func:`loads`; the defaults are those of execnet's channels until a
-        reconfigure: ``M`` (PY2STRING) loads as str, decoded as latin-1.
 
     Returns
     -------
@@ -742,6 +737,40 @@ def loads_payload(
         if pos == n - 1:
             hook = _array_import
             return hook(ref) if hook is not None else ref
+    return _decode(buf, 0, True, False, True)
+
+
+def loads_payload_with(
+    data: bytes | bytearray | memoryview, py2str_as_py3str: bool, py3str_as_py2str: bool
+) -> Any:
+    """Deserialize a channel payload with execnet's string options, as
+    ``loads_internal`` does on a channel reconfigured to them.
+
+    Parameters
+    ----------
+    data : bytes, bytearray or memoryview
+        As for :func:`loads_payload`.
+    py2str_as_py3str, py3str_as_py2str : bool
+        As for :func:`loads`; :func:`loads_payload` is this with ``True, False``, the
+        setting of every channel until a reconfigure.
+
+    Returns
+    -------
+    object
+        As for :func:`loads_payload`.
+
+    Raises
+    ------
+    LoadError
+        The input is not exactly one well-formed value.
+    TypeError
+        ``data`` does not support the buffer protocol.
+    """
+    if py2str_as_py3str and not py3str_as_py2str:
+        return loads_payload(data)
+    buf = data if type(data) is bytes else _as_buffer(data)
+    if not len(buf):
+        raise LoadError("empty input, expected an opcode")
     return _decode(buf, 0, py2str_as_py3str, py3str_as_py2str, True)
 
 

@@ -793,7 +793,7 @@ class _WorkerGateway:
         """Apply a RECONFIGURE: ``(py2str_as_py3str, py3str_as_py2str)`` for the channels
         created from now on (channel 0) or for one channel held now."""
         try:
-            config = _wire.loads_payload(payload, *self.strconfig)
+            config = _wire.loads_payload(payload)
             if type(config) is not tuple or len(config) != 2:
                 raise LoadError(f"expected a 2-tuple, got {type(config).__name__}")
             if not all(type(flag) is bool for flag in config):
@@ -842,7 +842,7 @@ def _loader(config: tuple[bool, bool]) -> Callable[[bytes], Any]:
     if config == _DEFAULT_STRCONFIG:
         return _wire.loads_payload
     py2str_as_py3str, py3str_as_py2str = config
-    loads = _wire.loads_payload
+    loads = _wire.loads_payload_with
     return lambda payload: loads(payload, py2str_as_py3str, py3str_as_py2str)
 
 

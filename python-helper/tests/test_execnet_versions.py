@@ -149,7 +149,7 @@ def _check_loads(peer_dumped: list[tuple[str, bytes]], version: int) -> None:
             ours = _wire.loads(data, py2, py3)
             theirs = execnet.loads(b"\x02" + data[1:], py2, py3)
             assert same(ours, theirs), (name, py2, py3, ours, theirs)
-            assert same(_wire.loads_payload(data[1:], py2, py3), ours), name
+            assert same(_wire.loads_payload_with(data[1:], py2, py3), ours), name
 
 
 def _check_peer_loads_ours(peer: Peer, names: list[str]) -> None:

@@ -89,7 +89,7 @@ def check_codec(data: bytes) -> None:
         assert same_value(back, value), (data, value, back)
         assert dumps(back) == encoded
     for options in OPTIONS:
-        for loads_with in (_wire.loads, _wire.loads_payload):
+        for loads_with in (_wire.loads, _wire.loads_payload_with):
             try:
                 value = loads_with(data, *options)
             except LoadError:

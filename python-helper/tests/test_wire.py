@@ -204,7 +204,7 @@ def test_string_options_load_each_opcode_as_execnet_does(py2: bool, py3: bool) -
     assert n == ("é".encode() if py3 else "é")
     payload = STRING_KINDS + b"Q"
     theirs = gateway_base.loads_internal(payload, strconfig=(py2, py3))
-    assert same_value(_wire.loads_payload(payload, py2, py3), theirs)
+    assert same_value(_wire.loads_payload_with(payload, py2, py3), theirs)
     # Version 1 loads the same (execnet 2.x refuses it; tests/test_execnet_versions.py
     # checks execnet 1.9 itself).
     assert same_value(_wire.loads(b"\x01" + data[1:], py2, py3), ours)
@@ -223,7 +223,7 @@ def test_py3str_as_py2str_also_applies_to_lists_of_strings() -> None:
 
 def test_channel_payload_defaults_are_execnets_channel_defaults() -> None:
     payload = STRING_KINDS + b"Q"
-    assert _wire.loads_payload(payload) == _wire.loads_payload(payload, True, False)
+    assert _wire.loads_payload(payload) == _wire.loads_payload_with(payload, True, False)
     assert _wire.loads_payload(payload) == gateway_base.loads_internal(payload)
 
 
@@ -550,7 +550,7 @@ def test_legacy_opcodes_load_as_execnet_loads_them(
     ours = _wire.loads(v2(body), *options)
     assert same_value(ours, execnet.loads(v2(body), *options))
     assert same_value(_wire.loads(b"\x01" + v2(body)[1:], *options), ours)
-    assert same_value(_wire.loads_payload(body + b"Q", *options), ours)
+    assert same_value(_wire.loads_payload_with(body + b"Q", *options), ours)
 
 
 @settings(max_examples=200, deadline=None)
