@@ -18,6 +18,20 @@ PYPY_STAMP := $(PYPY_VENV)/.pixgate-deps
 export PIXGATE_PYTHON := $(VPY)
 # Tests that would skip for a missing piece of the environment fail instead.
 export PIXGATE_TEST_STRICT := 1
+# The execnet releases the value codec is cross-checked against (tests/execnet_versions.rs,
+# python-helper/tests/test_execnet_versions.py): 2.x is in .venv; 1.9 in its own venv
+# on the same Python 3, and 1.9 under Python 2.7 (installed with --target) when a
+# Python 2.7 exists (PYTHON2, else the first that runs of pyenv's 2.7 builds and
+# python2.7 on PATH).
+VENV19 := .venv-execnet19
+STAMP19 := $(VENV19)/.pixgate-deps
+PY27_LIB := .py27-execnet19
+PYTHON2 ?= $(shell for p in $(wildcard $(HOME)/.pyenv/versions/2.7*/bin/python2.7) python2.7; do \
+  "$$p" -c 'import sys; sys.exit(sys.version_info[0] != 2)' 2>/dev/null && { command -v "$$p"; break; }; \
+  done)
+export PIXGATE_EXECNET19_PYTHON := $(CURDIR)/$(VENV19)/bin/python
+export PIXGATE_PYTHON2 := $(PYTHON2)
+export PIXGATE_PYTHON2_PATH := $(CURDIR)/$(PY27_LIB)
 # Generous bound on the whole test run; each test has its own timeouts too.
 TEST_TIMEOUT ?= 3000
 
@@ -34,14 +48,14 @@ FUZZ_ARGS := -rss_limit_mb=2048 -timeout=10
 CHAOS_ITERATIONS ?= 100
 SOAK_MESSAGES ?= 1000000
 
-.PHONY: demo test venv pypy build test-rust test-python lint bench clean fuzz fuzz-smoke fuzz-corpus \
+.PHONY: demo test venv pypy execnet-peers build test-rust test-python lint bench clean fuzz fuzz-smoke fuzz-corpus \
 	chaos soak
 
 demo: $(STAMP)
 	cargo build --release
 	./target/release/pixgate demo
 
-test: $(STAMP) $(PYPY_STAMP)
+test: $(STAMP) $(PYPY_STAMP) $(STAMP19)
 	$(VPY) -m pip install --quiet --no-build-isolation --no-deps ./python-helper
 	cargo build --all-targets
 	timeout $(TEST_TIMEOUT) cargo test --all-targets
@@ -69,6 +83,19 @@ $(PYPY_STAMP): python-helper/pyproject.toml Makefile
 	test -x $(PYPY_PY) || $(PYPY) -m venv $(PYPY_VENV)
 	$(PYPY_PY) -m pip install --quiet pytest hypothesis execnet
 	touch $(PYPY_STAMP)
+
+execnet-peers: $(STAMP19)
+
+# execnet 1.9 for Python 3 and, when there is a Python 2.7, for it.
+$(STAMP19): Makefile
+	test -x $(VENV19)/bin/python || $(PYTHON) -m venv $(VENV19)
+	$(VENV19)/bin/python -m pip install --quiet execnet==1.9.0
+	@if [ -n "$(PYTHON2)" ]; then \
+	  rm -rf $(PY27_LIB) && \
+	  "$(PYTHON2)" -m pip install --quiet --disable-pip-version-check --target $(PY27_LIB) \
+	    execnet==1.9.0; \
+	else echo "execnet-peers: no Python 2.7 found: the Python 2 cross-checks will fail"; fi
+	touch $(STAMP19)
 
 $(STAMP): python-helper/pyproject.toml Makefile
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
@@ -124,4 +151,4 @@ lint:
 	cargo clippy --all-targets -- -D warnings
 
 clean:
-	rm -rf $(VENV) $(PYPY_VENV) target
+	rm -rf $(VENV) $(PYPY_VENV) $(VENV19) $(PY27_LIB) target

@@ -8,7 +8,9 @@ crosses the pipes. From the recording:
 * frame_decoder: each direction's byte stream (whole, and cut into per-exchange pieces),
   behind the target's two control bytes (payload limit, read-split seed);
 * value_decoder: every distinct non-empty frame payload, as sent (a channel payload);
-  and, for those that loads() also accepts after a version byte, that form too;
+  for those that loads() also accepts after a version byte, that form too; and format
+  version 1: the values below as dumps(version=1) writes them, and what execnet 1.9
+  writes for a table of values under Python 2.7;
 * header_parser: the header of each shared array the worker created, read from its
   segment while the worker holds it, and the golden headers of tests/golden/.
 
@@ -74,6 +76,37 @@ VALUES = [
     [[[[[]]]]],
     list(range(40)),
     [0.25 * i for i in range(20)],
+]
+
+# What execnet 1.9 writes under Python 2.7 for the table of
+# tests/fixtures/execnet_table.py (its `dump` mode): format version 1, with Python 2's
+# str (M), unicode (S) and long (G, I). Kept here as bytes, so that regenerating the
+# corpus needs no Python 2.
+PYTHON2_DUMPS = [
+    "014c51",
+    "015251",
+    "014351",
+    "01460000000551",
+    "01468000000051",
+    "01467fffffff51",
+    "01480000000a3231343734383336343851",
+    "01490000001f3132363736353036303032323832323934303134393637303332303533373651",
+    "01443ff800000000000051",
+    "01543ff0000000000000c00400000000000051",
+    "015300000005c3a974c3a951",
+    "01530000000051",
+    "014d0000000200e951",
+    "014b00000004460000000046000000015046000000015300000001615046000000024d00000001625046000000034c5051",
+    "01460000000153000000017840000000014d0000000179400000000351",
+    "014a53000000016b4b0000000246000000004d00000001765046000000014440040000000000005050460000000353000000017440000000015051",
+    "0146000000034f0000000151",
+    "01530000000166450000000151",
+    "014d000000036162e951",
+    "01470000000551",
+    "0147fffffffb51",
+    "014900000014313834343637343430373337303935353136313651",
+    "01480000000d3130393935313136323737373651",
+    "014a4d000000016b4b00000003460000000047000000015046000000014d0000000176504600000002530000000177505051",
 ]
 
 REMOTE_CODE = """
@@ -182,7 +215,10 @@ def main() -> None:
         except _wire.LoadError:
             continue
         dumped.append(b"\x02" + p)
-    write("value_decoder", payloads + dumped)
+    # Format version 1: the values above as pixgate writes them, and Python 2's dumps.
+    version_one = [_wire.dumps(v, version=1) for v in VALUES]
+    python2 = [bytes.fromhex(h) for h in PYTHON2_DUMPS]
+    write("value_decoder", payloads + dumped + version_one + python2)
     golden = os.path.join(ROOT, "tests", "golden")
     for name in sorted(os.listdir(golden)):
         if name.endswith(".hdr"):

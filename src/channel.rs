@@ -4,7 +4,7 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::codec::encode_payload;
+use crate::codec::{LoadOptions, encode_load_options, encode_payload};
 use crate::error::{Error, ErrorKind, Result};
 use crate::frame::{MsgType, build_frame};
 use crate::inbox::{Shared, Want};
@@ -294,6 +294,40 @@ impl Channel {
         self.send_frame(frame)
     }
 
+    /// Sets how strings load on this channel, in both directions, as execnet's
+    /// `channel.reconfigure(py2str_as_py3str, py3str_as_py2str)`: items the host
+    /// decodes from now on use `options`, and a RECONFIGURE message tells the worker to
+    /// use them for the items it receives on this channel. A new channel has the
+    /// gateway's options ([`Gateway::reconfigure`](crate::Gateway::reconfigure)), at
+    /// first [`LoadOptions::CHANNEL`].
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::WorkerDied`] or [`ErrorKind::GatewayClosed`] when the worker is gone;
+    /// the options are not changed then.
+    pub fn reconfigure(&self, options: LoadOptions) -> Result<()> {
+        let frame = reconfigure_frame(self.id, options)?;
+        {
+            let mut st = self.shared.lock();
+            if st.closed_by_host || st.child_gone || st.is_broken() {
+                return Err(self.shared.gone_error(st));
+            }
+            if let Some(ch) = st.channels.get_mut(&self.id) {
+                self.shared
+                    .reconfigured
+                    .store(true, std::sync::atomic::Ordering::Release);
+                ch.load_options = Some(options);
+            }
+        }
+        self.send_frame(frame)
+    }
+
+    /// How items the host receives on this channel load strings (see
+    /// [`Channel::reconfigure`]).
+    pub fn load_options(&self) -> LoadOptions {
+        self.shared.lock().load_options(self.id)
+    }
+
     /// True when the host closed its side or the remote side closed the channel.
     pub fn is_closed(&self) -> bool {
         let st = self.shared.lock();
@@ -418,6 +452,14 @@ impl<'a> IntoIterator for &'a Channel {
     fn into_iter(self) -> Iter<'a> {
         self.iter()
     }
+}
+
+/// A RECONFIGURE frame for channel `id` (0: the gateway).
+pub(crate) fn reconfigure_frame(id: i32, options: LoadOptions) -> Result<Vec<u8>> {
+    build_frame(MsgType::Reconfigure, id, |out| {
+        encode_load_options(options, out);
+        Ok::<_, Error>(())
+    })
 }
 
 /// Fills in the waited duration of a timeout error.

@@ -13,7 +13,7 @@
 //! Each function accepts any input; a panic means a bug in a decoder (or in the
 //! property it checks), never a malformed input.
 
-use crate::codec::{self, DecodeError, EncodeError};
+use crate::codec::{self, DecodeError, EncodeError, FormatVersion, LoadOptions};
 use crate::frame::{Event, FrameBuffer, HEADER_LEN, ReadError};
 use crate::header::{self, HeaderFields, RawHeader};
 use crate::value::Value;
@@ -167,18 +167,47 @@ fn naive_frames(stream: &[u8], max_len: u32) -> FrameRun {
     }
 }
 
-/// The value codec on arbitrary bytes, both as `loads` input (version byte first) and
-/// as a channel payload.
+/// The value codec on arbitrary bytes, both as `loads` input (version byte first, so
+/// both format versions are reached) and as a channel payload, under each of the four
+/// [`LoadOptions`].
 ///
 /// Checks that every error points inside the input, and that whatever decodes encodes
 /// again, decodes to the same value (floats compared by their bits), and re-encodes to
-/// the same bytes.
+/// the same bytes. The second decode uses the options that read an encoding back as it
+/// was written (`N` as str, `A` as bytes), and version 1 output reads back as version 2.
 pub fn value_decoder(data: &[u8]) {
+    let options = [
+        LoadOptions::LOADS,
+        LoadOptions::CHANNEL,
+        LoadOptions::new(false, true),
+        LoadOptions::new(true, true),
+    ];
     round_trip(data, codec::loads, codec::dumps);
     round_trip(data, codec::decode_payload, |v| {
         let mut out = Vec::new();
         codec::encode_payload(v, &mut out).map(|()| out)
     });
+    for o in options {
+        let Ok(value) = check_error(data, codec::loads_with(data, o)) else {
+            continue;
+        };
+        check_int_invariant(&value);
+        let v1 = codec::dumps_with(&value, FormatVersion::V1)
+            .unwrap_or_else(|e| panic!("decoded {value:?} with {o:?}, encoding: {e}"));
+        let back = codec::loads(&v1).unwrap_or_else(|e| panic!("version 1 of {value:?}: {e}"));
+        assert!(same(&value, &back), "{value:?} came back as {back:?}");
+        assert_eq!(v1[1..], codec::dumps(&value).expect("encodes")[1..]);
+    }
+    for o in options {
+        if let Ok(value) = check_error(data, codec::decode_payload_with(data, o)) {
+            check_int_invariant(&value);
+        }
+    }
+}
+
+/// Checks that an error points inside the input.
+fn check_error(data: &[u8], r: Result<Value, DecodeError>) -> Result<Value, ()> {
+    r.map_err(|e| assert!(e.offset() <= data.len(), "{e} in {} bytes", data.len()))
 }
 
 fn round_trip(

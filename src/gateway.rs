@@ -417,6 +417,38 @@ impl Gateway {
         Ok(channel)
     }
 
+    /// Sets how strings load on the channels created from now on, on both sides, as
+    /// execnet's `gateway.reconfigure(py2str_as_py3str, py3str_as_py2str)`: the host's
+    /// ends of later channels decode with `options`, and a RECONFIGURE message on
+    /// channel 0 makes the worker do the same for the channels it creates after it.
+    /// Channels that exist keep their options ([`Channel::reconfigure`] changes one).
+    /// The default is [`LoadOptions::CHANNEL`](crate::LoadOptions::CHANNEL): a Python 2
+    /// `str` (`M`) loads as text.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::WorkerDied`] or [`ErrorKind::GatewayClosed`] when the worker is gone;
+    /// the options are not changed then.
+    pub fn reconfigure(&self, options: crate::LoadOptions) -> Result<()> {
+        let frame = crate::channel::reconfigure_frame(0, options)?;
+        {
+            let mut st = self.shared.lock();
+            if st.closed_by_host || st.child_gone || st.is_broken() {
+                return Err(self.shared.gone_error(st));
+            }
+            self.shared
+                .reconfigured
+                .store(true, std::sync::atomic::Ordering::Release);
+            st.set_load_options(options);
+        }
+        self.shared.write_frame(&frame)
+    }
+
+    /// How the channels created from now on load strings (see [`Gateway::reconfigure`]).
+    pub fn load_options(&self) -> crate::LoadOptions {
+        self.shared.lock().load_options(0)
+    }
+
     /// Asks the worker to exit, waits up to `timeout`, then kills it; always reaps it.
     /// Returns how it ended. Calling it again returns the same status.
     ///

@@ -11,10 +11,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::codec::{decode_payload, encode_payload};
+use crate::codec::{LoadOptions, decode_payload, decode_payload_with, encode_payload};
 use crate::descriptors::DescriptorSocket;
 use crate::error::{Error, ErrorKind, RemoteError, Result, WorkerExit};
 use crate::frame::{Event, Frame, FrameReader, MsgType, ReadError, build_frame};
@@ -35,6 +36,9 @@ pub(crate) struct ChanState {
     pub(crate) local_closed: bool,
     pub(crate) cancel_sent: bool,
     dropped: bool,
+    /// How items on this channel load strings, once a reconfigure fixed it; `None`:
+    /// as [`State::load_options`] (the channel was created after its last change).
+    pub(crate) load_options: Option<LoadOptions>,
     /// Threads waiting on this channel.
     waiters: usize,
     cond: Arc<Condvar>,
@@ -56,6 +60,7 @@ impl ChanState {
             local_closed: false,
             cancel_sent: false,
             dropped: false,
+            load_options: None,
             waiters: 0,
             cond: Arc::new(Condvar::new()),
         }
@@ -94,9 +99,30 @@ pub(crate) struct State {
     pub(crate) child_gone: bool,
     pub(crate) exit: Option<WorkerExit>,
     pub(crate) closed_by_host: bool,
+    /// How channels created from now on load strings (execnet copies the gateway's
+    /// setting into each new channel).
+    load_options: LoadOptions,
 }
 
 impl State {
+    /// Sets how channels created from now on load strings; channels that exist keep
+    /// what they have, as in execnet.
+    pub(crate) fn set_load_options(&mut self, options: LoadOptions) {
+        let old = self.load_options;
+        for ch in self.channels.values_mut() {
+            ch.load_options.get_or_insert(old);
+        }
+        self.load_options = options;
+    }
+
+    /// How items on channel `id` load strings.
+    pub(crate) fn load_options(&self, id: i32) -> LoadOptions {
+        self.channels
+            .get(&id)
+            .and_then(|ch| ch.load_options)
+            .unwrap_or(self.load_options)
+    }
+
     /// The stream from the worker broke beyond repair.
     pub(crate) fn is_broken(&self) -> bool {
         self.broken.is_some()
@@ -121,6 +147,9 @@ pub(crate) struct Shared {
     pub(crate) sink: OutputSink,
     /// With the anonymous transport, set once the handshake agreed on it.
     descriptors: OnceLock<DescriptorSocket>,
+    /// Some channel or the gateway was reconfigured: decoding must look up the options
+    /// (until then every channel has [`LoadOptions::CHANNEL`], and no lock is taken).
+    pub(crate) reconfigured: AtomicBool,
 }
 
 /// What a thread waiting on a channel wants to know.
@@ -164,6 +193,7 @@ impl Shared {
                 child_gone: false,
                 exit: None,
                 closed_by_host: false,
+                load_options: LoadOptions::CHANNEL,
             }),
             bg_cond: Condvar::new(),
             exit_cond: Condvar::new(),
@@ -174,6 +204,7 @@ impl Shared {
             dead_w,
             sink,
             descriptors: OnceLock::new(),
+            reconfigured: AtomicBool::new(false),
         })
     }
 
@@ -487,7 +518,13 @@ impl Shared {
                 };
                 match t {
                     MsgType::ChannelData => {
-                        let mut item = decode_payload(&f.payload).map_err(Error::from);
+                        let options = if self.reconfigured.load(Ordering::Acquire) {
+                            self.lock().load_options(f.channel)
+                        } else {
+                            LoadOptions::CHANNEL
+                        };
+                        let mut item =
+                            decode_payload_with(&f.payload, options).map_err(Error::from);
                         // No `U` or `V` opcode, no array: skip the walk (a byte scan is
                         // cheaper than a walk over a big list).
                         let arrays = f.payload.iter().any(|&b| b == b'U' || b == b'V');
@@ -510,6 +547,10 @@ impl Shared {
                     MsgType::Release => {
                         self.release(&f.payload);
                         Prepared::Released
+                    }
+                    MsgType::Reconfigure => {
+                        self.reconfigure(f.channel, &f.payload);
+                        Prepared::Nothing
                     }
                     // execnet's "the peer will send nothing more" (no payload).
                     MsgType::ChannelClose | MsgType::ChannelLastMessage => {
@@ -558,6 +599,27 @@ impl Shared {
                 "stream from worker {} (pid {}) is corrupt: {e}",
                 self.id, self.pid
             ))),
+        }
+    }
+
+    /// A RECONFIGURE from the worker (its `channel.reconfigure`): how the host's end of
+    /// that channel, or with id 0 every channel created from now on, loads strings.
+    fn reconfigure(&self, channel: i32, payload: &[u8]) {
+        match crate::codec::decode_load_options(payload) {
+            Ok(options) => {
+                let mut st = self.lock();
+                self.reconfigured.store(true, Ordering::Release);
+                if channel == 0 {
+                    st.set_load_options(options);
+                } else if let Some(ch) = st.channels.get_mut(&channel) {
+                    ch.load_options = Some(options);
+                }
+            }
+            Err(problem) => self.sink.emit_text(
+                (channel != 0).then_some(channel),
+                Stream::Stderr,
+                &format!("pixgate: malformed reconfigure message from worker: {problem}"),
+            ),
         }
     }
 

@@ -46,7 +46,10 @@ mod writer;
 
 pub use array::{Element, SharedArray};
 pub use channel::{Channel, ExecOptions, Iter};
-pub use codec::{DecodeError, DecodeErrorKind, EncodeError, EncodeErrorKind, dumps, loads};
+pub use codec::{
+    DecodeError, DecodeErrorKind, EncodeError, EncodeErrorKind, FormatVersion, LoadOptions, dumps,
+    dumps_with, loads, loads_with,
+};
 pub use error::{Error, ErrorKind, RemoteError, Result, WorkerExit};
 pub use frame::DEFAULT_MAX_FRAME_LEN;
 pub use gateway::{

@@ -5,7 +5,10 @@ use std::time::{Duration, Instant};
 
 use num_complex::Complex64;
 use pixgate::codec::{DUMPFORMAT_VERSION, MAX_DEPTH};
-use pixgate::{DecodeError, DecodeErrorKind as K, Value, dumps, loads};
+use pixgate::{
+    DecodeError, DecodeErrorKind as K, FormatVersion, LoadOptions, Value, dumps, dumps_with, loads,
+    loads_with,
+};
 use proptest::prelude::*;
 
 /// The most one small input may take to decode (fastest of three runs).
@@ -47,7 +50,7 @@ fn hostile_cases() -> Vec<(Vec<u8>, K, usize)> {
     let nines = sized(b'H', &[b'9'; 50]);
     let too_long = sized(b'H', &[&b"+"[..], &[b'1'; 4301]].concat());
     let mut cases = vec![
-        (vec![0xff, b'L', b'Q'], K::BadVersion { found: 0xff, expected: 2 }, 0),
+        (vec![0xff, b'L', b'Q'], K::BadVersion { found: 0xff }, 0),
         // An incomplete list in a set, a frozenset, as a dict key.
         (v(&[&list1, b"O", &be(1), b"QQQ"]), incomplete.clone(), 6),
         (v(&[&list1, b"E", &be(1), b"QQQ"]), incomplete.clone(), 6),
@@ -183,6 +186,32 @@ proptest! {
         ),
     ) {
         check_clean(&v(&[&body]))?;
+    }
+
+    /// The same soup after version byte 1, under every load option: the string options
+    /// change what `M` and `N` load as, never whether the decoder stays within bounds.
+    #[test]
+    fn opcode_soup_in_version_one_under_any_options_is_handled_cleanly(
+        body in prop::collection::vec(
+            prop_oneof![prop::sample::select(OPCODES), Just(0u8), Just(1u8), any::<u8>()],
+            0..256,
+        ),
+        py2 in any::<bool>(),
+        py3 in any::<bool>(),
+    ) {
+        let bytes = [&[FormatVersion::V1.byte()][..], &body].concat();
+        let options = LoadOptions::new(py2, py3);
+        let t = Instant::now();
+        let got = loads_with(&bytes, options);
+        prop_assert!(t.elapsed() < PER_INPUT * 20, "took {:?}", t.elapsed());
+        match got {
+            Err(e) => prop_assert!(e.offset() <= bytes.len(), "{e}"),
+            Ok(value) => {
+                let again = dumps_with(&value, FormatVersion::V1).expect("a decoded value encodes");
+                prop_assert_eq!(loads(&again).map(|b| dumps(&b).expect("encodes")[1..].to_vec()),
+                    Ok(again[1..].to_vec()));
+            }
+        }
     }
 
     /// A proper prefix reads exactly as the whole input up to the cut, so the only way

@@ -5,8 +5,11 @@ package's source over a pipe (or uses the installed package) and runs code here 
 ``channel`` to talk back. The same source serves both ways.
 
 Remote code can ``import pixgate`` for the codec (:func:`dumps`, :func:`loads`,
-byte-compatible with ``execnet.dumps``/``execnet.loads``) and the error classes, such as
-:class:`Cancelled`, raised at the next channel operation after the host cancels.
+byte-compatible with ``execnet.dumps``/``execnet.loads`` of execnet 2.x, and with
+execnet 1.9's through ``dumps(obj, version=1)``; ``loads`` reads both and takes
+execnet's ``py2str_as_py3str`` and ``py3str_as_py2str``) and the error classes, such as
+:class:`Cancelled`, raised at the next channel operation after the host cancels. Its
+``channel`` has execnet's ``reconfigure`` too.
 
 Arrays in shared memory (numpy needed, imported on first use): :func:`empty`,
 :func:`zeros`, :func:`full` and :func:`asarray` make arrays the host can map without a

@@ -13,8 +13,11 @@ Value format
 A value is a program for a stack machine: one-byte ASCII opcodes, some followed by an
 argument. Counts and lengths are signed 32-bit big-endian integers (``i32`` below).
 A program ends with ``Q`` (STOP), which must leave exactly one value on the stack.
-The public form (:func:`dumps`, :func:`loads`) starts with the version byte ``0x02``;
-channel payloads (:func:`dumps_payload`, :func:`loads_payload`) have none.
+The public form (:func:`dumps`, :func:`loads`) starts with a version byte: ``0x02``
+(execnet 2.0 and later, written by default) or ``0x01`` (execnet 1.9 and earlier, on
+Python 2, 3 and Jython; ``dumps(obj, version=1)``). Both versions have the same opcodes
+and both are read. Channel payloads (:func:`dumps_payload`, :func:`loads_payload`) have
+no version byte.
 
 ======  ==========  =================================================================
 byte    name        meaning
@@ -32,17 +35,19 @@ byte    name        meaning
 ``J``   NEWDICT     push an empty dict
 ``K``   NEWLIST     ``i32`` n: push a list that ``P`` fills with items 0 .. n-1
 ``L``   NONE        push None
-``M``   PY2STRING   ``i32`` length, raw bytes: push bytes (:func:`loads`) or latin-1
-                    text (:func:`loads_payload`)
-``N``   PY3STRING   ``i32`` length, UTF-8: push a str
+``M``   PY2STRING   ``i32`` length, raw bytes (a Python 2 str): push bytes, or latin-1
+                    text with ``py2str_as_py3str`` (which :func:`loads_payload`
+                    always uses)
+``N``   PY3STRING   ``i32`` length, UTF-8: push a str, or its raw bytes with
+                    ``py3str_as_py2str``
 ``O``   SET         ``i32`` n: pop n values, push a set of them
 ``P``   SETITEM     pop value, pop key, store ``container[key] = value`` into the
                     list or dict now on top
 ``Q``   STOP        end of the program
 ``R``   TRUE        push True
-``S``   UNICODE     same as ``N``
+``S``   UNICODE     ``i32`` length, UTF-8 (a Python 2 unicode): push a str
 ``T``   COMPLEX     two 8-byte big-endian doubles (real, imaginary): push a complex
-``U``   ARRAY       reserved for array references; rejected
+``U``   ARRAY       an array reference (pixgate's own; see :class:`ArrayRef`)
 ======  ==========  =================================================================
 
 The encoder writes a list as ``K n`` then, per item, its index (``F i``), the item and
@@ -59,8 +64,10 @@ for int/str conversion).
 Differences from execnet
 ------------------------
 - Ints below ``-2**31`` are written as ``H`` (execnet's encoder fails on them).
-- bytearray and memoryview are written as bytes; subclasses of the builtin types (an
-  ``IntEnum``, a ``str`` subclass, a namedtuple) are written as their base value;
+- bytearray and memoryview are written as bytes; instances of subclasses of the
+  builtin types (an ``IntEnum``, a ``str`` subclass, a namedtuple, an ``OrderedDict``)
+  are written as their base value, where execnet, which dispatches on the exact type,
+  raises ``DumpError``;
   other numbers are written as int (types with ``__index__``), float
   (``numbers.Real``) or complex (``numbers.Complex``), which covers numpy scalars
   without importing numpy; ``numpy.bool_`` is written as a bool.
@@ -79,6 +86,7 @@ from __future__ import annotations
 
 __all__ = [
     "DUMPFORMAT_VERSION",
+    "DUMPFORMAT_VERSIONS",
     "HEADER",
     "MAX_DEPTH",
     "MAX_INT_DIGITS",
@@ -88,6 +96,7 @@ __all__ = [
     "dumps_payload",
     "loads",
     "loads_payload",
+    "loads_payload_with",
     "pack_frame",
     "unpack_header",
 ]
@@ -104,8 +113,12 @@ from ._errors import DumpError, LoadError, ProtocolError
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
-#: The byte that starts the public form of a value (:func:`dumps`, :func:`loads`).
+#: The byte that starts the public form of a value as :func:`dumps` writes it by default
+#: (execnet 2.0 and later).
 DUMPFORMAT_VERSION = b"\x02"
+#: The format versions :func:`dumps` writes and :func:`loads` reads: 1 (execnet 1.9 and
+#: earlier) and 2.
+DUMPFORMAT_VERSIONS = (1, 2)
 #: Most decimal digits an int may have, on either side.
 MAX_INT_DIGITS = 4300
 #: Deepest container nesting accepted, on either side.
@@ -241,7 +254,7 @@ _END = object()
 # Encoding
 
 
-def dumps(obj: object) -> bytes:
+def dumps(obj: object, version: int = 2) -> bytes:
     """Serialize a value in the public form, the bytes of ``execnet.dumps``.
 
     Parameters
@@ -250,6 +263,9 @@ def dumps(obj: object) -> bytes:
         None, bool, int, float, complex, str, bytes (or bytearray, memoryview), and
         lists, tuples, dicts, sets and frozensets of these, nested at most
         :data:`MAX_DEPTH` deep.
+    version : int
+        The format version: 2 (the default) for execnet 2.0 and later, 1 for execnet
+        1.9 and earlier (which refuse version 2). The two differ only in the first byte.
 
     Returns
     -------
@@ -263,8 +279,15 @@ def dumps(obj: object) -> bytes:
         more than :data:`MAX_INT_DIGITS` digits, a length over :data:`MAX_LENGTH`,
         nesting deeper than :data:`MAX_DEPTH`, or a container changed while being
         serialized.
+    ValueError
+        ``version`` is not one of :data:`DUMPFORMAT_VERSIONS`.
     """
-    parts: list[Any] = [DUMPFORMAT_VERSION]
+    if version == 2 and type(version) is int:
+        parts: list[Any] = [DUMPFORMAT_VERSION]
+    elif version == 1 and type(version) is int:
+        parts = [b"\x01"]
+    else:
+        raise ValueError(f"dump format version {version!r}, expected 1 or 2")
     _encode(obj, parts)
     parts.append(b"Q")
     return b"".join(parts)
@@ -658,18 +681,29 @@ def _too_deep() -> DumpError:
 # Decoding
 
 
-def loads(data: bytes | bytearray | memoryview) -> Any:
-    """Deserialize the public form, as ``execnet.loads`` does with its defaults.
+def loads(
+    data: bytes | bytearray | memoryview,
+    py2str_as_py3str: bool = False,
+    py3str_as_py2str: bool = False,
+) -> Any:
+    """Deserialize the public form of either format version, as ``execnet.loads`` does.
 
     Parameters
     ----------
     data : bytes, bytearray or memoryview
-        The version byte ``0x02``, one value, STOP, and nothing after it.
+        The version byte ``0x01`` or ``0x02``, one value, STOP, and nothing after it.
+    py2str_as_py3str : bool
+        Load ``M`` (PY2STRING, a Python 2 ``str``) as text decoded from latin-1 instead
+        of bytes.
+    py3str_as_py2str : bool
+        Load ``N`` (PY3STRING, a Python 3 ``str``) as its raw UTF-8 bytes instead of
+        text, as execnet 2.0 and later do (execnet 1.9 ignores this on Python 3).
 
     Returns
     -------
     object
-        The value. ``M`` (PY2STRING) items load as bytes.
+        The value. ``S`` (UNICODE) always loads as str, ``A`` (BYTES) as bytes. Array
+        references load as :class:`ArrayRef`, never as mapped arrays.
 
     Raises
     ------
@@ -680,14 +714,15 @@ def loads(data: bytes | bytearray | memoryview) -> Any:
     """
     buf = data if type(data) is bytes else _as_buffer(data)
     if not len(buf):
-        raise LoadError("empty input, expected the version byte 0x02")
-    if buf[0] != 2:
-        raise LoadError(f"dump format version {buf[0]:#04x} at offset 0, expected 0x02")
-    return _decode(buf, 1, True)
+        raise LoadError("empty input, expected the version byte 0x01 or 0x02")
+    if buf[0] != 2 and buf[0] != 1:
+        raise LoadError(f"dump format version {buf[0]:#04x} at offset 0, expected 0x01 or 0x02")
+    return _decode(buf, 1, py2str_as_py3str, py3str_as_py2str, False)
 
 
 def loads_payload(data: bytes | bytearray | memoryview) -> Any:
-    """Deserialize a channel payload, as execnet's ``loads_internal`` does on a channel.
+    """Deserialize a channel payload, as execnet's ``loads_internal`` does on a channel
+    that was never reconfigured: ``M`` (PY2STRING) loads as str, decoded as latin-1.
 
     Parameters
     ----------
@@ -697,7 +732,8 @@ def loads_payload(data: bytes | bytearray | memoryview) -> Any:
     Returns
     -------
     object
-        The value. ``M`` (PY2STRING) items load as str, decoded as latin-1.
+        The value. Array references load as mapped arrays when the array layer has
+        installed its import hook (in a worker), else as :class:`ArrayRef`.
 
     Raises
     ------
@@ -719,7 +755,41 @@ def loads_payload(data: bytes | bytearray | memoryview) -> Any:
         if pos == n - 1:
             hook = _array_import
             return hook(ref) if hook is not None else ref
-    return _decode(buf, 0, False)
+    return _decode(buf, 0, True, False, True)
+
+
+def loads_payload_with(
+    data: bytes | bytearray | memoryview, py2str_as_py3str: bool, py3str_as_py2str: bool
+) -> Any:
+    """Deserialize a channel payload with execnet's string options, as
+    ``loads_internal`` does on a channel reconfigured to them.
+
+    Parameters
+    ----------
+    data : bytes, bytearray or memoryview
+        As for :func:`loads_payload`.
+    py2str_as_py3str, py3str_as_py2str : bool
+        As for :func:`loads`; :func:`loads_payload` is this with ``True, False``, the
+        setting of every channel until a reconfigure.
+
+    Returns
+    -------
+    object
+        As for :func:`loads_payload`.
+
+    Raises
+    ------
+    LoadError
+        The input is not exactly one well-formed value.
+    TypeError
+        ``data`` does not support the buffer protocol.
+    """
+    if py2str_as_py3str and not py3str_as_py2str:
+        return loads_payload(data)
+    buf = data if type(data) is bytes else _as_buffer(data)
+    if not len(buf):
+        raise LoadError("empty input, expected an opcode")
+    return _decode(buf, 0, py2str_as_py3str, py3str_as_py2str, True)
 
 
 def _as_buffer(data: bytes | bytearray | memoryview) -> bytes | bytearray | memoryview:
@@ -732,8 +802,17 @@ def _as_buffer(data: bytes | bytearray | memoryview) -> bytes | bytearray | memo
     return view
 
 
-def _decode(buf: bytes | bytearray | memoryview, pos: int, py2string_as_bytes: bool) -> Any:
+def _decode(
+    buf: bytes | bytearray | memoryview,
+    pos: int,
+    py2str_as_py3str: bool,
+    py3str_as_py2str: bool,
+    arrays: bool,
+) -> Any:
     """Run the stack machine over ``buf`` from ``pos`` to STOP at the end of ``buf``.
+
+    The two string options are execnet's (see :func:`loads`); ``arrays`` lets the array
+    layer's import hook map array references (channel payloads only).
 
     Besides the value stack, two maps keyed by ``id()`` hold what is known about
     containers on the stack: ``pending`` maps each list that ``K`` announced and ``P``
@@ -821,6 +900,11 @@ def _decode(buf: bytes | bytearray | memoryview, pos: int, py2string_as_bytes: b
                 raise _negative(op, pos, n)
             if stop > end:
                 raise _truncated(op, pos, n + 4, end)
+            if py3str_as_py2str and op == 78:
+                # execnet (2.0 on) keeps the raw bytes, valid UTF-8 or not.
+                push(bytes(buf[start:stop]))
+                pos = stop
+                continue
             try:
                 push(str(buf[start:stop], _UTF8))
             except UnicodeDecodeError as exc:
@@ -846,7 +930,8 @@ def _decode(buf: bytes | bytearray | memoryview, pos: int, py2string_as_bytes: b
                         f"newlist at offset {pos - 5} announces {n} items, but only "
                         f"{end - pos} bytes follow (each item takes at least 7)"
                     )
-                pos = _fill_scalar_items(buf, pos, end, lst, n)
+                if not py3str_as_py2str:
+                    pos = _fill_scalar_items(buf, pos, end, lst, n)
                 if len(lst) < n:
                     pending[id(lst)] = n
             push(lst)
@@ -915,7 +1000,7 @@ def _decode(buf: bytes | bytearray | memoryview, pos: int, py2string_as_bytes: b
             if stop > end:
                 raise _truncated(op, pos, n + 4, end)
             raw = buf[start:stop]
-            if op == 77 and not py2string_as_bytes:
+            if op == 77 and py2str_as_py3str:
                 push(str(raw, "latin-1"))
             else:
                 push(raw if is_bytes else bytes(raw))
@@ -947,7 +1032,7 @@ def _decode(buf: bytes | bytearray | memoryview, pos: int, py2string_as_bytes: b
             ref, pos = _array_ref_at(buf, pos, end)
             # Only channel payloads (not the versioned form, which also serves segment
             # metadata) may turn references into mapped arrays.
-            hook = None if py2string_as_bytes else _array_import
+            hook = _array_import if arrays else None
             push(hook(ref) if hook is not None else ref)
         else:
             raise LoadError(f"unknown opcode {bytes((op,))!r} at offset {pos}")

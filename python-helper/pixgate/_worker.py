@@ -64,6 +64,8 @@ EXEC_MAIN = 35
 FORGET = 37
 
 _DEFAULT_MAX_FRAME = 256 * 1024 * 1024
+# execnet's gateway and channel default: py2str_as_py3str, not py3str_as_py2str.
+_DEFAULT_STRCONFIG = (True, False)
 # How long the reading baton stays free before the background reader takes it.
 _BG_IDLE = 0.001
 _CHUNK = 65536
@@ -245,6 +247,12 @@ class Channel:
         self._cancelled = False
         self._pending: dict[int, list[str]] = {1: [], 2: []}
         self._has_pending = False
+        # How items arriving on this channel load strings (execnet's py2str_as_py3str,
+        # py3str_as_py2str): the gateway's setting when the channel was created, until
+        # a RECONFIGURE for this channel.
+        self._strconfig: tuple[bool, bool] = gateway.strconfig
+        # Decodes an item's payload with that setting.
+        self._load: Callable[[bytes], Any] = gateway.load
         # Called (it must not raise) when a receive on this channel is about to block:
         # a frame loop sends the releases it holds back (see pixgate.frames).
         self._before_wait: Callable[[], None] | None = None
@@ -362,6 +370,18 @@ class Channel:
         self._local_closed = True
         self._gateway.conn.send(msgtype, self.id, payload)
         self._gateway.forget_if_done(self)
+
+    def reconfigure(self, py2str_as_py3str: bool = True, py3str_as_py2str: bool = False) -> None:
+        """Set how strings load on this channel, on both sides, as execnet's
+        ``channel.reconfigure``.
+
+        Items this side receives from now on load as the options say, and a RECONFIGURE
+        message tells the host to load the items it receives on this channel the same
+        way (see :func:`pixgate.loads` for what the options do).
+        """
+        config = (bool(py2str_as_py3str), bool(py3str_as_py2str))
+        self._strconfig, self._load = config, _loader(config)
+        self._gateway.conn.send(RECONFIGURE, self.id, _wire.dumps_payload(config))
 
     def isclosed(self) -> bool:
         """True when either side closed the channel."""
@@ -522,6 +542,10 @@ class _WorkerGateway:
         # Seconds a channel waiting for an item polls the pipe before it sleeps (the
         # host's spin setting): a message that comes within it costs no wake-up.
         self.spin = 0.0
+        # String handling copied into each new channel (execnet's gateway default;
+        # changed by a RECONFIGURE on channel 0).
+        self.strconfig: tuple[bool, bool] = _DEFAULT_STRCONFIG
+        self.load: Callable[[bytes], Any] = _wire.loads_payload
 
     def channel(self, id: int) -> Channel | None:
         # A single dict lookup is atomic; writers hold the lock.
@@ -737,7 +761,7 @@ class _WorkerGateway:
                         pass
                 return False
             try:
-                item: Any = _wire.loads_payload(payload)
+                item: Any = ch._load(payload)
             except DataFormatError as exc:
                 item = _Failed(exc)
             ch._deliver(item)
@@ -784,11 +808,30 @@ class _WorkerGateway:
             self.conn.send(CHANNEL_DATA, chid, _wire.dumps_payload(status))
             self.conn.send(CHANNEL_CLOSE, chid)
         elif msgtype == RECONFIGURE:
-            # Accepted for compatibility; only the default string handling exists.
-            pass
+            self.reconfigure(chid, payload)
         else:
             _warn(f"unknown message type {msgtype} on channel {chid} ignored")
         return False
+
+    def reconfigure(self, chid: int, payload: bytes) -> None:
+        """Apply a RECONFIGURE: ``(py2str_as_py3str, py3str_as_py2str)`` for the channels
+        created from now on (channel 0) or for one channel held now."""
+        try:
+            config = _wire.loads_payload(payload)
+            if type(config) is not tuple or len(config) != 2:
+                raise LoadError(f"expected a 2-tuple, got {type(config).__name__}")
+            if not all(type(flag) is bool for flag in config):
+                kinds = ", ".join(type(flag).__name__ for flag in config)
+                raise LoadError(f"expected two bools, got ({kinds})")
+        except DataFormatError as exc:
+            _warn(f"malformed reconfigure message on channel {chid}: {exc}")
+            return
+        if chid == 0:
+            self.strconfig, self.load = config, _loader(config)
+        else:
+            ch = self.channel(chid)
+            if ch is not None:
+                ch._strconfig, ch._load = config, _loader(config)
 
     def start_exec(self, chid: int, payload: bytes, main: bool) -> None:
         with self._lock:
@@ -815,6 +858,16 @@ class _WorkerGateway:
             self._main_tasks.put(run)
         else:
             threading.Thread(target=run, name=f"pixgate-exec-{chid}", daemon=True).start()
+
+
+def _loader(config: tuple[bool, bool]) -> Callable[[bytes], Any]:
+    """A function that decodes a channel payload with the string handling ``config``;
+    for the default, the codec's own function (no extra call on the hot path)."""
+    if config == _DEFAULT_STRCONFIG:
+        return _wire.loads_payload
+    py2str_as_py3str, py3str_as_py2str = config
+    loads = _wire.loads_payload_with
+    return lambda payload: loads(payload, py2str_as_py3str, py3str_as_py2str)
 
 
 def _execute(

@@ -9,6 +9,7 @@ import fractions
 import io
 import math
 import mmap
+import os
 import re
 import struct
 import subprocess
@@ -25,8 +26,13 @@ from hypothesis import strategies as st
 from pixgate import _wire
 from pixgate._errors import DumpError, Error, LoadError, ProtocolError
 
-execnet = pytest.importorskip("execnet")
-gateway_base = pytest.importorskip("execnet.gateway_base")
+if os.environ.get("PIXGATE_TEST_STRICT"):
+    # `make test`: the cross-checks against execnet must run.
+    import execnet
+    from execnet import gateway_base
+else:
+    execnet = pytest.importorskip("execnet")
+    gateway_base = pytest.importorskip("execnet.gateway_base")
 
 HELPER_DIR = Path(__file__).resolve().parents[1]
 
@@ -248,6 +254,73 @@ def test_py2string_loads_as_bytes_publicly_and_as_latin1_text_in_payloads() -> N
     assert gateway_base.loads_internal(body + b"Q") == "äx"
 
 
+# Every string opcode, as a tuple: py2 str b"\xe9", py3 str "é", unicode "é", bytes.
+STRING_KINDS = (
+    b"M" + i32(1) + b"\xe9"
+    + b"N" + i32(2) + "é".encode()
+    + b"S" + i32(2) + "é".encode()
+    + b"A" + i32(1) + b"\xe9"
+    + b"@" + i32(4)
+)
+OPTION_PAIRS = [(False, False), (True, False), (False, True), (True, True)]
+
+
+@pytest.mark.parametrize(("py2", "py3"), OPTION_PAIRS)
+def test_string_options_load_each_opcode_as_execnet_does(py2: bool, py3: bool) -> None:
+    data = v2(STRING_KINDS)
+    ours = _wire.loads(data, py2str_as_py3str=py2, py3str_as_py2str=py3)
+    assert same_value(ours, execnet.loads(data, py2str_as_py3str=py2, py3str_as_py2str=py3))
+    m, n, _, _ = ours
+    assert m == ("é" if py2 else b"\xe9")
+    assert n == ("é".encode() if py3 else "é")
+    payload = STRING_KINDS + b"Q"
+    theirs = gateway_base.loads_internal(payload, strconfig=(py2, py3))
+    assert same_value(_wire.loads_payload_with(payload, py2, py3), theirs)
+    # Version 1 loads the same (execnet 2.x refuses it; tests/test_execnet_versions.py
+    # checks execnet 1.9 itself).
+    assert same_value(_wire.loads(b"\x01" + data[1:], py2, py3), ours)
+
+
+def test_py3str_as_py2str_also_applies_to_lists_of_strings() -> None:
+    value = ["a", "é", 1, None, "b"]
+    data = _wire.dumps(value)
+    assert _wire.loads(data, py3str_as_py2str=True) == [b"a", "é".encode(), 1, None, b"b"]
+    assert execnet.loads(data, py3str_as_py2str=True) == [b"a", "é".encode(), 1, None, b"b"]
+    # execnet keeps the raw bytes, utf-8 or not; S (unicode) is always decoded.
+    assert _wire.loads(v2(b"N" + i32(1) + b"\xff"), py3str_as_py2str=True) == b"\xff"
+    with pytest.raises(LoadError, match="utf-8"):
+        _wire.loads(v2(b"S" + i32(1) + b"\xff"), py3str_as_py2str=True)
+
+
+def test_channel_payload_defaults_are_execnets_channel_defaults() -> None:
+    payload = STRING_KINDS + b"Q"
+    assert _wire.loads_payload(payload) == _wire.loads_payload_with(payload, True, False)
+    assert _wire.loads_payload(payload) == gateway_base.loads_internal(payload)
+
+
+@pytest.mark.parametrize("value", [0, None, "é", [1, "a"], {"k": (2.5, b"x")}, 2**70])
+def test_version_one_differs_from_version_two_in_its_first_byte_only(value: object) -> None:
+    one = _wire.dumps(value, version=1)
+    two = _wire.dumps(value, version=2)
+    assert two == _wire.dumps(value) == execnet.dumps(value)
+    assert one == b"\x01" + two[1:]
+    assert same_value(_wire.loads(one), value)
+    with pytest.raises(execnet.DataFormatError):
+        execnet.loads(one)
+
+
+@pytest.mark.parametrize("version", [0, 3, "2", 2.0, True, None])
+def test_dumps_refuses_other_format_versions(version: object) -> None:
+    with pytest.raises(ValueError, match="dump format version"):
+        _wire.dumps(1, version=version)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("first", [0, 3, 0x4C, 0xFF])
+def test_loads_refuses_other_version_bytes(first: int) -> None:
+    with pytest.raises(LoadError, match="expected 0x01 or 0x02"):
+        _wire.loads(bytes([first]) + b"LQ")
+
+
 def test_loads_reads_bytearray_and_memoryviews() -> None:
     data = _wire.dumps({"a": [b"xyz", "é", 1]})
     expected = {"a": [b"xyz", "é", 1]}
@@ -308,6 +381,59 @@ def test_subclasses_and_buffers_are_written_as_their_base_value(
 ) -> None:
     assert _wire.dumps(value) == execnet.dumps(plain)
     assert _wire.dumps_payload(value) == gateway_base.dumps_internal(plain)
+
+
+class Flags(enum.IntFlag):
+    A = 1
+    B = 2
+
+
+class Ratio(float):
+    pass
+
+
+class Items(list):
+    pass
+
+
+class Pair(tuple):
+    pass
+
+
+class Table(dict):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("value", "plain"),
+    [
+        (Flags.A | Flags.B, 3),
+        (Ratio(0.5), 0.5),
+        (Items([1, Name("x")]), [1, "x"]),
+        (Pair((1, 2)), (1, 2)),
+        (Table(a=Color.RED), {"a": 1}),
+        ([True, False, Color.RED, 1], [True, False, 1, 1]),
+    ],
+    ids=repr,
+)
+def test_subclasses_of_every_base_are_written_as_that_base(value: object, plain: object) -> None:
+    # execnet dispatches on the exact type (``save_<type name>``) and refuses these.
+    with pytest.raises(execnet.DataFormatError, match="can't serialize"):
+        execnet.dumps(value)
+    data = _wire.dumps(value)
+    assert data == execnet.dumps(plain)
+    back = _wire.loads(data)
+    assert same_value(back, plain)
+
+
+def test_bool_stays_bool_and_int_enums_become_int() -> None:
+    assert _wire.dumps(True) == b"\x02RQ"
+    assert _wire.dumps(Color.RED) == b"\x02F\x00\x00\x00\x01Q"
+    assert type(_wire.loads(_wire.dumps(Color.RED))) is int
+    assert type(_wire.loads(_wire.dumps([True]))[0]) is bool
+    if sys.version_info >= (3, 11):
+        word = enum.StrEnum("Word", {"HI": "hi"}).HI
+        assert _wire.dumps(word) == execnet.dumps("hi")
 
 
 def test_ordered_dicts_are_written_in_their_own_order() -> None:
@@ -468,9 +594,34 @@ def test_dumps_equals_execnet_and_both_loaders_agree(value: object) -> None:
     assert ours == theirs
     assert same_value(_wire.loads(theirs), value)
     assert same_value(_wire.loads(theirs), execnet.loads(theirs))
+    one = _wire.dumps(value, version=1)
+    assert one == b"\x01" + theirs[1:]
+    assert same_value(_wire.loads(one), value)
     payload = _wire.dumps_payload(value)
     assert payload == theirs[1:]
     assert same_value(_wire.loads_payload(payload), gateway_base.loads_internal(payload))
+
+
+string_leaves = st.one_of(
+    st.binary(max_size=6).map(lambda b: b"M" + i32(len(b)) + b),
+    st.text(max_size=4).map(lambda t: b"N" + i32(len(t.encode())) + t.encode()),
+    st.text(max_size=4).map(lambda t: b"S" + i32(len(t.encode())) + t.encode()),
+    st.binary(max_size=6).map(lambda b: b"A" + i32(len(b)) + b),
+    st.integers(I32_MIN, I32_MAX).map(lambda i: b"G" + i32(i)),
+    st.integers(-(2**100), 2**100).map(lambda i: b"I" + i32(len(str(i))) + str(i).encode()),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(string_leaves, max_size=8), st.sampled_from(OPTION_PAIRS))
+def test_legacy_opcodes_load_as_execnet_loads_them(
+    leaves: list[bytes], options: tuple[bool, bool]
+) -> None:
+    body = b"".join(leaves) + b"@" + i32(len(leaves))
+    ours = _wire.loads(v2(body), *options)
+    assert same_value(ours, execnet.loads(v2(body), *options))
+    assert same_value(_wire.loads(b"\x01" + v2(body)[1:], *options), ours)
+    assert same_value(_wire.loads_payload_with(body + b"Q", *options), ours)
 
 
 @settings(max_examples=200, deadline=None)
@@ -512,7 +663,7 @@ def test_every_truncation_of_a_valid_encoding_is_a_load_error() -> None:
     ("data", "message"),
     [
         (b"", "empty input"),
-        (b"\x01LQ", "version 0x01 at offset 0, expected 0x02"),
+        (b"\x00LQ", "version 0x00 at offset 0, expected 0x01 or 0x02"),
         (b"\x03LQ", "version 0x03"),
         (b"LQ", "version 0x4c"),
         (b"\x02", "missing stop"),

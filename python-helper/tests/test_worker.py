@@ -30,6 +30,7 @@ from pixgate._worker import (
     HANDSHAKE,
     OUTPUT,
     PROTOCOL_VERSION,
+    RECONFIGURE,
     STATUS,
 )
 
@@ -392,3 +393,79 @@ def test_forget_drops_a_kept_mapping_and_a_malformed_one_is_reported() -> None:
     assert h.next_on(1) == (CHANNEL_CLOSE, None)
     assert h.close() == 0
     assert "pixgate worker: malformed forget message: expected a str, got int" in h.stderr_text
+
+
+# A tuple of each string kind as a channel payload: (py2 str b"\xe9", py3 str "é",
+# unicode "é", bytes b"\xe9").
+STRINGS = (
+    b"M\x00\x00\x00\x01\xe9N\x00\x00\x00\x02\xc3\xa9S\x00\x00\x00\x02\xc3\xa9"
+    b"A\x00\x00\x00\x01\xe9@\x00\x00\x00\x04Q"
+)
+# What the remote code receives under (py2str_as_py3str, py3str_as_py2str).
+STRINGS_AS = {
+    (True, False): ("é", "é", "é", b"\xe9"),
+    (False, False): (b"\xe9", "é", "é", b"\xe9"),
+    (False, True): (b"\xe9", "é".encode(), "é", b"\xe9"),
+    (True, True): ("é", "é".encode(), "é", b"\xe9"),
+}
+ECHO_REPR = "for x in channel:\n    channel.send(repr(x))"
+
+
+def test_channel_payloads_load_py2_strings_as_text_by_default(host: Host) -> None:
+    host.exec(41, ECHO_REPR)
+    host.send(CHANNEL_DATA, 41, STRINGS)
+    assert host.next_on(41) == (CHANNEL_DATA, repr(STRINGS_AS[True, False]))
+
+
+@pytest.mark.parametrize("config", sorted(STRINGS_AS))
+def test_reconfigure_of_a_channel_applies_to_the_items_after_it(
+    host: Host, config: tuple[bool, bool]
+) -> None:
+    host.exec(43, ECHO_REPR)
+    host.send(CHANNEL_DATA, 43, STRINGS)
+    host.send(RECONFIGURE, 43, _wire.dumps_payload(config))
+    host.send(CHANNEL_DATA, 43, STRINGS)
+    assert host.next_on(43) == (CHANNEL_DATA, repr(STRINGS_AS[True, False]))
+    assert host.next_on(43) == (CHANNEL_DATA, repr(STRINGS_AS[config]))
+
+
+def test_reconfigure_of_the_gateway_applies_to_channels_created_after_it(host: Host) -> None:
+    host.exec(45, ECHO_REPR)
+    host.send(RECONFIGURE, 0, _wire.dumps_payload((False, True)))
+    host.exec(47, ECHO_REPR)
+    for chid in (45, 47):
+        host.send(CHANNEL_DATA, chid, STRINGS)
+    # The channel that existed keeps the default, as in execnet; the new one has it.
+    assert host.next_on(45) == (CHANNEL_DATA, repr(STRINGS_AS[True, False]))
+    assert host.next_on(47) == (CHANNEL_DATA, repr(STRINGS_AS[False, True]))
+    # Exec requests load with execnet's fixed defaults: the source (an N) stayed a str,
+    # or channel 47 would have ended with a bad exec request.
+
+
+def test_remote_code_reconfigures_its_channel_and_tells_the_host(host: Host) -> None:
+    host.exec(
+        51,
+        "channel.reconfigure(py2str_as_py3str=False, py3str_as_py2str=True)\n"
+        "channel.send(repr(channel.receive()))",
+    )
+    t, payload = host.next_on(51)
+    assert (t, payload) == (RECONFIGURE, (False, True))
+    host.send(CHANNEL_DATA, 51, STRINGS)
+    assert host.next_on(51) == (CHANNEL_DATA, repr(STRINGS_AS[False, True]))
+
+
+def test_malformed_reconfigure_is_reported_and_changes_nothing() -> None:
+    h = Host()
+    h.frame()
+    h.exec(1, ECHO_REPR)
+    h.send(RECONFIGURE, 1, _wire.dumps_payload((1, 0)))
+    h.send(RECONFIGURE, 0, b"garbage")
+    h.send(RECONFIGURE, 99, _wire.dumps_payload((False, False)))  # no such channel
+    h.send(CHANNEL_DATA, 1, STRINGS)
+    assert h.next_on(1) == (CHANNEL_DATA, repr(STRINGS_AS[True, False]))
+    assert h.close() == 0
+    assert (
+        "pixgate worker: malformed reconfigure message on channel 1: "
+        "expected two bools, got (int, int)" in h.stderr_text
+    )
+    assert "malformed reconfigure message on channel 0" in h.stderr_text
