@@ -27,6 +27,11 @@ const MESSAGE_LEN: usize = 12;
 /// The most descriptors one message carries (Linux's `SCM_MAX_FD`).
 pub(crate) const MAX_PER_MESSAGE: usize = 253;
 
+/// The most descriptors a receiver keeps filed without a reference having taken them: a
+/// peer that sends more breaks the socket instead of filling this process's descriptor
+/// table.
+pub(crate) const MAX_FILED: usize = 1024;
+
 /// How long a receiver waits for the message of a token whose frame it holds.
 pub(crate) const TAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -224,6 +229,11 @@ impl DescriptorSocket {
                 if truncated { " (cut)" } else { "" }
             ));
         }
+        if rx.filed.len() + count > MAX_FILED {
+            return Err(format!(
+                "the peer sent more than {MAX_FILED} descriptors that no reference took"
+            ));
+        }
         if first != rx.expected {
             return Err(format!(
                 "descriptor message starts at token {first}, expected {}",
@@ -312,6 +322,28 @@ mod tests {
             .unwrap_err();
         assert!(err.contains("did not arrive"), "{err}");
         assert!(t.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_peer_cannot_fill_the_descriptor_table_with_unused_descriptors() {
+        let (a, b) = pair().unwrap();
+        nix::fcntl::fcntl(
+            b.as_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .unwrap();
+        let (tx, rx) = (DescriptorSocket::new(a), DescriptorSocket::new(b));
+        let (r, _w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let same: Vec<BorrowedFd<'_>> = (0..MAX_PER_MESSAGE).map(|_| r.as_fd()).collect();
+        let mut sent = 0;
+        while sent <= MAX_FILED + MAX_PER_MESSAGE {
+            tx.send(&same, None).unwrap();
+            sent += MAX_PER_MESSAGE;
+        }
+        let soon = Instant::now() + Duration::from_secs(5);
+        let err = rx.take(sent as u64, soon).unwrap_err();
+        assert!(err.contains("no reference took"), "{err}");
+        assert_eq!(rx.filed(), 0, "what was filed is closed");
     }
 
     #[test]
