@@ -1,20 +1,25 @@
-//! Chaos: `kill -9` of a host or of its worker at a random moment while arrays and a
-//! frame stream are in flight, then checks that both processes end and that a sweep
-//! leaves none of their segments.
+//! Chaos: `kill -9` of a host, of its worker, or of both at once, at a random moment
+//! while arrays and a frame stream are in flight; then checks that the processes end
+//! and that nothing of theirs is left. With the anonymous transport nothing may be left
+//! anywhere without any sweep (the sweeper is turned off, `PIXGATE_SWEEP=0`): no
+//! segment in /dev/shm, no anonymous object held or mapped by any process. With the
+//! named transport, a sweep must remove what killed processes left in /dev/shm.
 //!
 //! The host is `examples/chaos_host.rs`, a separate process (it is built with the other
 //! targets by `cargo build --all-targets` or `cargo test --all-targets`; alone:
 //! `cargo build --example chaos_host`). Each iteration starts it, reads its worker's pid,
-//! waits a random 20–400 ms and kills the host or the worker with `SIGKILL`, alternating
-//! from a random first victim. Then:
+//! waits a random 20–400 ms and kills the host, the worker or (anonymous transport) both
+//! with `SIGKILL`, in turn from a random first victim. Then:
 //!
 //! - the survivor must end by itself within [`BOUND`]: a worker whose host died exits on
 //!   the parent-death signal or on EOF of its pipe; a host whose worker died fails its
 //!   next call and exits with status 1. A survivor still running at the bound is killed
 //!   (so nothing is left behind) and fails the test: it would be a hung process;
-//! - `/dev/shm` may hold segments created by the two processes (those of a killed
-//!   process, or ones that were moving between them); a sweep (the same code as
-//!   `pixgate gc`) must remove every one.
+//! - anonymous transport: no process may hold a descriptor of, or map, an anonymous
+//!   object named after either process, and /dev/shm holds none of their segments;
+//! - named transport: `/dev/shm` may hold segments created by the two processes (those
+//!   of a killed process, or ones that were moving between them); a sweep (the same
+//!   code as `pixgate gc`) must remove every one.
 //!
 //! Only segments whose name carries the pid of one of the iteration's two processes are
 //! counted or checked; segments of other processes are none of this test's business.
@@ -101,6 +106,42 @@ fn segments_of(pids: &[u32]) -> Vec<String> {
     names
 }
 
+/// Anonymous objects named after a process in `pids` that some process still holds a
+/// descriptor of, or maps: `pid N holds|maps /memfd:pxg-…`.
+fn anonymous_of(pids: &[u32]) -> Vec<String> {
+    let marks: Vec<String> = pids.iter().map(|p| format!("/memfd:pxg-{p:x}-")).collect();
+    let named = |text: &str| marks.iter().any(|m| text.contains(m.as_str()));
+    let mut found = Vec::new();
+    for proc_entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = proc_entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        for fd in std::fs::read_dir(proc_entry.path().join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Ok(target) = std::fs::read_link(fd.path()) {
+                let target = target.to_string_lossy();
+                if named(&target) {
+                    found.push(format!("pid {pid} holds {target}"));
+                }
+            }
+        }
+        let maps = std::fs::read_to_string(proc_entry.path().join("maps")).unwrap_or_default();
+        for line in maps.lines().filter(|l| named(l)) {
+            found.push(format!("pid {pid} maps {line}"));
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
 /// The state and wait channel of each thread of `pid`, for the report on a process that
 /// did not end.
 fn thread_states(pid: u32) -> String {
@@ -140,9 +181,11 @@ fn wait_child(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
 }
 
 /// Starts the host and reads its worker's pid (within [`T`]).
-fn start_host(bin: &PathBuf) -> (Child, u32) {
+fn start_host(bin: &PathBuf, transport: &str) -> (Child, u32) {
     let mut host = Command::new(bin)
-        .arg(spec(""))
+        .arg(spec(&format!("transport={transport}")))
+        .env("PIXGATE_TRANSPORT", transport)
+        .env("PIXGATE_SWEEP", "0")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -185,6 +228,7 @@ fn stderr_of(host: &mut Child) -> String {
 struct Counts {
     host_killed: u32,
     worker_killed: u32,
+    both_killed: u32,
     /// Segments of the two processes present after both ended, before the sweep, by
     /// victim.
     left_host_killed: usize,
@@ -196,9 +240,27 @@ struct Counts {
     host_exit_other: u32,
 }
 
+/// Who is killed in an iteration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Victim {
+    Host,
+    Worker,
+    Both,
+}
+
 #[test]
-fn killing_host_or_worker_at_random_leaves_no_process_and_no_segment_after_a_sweep() {
+fn killing_host_worker_or_both_with_anonymous_segments_leaves_nothing_anywhere() {
+    run("anonymous", &[Victim::Host, Victim::Worker, Victim::Both]);
+}
+
+#[test]
+fn killing_host_or_worker_with_named_segments_leaves_nothing_after_a_sweep() {
+    run("named", &[Victim::Host, Victim::Worker]);
+}
+
+fn run(transport: &str, victims: &[Victim]) {
     let _serial = serial();
+    let anonymous = transport == "anonymous";
     let bin = host_binary();
     let iterations = env_u64("PIXGATE_CHAOS_ITERATIONS").unwrap_or(12);
     let seed = env_u64("PIXGATE_CHAOS_SEED").unwrap_or_else(|| {
@@ -207,17 +269,18 @@ fn killing_host_or_worker_at_random_leaves_no_process_and_no_segment_after_a_swe
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1)
     });
-    println!("chaos: {iterations} iterations, PIXGATE_CHAOS_SEED={seed}");
+    println!("chaos ({transport}): {iterations} iterations, PIXGATE_CHAOS_SEED={seed}");
     let mut rng = Rng(seed);
-    let first_host = rng.next() & 1 == 0;
+    let first = rng.next() as usize % victims.len();
     let mut counts = Counts::default();
     let mut failures: Vec<String> = Vec::new();
     let started = Instant::now();
 
     for i in 0..iterations {
-        let (mut host, worker) = start_host(&bin);
+        let (mut host, worker) = start_host(&bin, transport);
         let host_pid = host.id();
-        let kill_host = (i % 2 == 0) == first_host;
+        let who = victims[(first + i as usize) % victims.len()];
+        let kill_host = who != Victim::Worker;
         let delay = Duration::from_millis(rng.between(20, 400));
         std::thread::sleep(delay);
 
@@ -232,14 +295,25 @@ fn killing_host_or_worker_at_random_leaves_no_process_and_no_segment_after_a_swe
             "iteration {i}: worker {worker} died before the kill"
         );
 
-        let (victim, victim_pid, survivor_pid) = if kill_host {
-            counts.host_killed += 1;
-            ("host", host_pid, worker)
-        } else {
-            counts.worker_killed += 1;
-            ("worker", worker, host_pid)
+        let (victim, victim_pid, survivor_pid) = match who {
+            Victim::Host => {
+                counts.host_killed += 1;
+                ("host", host_pid, worker)
+            }
+            Victim::Worker => {
+                counts.worker_killed += 1;
+                ("worker", worker, host_pid)
+            }
+            Victim::Both => {
+                counts.both_killed += 1;
+                ("both", host_pid, worker)
+            }
         };
         kill(Pid::from_raw(victim_pid as i32), Signal::SIGKILL).expect("kill -9");
+        if who == Victim::Both {
+            // The worker, at once too: both die together.
+            let _ = kill(Pid::from_raw(worker as i32), Signal::SIGKILL);
+        }
 
         // The survivor must end by itself within the bound.
         let t = Instant::now();
@@ -294,6 +368,25 @@ fn killing_host_or_worker_at_random_leaves_no_process_and_no_segment_after_a_swe
         } else {
             counts.left_worker_killed += before.len();
         }
+        if anonymous {
+            // Nothing to sweep, and nothing may be left: the kernel freed it all.
+            let held = anonymous_of(&pids);
+            println!(
+                "iteration {i:>3}: killed {victim:<6} after {:>3} ms; survivor ended in {:>4} \
+                 ms ({}); host {status}; in /dev/shm {}, anonymous objects still held {}",
+                delay.as_millis(),
+                took.as_millis(),
+                if ended { "by itself" } else { "killed" },
+                before.len(),
+                held.len(),
+            );
+            if !before.is_empty() || !held.is_empty() {
+                failures.push(format!(
+                    "iteration {i}: {victim} killed after {delay:?}; left: {before:?} {held:?}"
+                ));
+            }
+            continue;
+        }
         let report = pixgate::segment::sweep(false).expect("sweep /dev/shm");
         let swept = report
             .swept
@@ -331,13 +424,15 @@ fn killing_host_or_worker_at_random_leaves_no_process_and_no_segment_after_a_swe
 
     let c = &counts;
     eprintln!(
-        "chaos summary: seed {seed}, {iterations} iterations in {:.1} s; host killed {}, \
-         worker killed {}; segments left before the sweep: {} (host killed) + {} (worker \
-         killed), removed by the sweep {}; survivors that exited by themselves {}, had to \
-         be killed {}; hosts of killed workers exiting with status 1: {}, otherwise: {}",
+        "chaos summary ({transport}): seed {seed}, {iterations} iterations in {:.1} s; host \
+         killed {}, worker killed {}, both killed {}; segments left before the sweep: {} \
+         (host killed) + {} (worker killed), removed by the sweep {}; survivors that exited \
+         by themselves {}, had to be killed {}; hosts of killed workers exiting with status \
+         1: {}, otherwise: {}",
         started.elapsed().as_secs_f64(),
         c.host_killed,
         c.worker_killed,
+        c.both_killed,
         c.left_host_killed,
         c.left_worker_killed,
         c.swept,

@@ -8,7 +8,6 @@
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
 use std::sync::Mutex;
 
 use super::problem::{SegmentProblem, io, os};
@@ -181,13 +180,6 @@ impl AnonObject {
         ))
     }
 
-    /// The object's size in bytes.
-    pub(crate) fn size(&self) -> Result<u64, SegmentProblem> {
-        nix::sys::stat::fstat(self.fd.as_fd())
-            .map(|st| st.st_size as u64)
-            .map_err(|e| os("fstat", e))
-    }
-
     pub(crate) fn file(&self) -> Result<File, SegmentProblem> {
         self.fd
             .try_clone()
@@ -222,9 +214,9 @@ impl AnonObject {
     /// maps it that way already: a read-only share needs a read-only mapping, which a
     /// writable one does not give (docs/PROTOCOL.md §5.7).
     pub(crate) fn delivered_to(&self, peer: PeerKey, writable: bool) -> bool {
-        lock(&self.delivered).iter().any(|d| {
-            d.peer.key == peer && if writable { d.writable } else { d.read_only }
-        })
+        lock(&self.delivered)
+            .iter()
+            .any(|d| d.peer.key == peer && if writable { d.writable } else { d.read_only })
     }
 
     /// Records that `peer` got a descriptor of the object (and maps it from now on).
@@ -240,14 +232,6 @@ impl AnonObject {
                 writable,
             }),
         }
-    }
-
-    /// The inode of the object, for `pixgate ls`.
-    pub(crate) fn inode(&self) -> Option<u64> {
-        File::from(self.fd.try_clone().ok()?)
-            .metadata()
-            .ok()
-            .map(|m| m.ino())
     }
 }
 

@@ -384,6 +384,11 @@ fn verdict(
 pub(crate) fn sweep_once_in_background() {
     #[cfg(target_os = "linux")]
     {
+        // `PIXGATE_SWEEP=0` turns it off (anonymous segments need no sweeping; tests
+        // prove that nothing is left without it).
+        if std::env::var_os("PIXGATE_SWEEP").is_some_and(|v| v == "0") {
+            return;
+        }
         static ONCE: std::sync::Once = std::sync::Once::new();
         ONCE.call_once(|| {
             let _ = std::thread::Builder::new()
