@@ -10,7 +10,10 @@
 //!   against the first touch of fresh anonymous memory;
 //! - P5 frame streams, lock-step and pipelined, and a multiprocessing peer;
 //! - P6 a `Group` of workers (a placeholder until `Group` exists);
-//! - P7 start-up to the first answer, against execnet.
+//! - P7 start-up to the first answer, against execnet;
+//! - P8 the anonymous transport against named segments, in the same run: handoff of a
+//!   resident array and of a pool frame, the first handoff of a one-off array, and the
+//!   creation and first touch of a fresh array.
 //!
 //! Every wait has a time limit, every array and pool made here is dropped (and so
 //! unlinked) before the command returns, and the peers' blocks are unlinked by the
@@ -24,6 +27,7 @@ mod peers;
 mod report;
 mod stats;
 mod svg;
+mod transports;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,11 +54,12 @@ pub(crate) enum Scenario {
     P5,
     P6,
     P7,
+    P8,
 }
 
 impl Scenario {
     /// Every scenario, in the order they run (P1 first: P2 and P5 compare with it).
-    pub(crate) const ALL: [Scenario; 7] = [
+    pub(crate) const ALL: [Scenario; 8] = [
         Scenario::P1,
         Scenario::P2,
         Scenario::P3,
@@ -62,6 +67,7 @@ impl Scenario {
         Scenario::P5,
         Scenario::P6,
         Scenario::P7,
+        Scenario::P8,
     ];
 
     /// `P1` … `P7`.
@@ -74,6 +80,7 @@ impl Scenario {
             Scenario::P5 => "P5",
             Scenario::P6 => "P6",
             Scenario::P7 => "P7",
+            Scenario::P8 => "P8",
         }
     }
 
@@ -87,6 +94,7 @@ impl Scenario {
             Scenario::P5 => "frame stream, handoff only",
             Scenario::P6 => "Group of 2 workers vs 1",
             Scenario::P7 => "start-up to first answer",
+            Scenario::P8 => "anonymous transport vs named segments",
         }
     }
 }
@@ -98,7 +106,7 @@ impl FromStr for Scenario {
         Scenario::ALL
             .into_iter()
             .find(|p| p.id().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| format!("unknown scenario {s:?}, expected one of P1 … P7"))
+            .ok_or_else(|| format!("unknown scenario {s:?}, expected one of P1 … P8"))
     }
 }
 
@@ -190,6 +198,23 @@ impl Bench<'_> {
                 .output(OutputMode::Stderr)
                 .handshake_timeout(Duration::from_secs(60))
                 .exit_timeout(Duration::from_secs(20))
+                .spawn()?,
+        )
+    }
+
+    /// A gateway on the benchmark's interpreter with arrays of `transport`.
+    pub(crate) fn gateway_with(
+        &self,
+        id: &str,
+        transport: pixgate::segment::Transport,
+    ) -> Result<Gateway, BenchError> {
+        Ok(
+            Gateway::builder(&format!("popen//python={}//id={id}", self.opts.python))
+                .spin(self.opts.spin)
+                .output(OutputMode::Stderr)
+                .handshake_timeout(Duration::from_secs(60))
+                .exit_timeout(Duration::from_secs(20))
+                .transport(transport)
                 .spawn()?,
         )
     }
@@ -293,6 +318,7 @@ pub(crate) fn run(opts: &Options) -> pixgate::Result<ExitCode> {
             Scenario::P5 => frames::stream(&mut b),
             Scenario::P6 => group::group(&mut b),
             Scenario::P7 => control::start_up(&mut b),
+            Scenario::P8 => transports::transports(&mut b),
         };
         if let Err(e) = result {
             b.report.fail(s, e.to_string());

@@ -1,0 +1,193 @@
+//! P8: the anonymous transport against named segments, measured in the same run and
+//! in turn, so that a change of the machine's regime falls on both alike.
+//!
+//! - handoff of a resident 1 MiB array (lend, echoed back): the worker maps it already,
+//!   so only the reference crosses — the ratio anonymous ÷ named must stay ≤ 1.05;
+//! - a lock-step pool frame (1 MiB): ≤ 1.05 as well;
+//! - the first handoff of a one-off 1 MiB array (made before the clock starts; shared,
+//!   answered): the anonymous transport passes a descriptor where the named one passes a
+//!   name — within 20 µs of it;
+//! - making a fresh array and writing every byte of it once (1 GiB, or the largest that
+//!   fits): ≤ 1.1.
+
+use std::time::Instant;
+
+use pixgate::segment::Transport;
+use pixgate::{FrameStream, SharedArray, StreamMode, Value};
+
+use super::report::{Row, Target};
+use super::{Bench, BenchError, GIB, MIB, Scenario, TIMEOUT, label};
+
+const ECHO: &str = "for msg in channel:\n    channel.send(msg)";
+const ANSWER: &str = "for a in channel:\n    channel.send(int(a[0]))\n    del a";
+const FRAMES: &str = "import pixgate\nfor f in pixgate.frames(channel):\n    pass";
+
+const BOTH: [Transport; 2] = [Transport::Anonymous, Transport::Named];
+
+/// Median seconds per transport, in the order of [`BOTH`], after `rounds` rounds of
+/// `step` on each in turn (the first three rounds left out).
+fn in_turn(
+    rounds: usize,
+    mut step: impl FnMut(usize, usize) -> Result<f64, BenchError>,
+) -> Result<[Vec<f64>; 2], BenchError> {
+    let mut out = [Vec::with_capacity(rounds), Vec::with_capacity(rounds)];
+    for round in 0..rounds + 3 {
+        for (k, rec) in out.iter_mut().enumerate() {
+            let dt = step(k, round)?;
+            if round >= 3 {
+                rec.push(dt);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn rows(b: &mut Bench, what: &str, samples: &[Vec<f64>; 2]) -> (Option<f64>, Option<f64>) {
+    let p = Scenario::P8;
+    let anon = b
+        .report
+        .row(Row::new(p, format!("{what}, anonymous"), &samples[0]));
+    let named = b
+        .report
+        .row(Row::new(p, format!("{what}, named"), &samples[1]));
+    (anon, named)
+}
+
+/// P8; see the module docs.
+pub(crate) fn transports(b: &mut Bench) -> Result<(), BenchError> {
+    let p = Scenario::P8;
+    let gws = [
+        b.gateway_with("bench-p8-anonymous", Transport::Anonymous)?,
+        b.gateway_with("bench-p8-named", Transport::Named)?,
+    ];
+    if gws[0].transport() != Transport::Anonymous {
+        b.report
+            .note("P8 skipped: the worker cannot pass descriptors, so no anonymous transport");
+        return Ok(());
+    }
+    let rounds = b.pick(50, 1000);
+
+    // A resident array, lent and echoed back.
+    b.step("P8 resident 1 MiB handoff, both transports in turn");
+    let echo = [gws[0].remote_exec(ECHO)?, gws[1].remote_exec(ECHO)?];
+    let mut arrays = [
+        SharedArray::<u8>::zeros_in(BOTH[0], &[MIB as usize])?,
+        SharedArray::<u8>::zeros_in(BOTH[1], &[MIB as usize])?,
+    ];
+    let resident = in_turn(rounds, |k, _| {
+        let t = Instant::now();
+        echo[k].send(arrays[k].lend()?)?;
+        let back = echo[k].receive_timeout(TIMEOUT)?;
+        let dt = t.elapsed().as_secs_f64();
+        if !matches!(back, Value::Array(_)) || arrays[k].is_lent() {
+            return Err(BenchError::Answer(format!(
+                "expected the array back, got {back}"
+            )));
+        }
+        Ok(dt)
+    })?;
+    drop(arrays);
+    let (a, n) = rows(b, "resident 1 MiB, lend + receive back", &resident);
+    b.report.ratio(
+        p,
+        "resident handoff, anonymous ÷ named",
+        a.zip(n).map(|(a, n)| a / n),
+        "×",
+        Target::AtMost(1.05),
+    );
+
+    // A lock-step stream of pool frames.
+    b.step("P8 pool frames, both transports in turn");
+    let frames = [gws[0].remote_exec(FRAMES)?, gws[1].remote_exec(FRAMES)?];
+    let pools = [
+        b.pool()
+            .transport(BOTH[0])
+            .class(MIB as usize)
+            .slots(2)
+            .build()?,
+        b.pool()
+            .transport(BOTH[1])
+            .class(MIB as usize)
+            .slots(2)
+            .build()?,
+    ];
+    let mut streams = [
+        FrameStream::new(&frames[0], &pools[0], StreamMode::LockStep).timeout(TIMEOUT),
+        FrameStream::new(&frames[1], &pools[1], StreamMode::LockStep).timeout(TIMEOUT),
+    ];
+    let framed = in_turn(rounds, |k, _| {
+        let f = streams[k].frame::<u8>(&[MIB as usize])?;
+        let t = Instant::now();
+        streams[k].send(f)?;
+        Ok(t.elapsed().as_secs_f64())
+    })?;
+    drop(streams);
+    drop(pools);
+    let (a, n) = rows(b, "pool frame 1 MiB, lock-step", &framed);
+    b.report.ratio(
+        p,
+        "pool frame handoff, anonymous ÷ named",
+        a.zip(n).map(|(a, n)| a / n),
+        "×",
+        Target::AtMost(1.05),
+    );
+
+    // A one-off array's first handoff.
+    b.step("P8 one-off 1 MiB first handoff, both transports in turn");
+    let answer = [gws[0].remote_exec(ANSWER)?, gws[1].remote_exec(ANSWER)?];
+    let first = in_turn(b.pick(50, 300), |k, round| {
+        let mut a = SharedArray::<u8>::zeros_in(BOTH[k], &[MIB as usize])?;
+        let tag = (round % 200) as u8;
+        a.view_mut()?[0] = tag;
+        let t = Instant::now();
+        answer[k].send(a.share()?)?;
+        let back = answer[k].receive_timeout(TIMEOUT)?;
+        let dt = t.elapsed().as_secs_f64();
+        if back.as_i64() != Some(i64::from(tag)) {
+            return Err(BenchError::Answer(format!("sent {tag}, got {back}")));
+        }
+        Ok(dt)
+    })?;
+    let (a, n) = rows(b, "one-off 1 MiB, share + answer (first handoff)", &first);
+    b.report.ratio(
+        p,
+        "one-off first handoff, anonymous − named",
+        a.zip(n).map(|(a, n)| (a - n) * 1e6),
+        "µs",
+        Target::AtMost(20.0),
+    );
+
+    // A fresh array, made and written once.
+    let bytes = b.pick(64 * MIB, GIB).min(b.max_bytes);
+    b.step(format!(
+        "P8 fresh {}: create + first touch, both in turn",
+        label(bytes)
+    ));
+    let fresh = in_turn(b.pick(2, 5), |k, _| {
+        let t = Instant::now();
+        let mut a = SharedArray::<u8>::zeros_in(BOTH[k], &[bytes as usize])?;
+        a.view_mut()?.fill(1);
+        let dt = t.elapsed().as_secs_f64();
+        drop(a);
+        Ok(dt)
+    })?;
+    let (a, n) = rows(
+        b,
+        &format!("fresh {}, create + write every byte", label(bytes)),
+        &fresh,
+    );
+    b.report.ratio(
+        p,
+        "create + first touch, anonymous ÷ named",
+        a.zip(n).map(|(a, n)| a / n),
+        "×",
+        Target::AtMost(1.1),
+    );
+    for ch in echo.iter().chain(&frames).chain(&answer) {
+        ch.close()?;
+    }
+    for gw in gws {
+        gw.exit(std::time::Duration::from_secs(20))?;
+    }
+    Ok(())
+}
