@@ -293,10 +293,16 @@ def _check_len(what, n):
         raise DumpError("%s of length %d exceeds the limit of %d" % (what, n, _I32_MAX))
 
 
-def _encode(obj, parts):
+def _encode(obj, parts, canonical=False):
     """Append the encoding of ``obj`` (without STOP) to ``parts``, without recursion:
-    one generator per open container yields its items and writes what goes between."""
+    one generator per open container yields its items and writes what goes between.
+
+    ``canonical`` (segment metadata, which both implementations must write alike):
+    Python 2's ``unicode`` and ``long`` are written as on Python 3, and its ``str`` as
+    text when it is UTF-8.
+    """
     append = parts.append
+    py3 = PY3 or canonical
     stack = []
     try:
         while True:
@@ -306,11 +312,14 @@ def _encode(obj, parts):
             elif tp is bool:
                 append(b"R" if obj else b"C")
             elif tp is int or tp is _long:
-                small, big = (b"G", b"I") if (tp is _long and not PY3) else (b"F", b"H")
+                small, big = (b"G", b"I") if (tp is _long and not py3) else (b"F", b"H")
                 if _I32_MIN <= obj <= _I32_MAX:
                     append(small + _INT4.pack(obj))
                 else:
-                    digits = str(obj).rstrip("L").encode("ascii")
+                    try:
+                        digits = str(obj).rstrip("L").encode("ascii")
+                    except ValueError:  # past CPython's own digit limit
+                        raise DumpError("int of more than %d decimal digits" % MAX_INT_DIGITS)
                     if len(digits) - (digits[:1] == b"-") > MAX_INT_DIGITS:
                         raise DumpError(
                             "int of %d decimal digits, at most %d allowed"
@@ -323,8 +332,14 @@ def _encode(obj, parts):
             elif tp is text_type:
                 raw = _utf8(obj)
                 _check_len("str", len(raw))
-                append(_op_i32(b"N" if PY3 else b"S", len(raw)))
+                append(_op_i32(b"N" if py3 else b"S", len(raw)))
                 append(raw)
+            elif tp is binary_type and canonical and not PY3:
+                try:
+                    obj = obj.decode("utf-8")
+                except UnicodeError:
+                    obj = bytearray(obj)
+                continue
             elif tp is binary_type:
                 _check_len("bytes", len(obj))
                 append(_op_i32(b"A" if PY3 else b"M", len(obj)))
@@ -1738,22 +1753,25 @@ def encode_meta(meta, ndim):
         items.append(("attrs", dict((_text(k), v) for k, v in attrs.items())))
     parts = [DUMPFORMAT_VERSION, b"J"]
     for key, value in items:
-        _encode(_text(key), parts)
-        _encode(value, parts)
+        _encode(_text(key), parts, True)
+        _encode(value, parts, True)
         parts.append(b"P")
     parts.append(b"Q")
     return dict(items), b"".join(parts)
 
 
-def encode_header(dtype, shape, strides, meta_bytes, flags, generation, owner_pid, version):
-    """The header bytes (``header_len`` of them) for the given layout."""
+def encode_header(dtype, shape, strides, meta_bytes, flags, generation, owner_pid, version,
+                  data_len=None):
+    """The header bytes (``header_len`` of them) for the given layout; ``data_len``
+    defaults to the array's extent."""
     itemsize = DTYPES[dtype]
     ndim = len(shape)
     header_len = -(-(FIXED_HEADER_LEN + len(meta_bytes)) // PAGE) * PAGE
     nbytes = itemsize
     for n in shape:
         nbytes *= n
-    data_len = _extent(shape, strides, itemsize)
+    if data_len is None:
+        data_len = _extent(shape, strides, itemsize)
     pid = os.getpid()
     fixed = _FIXED.pack(
         MAGIC, version, header_len, data_len, nbytes, dtype.encode("ascii"), itemsize, ndim,
