@@ -2526,7 +2526,7 @@ def zeros(shape, dtype="<f8", meta=None):
             import jarray
 
             hw.position(0)
-            hw.put(jarray.array(bytearray(raw), "b"))
+            hw.put(jarray.array([b - 256 if b > 127 else b for b in bytearray(raw)], "b"))
             hw.putInt(_OFF_VERSION, SEGMENT_VERSION)  # the version stamp, last
             windows = _map_windows(fd, True, header_len, data_len)
         finally:

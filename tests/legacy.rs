@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 use common::{assert_no_segments, serial};
 use num_bigint::BigInt;
 use num_complex::Complex64;
-use pixgate::{
-    Element, ErrorKind, ExecOptions, Gateway, OutputMode, SharedArray, Stream, Value,
-};
+use pixgate::{Element, ErrorKind, ExecOptions, Gateway, OutputMode, SharedArray, Stream, Value};
 
 /// Every wait on a legacy worker; Jython is slow to start and to warm up.
 const T: Duration = Duration::from_secs(90);
@@ -126,13 +124,21 @@ fn values_cross_both_ways(gw: &Gateway) {
         (Value::Bool(true), "bool", Value::Bool(true)),
         (Value::Bool(false), "bool", Value::Bool(false)),
         (Value::Int(0), "int", Value::Int(0)),
-        (Value::Int(-2_147_483_648), "int", Value::Int(-2_147_483_648)),
+        (
+            Value::Int(-2_147_483_648),
+            "int",
+            Value::Int(-2_147_483_648),
+        ),
         (Value::Int(1 << 40), "int|long", Value::Int(1 << 40)),
         (Value::Int(-(1 << 40)), "int|long", Value::Int(-(1 << 40))),
         (Value::from(big.clone()), "long", Value::from(big.clone())),
         (Value::from(-big.clone()), "long", Value::from(-big.clone())),
         (Value::Float(1.5), "float", Value::Float(1.5)),
-        (Value::Float(f64::INFINITY), "float", Value::Float(f64::INFINITY)),
+        (
+            Value::Float(f64::INFINITY),
+            "float",
+            Value::Float(f64::INFINITY),
+        ),
         (
             Value::Complex(Complex64::new(2.0, -3.0)),
             "complex",
@@ -281,11 +287,13 @@ fn errors_output_cancel_and_channels(gw: &Gateway, fd_level: &str) {
     );
     assert_eq!(recv(&ch), Value::Int(1));
     let mut lines = gw.take_output();
-    let find = |lines: &[pixgate::OutputLine], text: &str| {
-        lines.iter().find(|l| l.text == text).cloned()
-    };
+    let find =
+        |lines: &[pixgate::OutputLine], text: &str| lines.iter().find(|l| l.text == text).cloned();
     let hello = find(&lines, "hello é").unwrap_or_else(|| panic!("{lines:?}"));
-    assert_eq!((hello.channel, hello.stream), (Some(ch.id()), Stream::Stdout));
+    assert_eq!(
+        (hello.channel, hello.stream),
+        (Some(ch.id()), Stream::Stdout)
+    );
     let warn = find(&lines, "warn").unwrap_or_else(|| panic!("{lines:?}"));
     assert_eq!((warn.channel, warn.stream), (Some(ch.id()), Stream::Stderr));
     let part = find(&lines, "part").unwrap_or_else(|| panic!("{lines:?}"));
@@ -305,10 +313,7 @@ fn errors_output_cancel_and_channels(gw: &Gateway, fd_level: &str) {
     assert_eq!(recv(&ch), s("caught"));
     ch.cancel().unwrap();
     let err = ch.receive_timeout(T).unwrap_err();
-    assert!(
-        matches!(err.kind(), ErrorKind::Cancelled { .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err.kind(), ErrorKind::Cancelled { .. }), "{err:?}");
 
     // The host closes with an error; the worker sees a RemoteError.
     let ch = exec(
@@ -376,7 +381,7 @@ fn exit_kill_and_sigterm(python: &str) {
     assert!(
         matches!(
             err.kind(),
-            ErrorKind::GatewayClosed | ErrorKind::WorkerDied { .. }
+            ErrorKind::GatewayClosed { .. } | ErrorKind::WorkerDied { .. }
         ),
         "{err:?}"
     );
@@ -480,7 +485,12 @@ fn python27_refuses_array_references_and_gives_them_back() {
     let Some(py) = python27() else { return };
     let gw = start(&py);
     let mut a = SharedArray::<u16>::zeros(&[3, 4]).unwrap();
-    for (access, v) in [("shared", a.share().unwrap()), ("lent", a.lend().unwrap())] {
+    for access in ["shared", "lent"] {
+        let v = if access == "shared" {
+            a.share().unwrap()
+        } else {
+            a.lend().unwrap()
+        };
         let ch = exec(&gw, "channel.receive()");
         ch.send_value(&v).unwrap();
         drop(v);
@@ -579,7 +589,10 @@ where
     let want: Vec<f64> = values.iter().map(|&v| v.into()).collect();
     assert_eq!(seen, want);
     wait_released(&a);
-    assert_eq!(a.view().unwrap().iter().copied().collect::<Vec<_>>(), values);
+    assert_eq!(
+        a.view().unwrap().iter().copied().collect::<Vec<_>>(),
+        values
+    );
 
     // Lent: Jython doubles in place through the Java buffer, then releases.
     let (info, _) = ask("double", a.lend().unwrap());
@@ -724,17 +737,14 @@ pixgate.release(a)
     assert_eq!(r[4], Value::Int(3));
     wait_released(&a);
     let v = a.view().unwrap();
-    for i in [
-        0,
-        (1 << 29) - 1,
-        1 << 29,
-        (1 << 29) + 1,
-        1 << 30,
-        n - 1,
-    ] {
+    for i in [0, (1 << 29) - 1, 1 << 29, (1 << 29) + 1, 1 << 30, n - 1] {
         assert_eq!(v[[i]] as usize, (i % 60000) + 1, "element {i}");
     }
-    assert_eq!(v[[(1 << 30) + 2]], 4242, "through the third window's buffer");
+    assert_eq!(
+        v[[(1 << 30) + 2]],
+        4242,
+        "through the third window's buffer"
+    );
     drop(v);
     drop(a);
     ch.wait_close(Some(T)).unwrap();
@@ -746,7 +756,10 @@ pixgate.release(a)
 // The legacy helper's unit tests, run by the old interpreters themselves
 
 fn run_unit_tests(python: &str) {
-    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/python-helper/tests/test_legacy.py");
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/python-helper/tests/test_legacy.py"
+    );
     let mut child = Command::new(python)
         .arg(file)
         .stdin(Stdio::null())
