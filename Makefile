@@ -29,13 +29,13 @@ CHAOS_ITERATIONS ?= 100
 SOAK_MESSAGES ?= 1000000
 
 .PHONY: demo test venv build test-rust test-python lint bench clean fuzz fuzz-smoke fuzz-corpus \
-	chaos soak
+	chaos soak jython
 
 demo: $(STAMP)
 	cargo build --release
 	./target/release/pixgate demo
 
-test: $(STAMP)
+test: $(STAMP) jython
 	$(VPY) -m pip install --quiet --no-build-isolation --no-deps ./python-helper
 	cargo build --all-targets
 	timeout $(TEST_TIMEOUT) cargo test --all-targets
@@ -48,6 +48,12 @@ test: $(STAMP)
 	done; if [ -n "$$leaks" ]; then echo "leaked segments:$$leaks"; exit 1; fi; echo "no leaked segments"
 
 venv: $(STAMP)
+
+# Jython for tests/legacy.rs (Debian's package); Python 2.7 is used when present.
+jython:
+	@command -v jython >/dev/null 2>&1 || { \
+	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jython; }
+	@command -v jython >/dev/null 2>&1 && echo "jython: $$(command -v jython)"
 
 $(STAMP): python-helper/pyproject.toml Makefile
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)

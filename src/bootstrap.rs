@@ -54,45 +54,46 @@ pub(crate) const MODULES: &[(&str, &str)] = &[
 pub(crate) const LOADER: &str = r#"import os, sys
 def _pixgate_exec(code, namespace):
     exec(code, namespace)
-def _pixgate_legacy():
+if sys.version_info < (3, 9) or sys.implementation.name != "cpython":
     # CPython 2.7, Jython 2.7, CPython before 3.9, other implementations: the one-file
-    # helper, installed as the module pixgate.
-    import struct
-    if os.environ.pop("PIXGATE_BOOTSTRAP", "") == "1":
-        read = os.read
-        if sys.platform.startswith("java"):
-            # Jython's os.read cannot read a pipe; a stream on /dev/fd/3 opens the same.
-            import jarray
-            from java.io import FileInputStream
-            jin, jbuf = FileInputStream("/dev/fd/3"), jarray.zeros(65536, "b")
-            def read(fd, n):
-                k = jin.read(jbuf, 0, min(n, 65536))
-                return jbuf[:k].tostring() if k > 0 else b""
-        def rd(n):
-            b = b""
-            while len(b) < n:
-                c = read(3, n - len(b))
-                if not c:
-                    os._exit(70)
-                b += c
-            return b
-        if rd(4) != b"PXGB":
-            os._exit(71)
-        src = None
-        for _ in range(struct.unpack("!I", rd(4))[0]):
-            name = rd(struct.unpack("!I", rd(4))[0])
-            data = rd(struct.unpack("!I", rd(4))[0])
-            if name == b"pixgate_legacy":
-                src = data
-        import types
-        mod = types.ModuleType("pixgate")
-        mod.__dict__["__pixgate_source__"] = src.decode("utf-8")
-        sys.modules["pixgate"] = mod
-        _pixgate_exec(compile(src, "<pixgate>/pixgate_legacy.py", "exec", 0, True), mod.__dict__)
+    # helper, installed as the module pixgate. Kept in a string, which costs CPython 3
+    # nothing to compile; serve() never returns.
+    _pixgate_exec(r'''
+import struct, types
+if os.environ.pop("PIXGATE_BOOTSTRAP", "") == "1":
+    if sys.platform.startswith("java"):
+        # Jython's os.read cannot read a pipe; a stream on /dev/fd/3 opens the same.
+        import jarray
+        from java.io import FileInputStream
+        jin, jbuf = FileInputStream("/dev/fd/3"), jarray.zeros(65536, "b")
+        read = lambda n: jbuf[:max(0, jin.read(jbuf, 0, min(n, 65536)))].tostring()
     else:
-        import pixgate_legacy as mod
-        sys.modules["pixgate"] = mod
-    mod.serve(3, 4)
+        read = lambda n: os.read(3, n)
+    def rd(n):
+        b = b""
+        while len(b) < n:
+            c = read(n - len(b))
+            if not c:
+                os._exit(70)
+            b += c
+        return b
+    if rd(4) != b"PXGB":
+        os._exit(71)
+    src = None
+    for _ in range(struct.unpack("!I", rd(4))[0]):
+        name = rd(struct.unpack("!I", rd(4))[0])
+        data = rd(struct.unpack("!I", rd(4))[0])
+        if name == b"pixgate_legacy":
+            src = data
+    mod = types.ModuleType("pixgate")
+    mod.__dict__["__pixgate_source__"] = src.decode("utf-8")
+    sys.modules["pixgate"] = mod
+    _pixgate_exec(compile(src, "<pixgate>/pixgate_legacy.py", "exec", 0, True), mod.__dict__)
+else:
+    import pixgate_legacy as mod
+    sys.modules["pixgate"] = mod
+mod.serve(3, 4)
+''', {"os": os, "sys": sys, "_pixgate_exec": _pixgate_exec})
 def _pixgate_cache():
     # The compiled helper, per user: a directory only this uid can use, never a link.
     if os.environ.pop("PIXGATE_NO_CODE_CACHE", ""):
@@ -183,10 +184,7 @@ def _pixgate_boot():
         sys.meta_path.insert(0, Finder())
     import pixgate._worker
     pixgate._worker.serve(3, 4)
-if sys.version_info < (3, 9) or sys.implementation.name != "cpython":
-    _pixgate_legacy()
-else:
-    _pixgate_boot()
+_pixgate_boot()
 "#;
 
 /// The helper for interpreters other than CPython 3.9 and newer (CPython 2.7, Jython
