@@ -23,6 +23,13 @@ const T: Duration = Duration::from_secs(90);
 /// Where Python 2.7 is looked for when `python2.7` on PATH does not run.
 const PY27_FALLBACK: &str = "/root/.pyenv/versions/2.7.18/bin/python2.7";
 
+/// A line on the test's stderr that the harness does not capture, so that which
+/// interpreters ran (and which did not) shows in every run.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 fn strict() -> bool {
     std::env::var("PIXGATE_TEST_STRICT").is_ok_and(|v| v == "1")
 }
@@ -60,7 +67,7 @@ fn python27() -> Option<String> {
     if Path::new(PY27_FALLBACK).exists() && runs(PY27_FALLBACK) {
         return Some(PY27_FALLBACK.into());
     }
-    println!("python2.7 not present, not run");
+    say("python2.7 not present, not run");
     None
 }
 
@@ -76,7 +83,7 @@ fn jython() -> Option<String> {
         !strict(),
         "jython not present (PIXGATE_TEST_STRICT=1; `make jython` installs it)"
     );
-    println!("jython not present, not run");
+    say("jython not present, not run");
     None
 }
 
@@ -86,12 +93,12 @@ fn start(python: &str) -> Gateway {
         .handshake_timeout(T)
         .spawn()
         .unwrap_or_else(|e| panic!("{python}: {e}"));
-    println!(
+    say(&format!(
         "ran with {python}: {} ({}, pid {})",
         gw.info().interpreter(),
         gw.info().executable,
         gw.pid()
-    );
+    ));
     gw
 }
 
@@ -700,7 +707,7 @@ fn jython_maps_arrays_over_2_gib_as_windows() {
     let n = (1usize << 30) + 4096;
     let t = Instant::now();
     let mut a = SharedArray::<u16>::zeros(&[n]).unwrap();
-    println!("created {} bytes in {:?}", 2 * n, t.elapsed());
+    say(&format!("created {} bytes in {:?}", 2 * n, t.elapsed()));
     let ch = exec(
         &gw,
         r#"
@@ -777,9 +784,18 @@ fn run_unit_tests(python: &str) {
     }
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stderr);
-    println!("ran with {python}:\n{text}");
+    say(&format!(
+        "ran with {python}: {} unit tests",
+        python_tests_line(&text)
+    ));
     assert!(out.status.success(), "{python} {file} failed:\n{text}");
     assert!(text.contains("\nOK"), "{text}");
+}
+
+fn python_tests_line(text: &str) -> &str {
+    text.lines()
+        .find(|l| l.starts_with("Ran "))
+        .unwrap_or("the")
 }
 
 #[test]
