@@ -785,7 +785,7 @@ fn run_unit_tests(python: &str) {
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stderr);
     say(&format!(
-        "ran with {python}: {} unit tests",
+        "ran with {python}: unit tests, {}",
         python_tests_line(&text)
     ));
     assert!(out.status.success(), "{python} {file} failed:\n{text}");
