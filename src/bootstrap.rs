@@ -60,6 +60,7 @@ if sys.version_info < (3, 9) or sys.implementation.name != "cpython":
     # nothing to compile; serve() never returns.
     _pixgate_exec(r'''
 import struct, types
+os.environ.pop("PIXGATE_NO_CODE_CACHE", None)  # no code cache here
 if os.environ.pop("PIXGATE_BOOTSTRAP", "") == "1":
     if sys.platform.startswith("java"):
         # Jython's os.read cannot read a pipe; a stream on /dev/fd/3 opens the same.

@@ -374,7 +374,21 @@ fn errors_output_cancel_and_channels(gw: &Gateway, fd_level: &str) {
 }
 
 fn exit_kill_and_sigterm(python: &str) {
-    let gw = start(python);
+    // With dont_write_bytecode: -B reaches the interpreter, the cache variable is gone.
+    let gw = Gateway::builder(&format!("popen//python={python}//dont_write_bytecode"))
+        .output(OutputMode::Capture)
+        .handshake_timeout(T)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{python}: {e}"));
+    let ch = exec(
+        &gw,
+        "import os, sys\nchannel.send((sys.dont_write_bytecode, \
+         os.environ.get('PIXGATE_NO_CODE_CACHE'), os.environ.get('PIXGATE_BOOTSTRAP')))",
+    );
+    assert_eq!(
+        recv(&ch),
+        tuple(vec![Value::Bool(true), Value::None, Value::None])
+    );
     let pid = gw.pid();
     let exit = gw.exit(T).unwrap();
     assert_eq!(exit.code, Some(0), "{exit:?}");
