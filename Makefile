@@ -49,13 +49,13 @@ CHAOS_ITERATIONS ?= 100
 SOAK_MESSAGES ?= 1000000
 
 .PHONY: demo test venv pypy execnet-peers build test-rust test-python lint bench clean fuzz fuzz-smoke fuzz-corpus \
-	chaos soak
+	chaos soak jython
 
 demo: $(STAMP)
 	cargo build --release
 	./target/release/pixgate demo
 
-test: $(STAMP) $(PYPY_STAMP) $(STAMP19)
+test: $(STAMP) $(PYPY_STAMP) $(STAMP19) jython
 	$(VPY) -m pip install --quiet --no-build-isolation --no-deps ./python-helper
 	cargo build --all-targets
 	timeout $(TEST_TIMEOUT) cargo test --all-targets
@@ -96,6 +96,12 @@ $(STAMP19): Makefile
 	    execnet==1.9.0; \
 	else echo "execnet-peers: no Python 2.7 found: the Python 2 cross-checks will fail"; fi
 	touch $(STAMP19)
+
+# Jython for tests/legacy.rs (Debian's package); Python 2.7 is used when present.
+jython:
+	@command -v jython >/dev/null 2>&1 || { \
+	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jython; }
+	@command -v jython >/dev/null 2>&1 && echo "jython: $$(command -v jython)"
 
 $(STAMP): python-helper/pyproject.toml Makefile
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)

@@ -52,6 +52,49 @@ pub(crate) const MODULES: &[(&str, &str)] = &[
 
 /// The program given to `python -c`. Standard library only; kept small.
 pub(crate) const LOADER: &str = r#"import os, sys
+def _pixgate_exec(code, namespace):
+    exec(code, namespace)
+if sys.version_info < (3, 9) or sys.implementation.name != "cpython":
+    # CPython 2.7, Jython 2.7, CPython before 3.9, other implementations: the one-file
+    # helper, installed as the module pixgate. Kept in a string, which costs CPython 3
+    # nothing to compile; serve() never returns.
+    _pixgate_exec(r'''
+import struct, types
+os.environ.pop("PIXGATE_NO_CODE_CACHE", None)  # no code cache here
+if os.environ.pop("PIXGATE_BOOTSTRAP", "") == "1":
+    if sys.platform.startswith("java"):
+        # Jython's os.read cannot read a pipe; a stream on /dev/fd/3 opens the same.
+        import jarray
+        from java.io import FileInputStream
+        jin, jbuf = FileInputStream("/dev/fd/3"), jarray.zeros(65536, "b")
+        read = lambda n: jbuf[:max(0, jin.read(jbuf, 0, min(n, 65536)))].tostring()
+    else:
+        read = lambda n: os.read(3, n)
+    def rd(n):
+        b = b""
+        while len(b) < n:
+            c = read(n - len(b))
+            if not c:
+                os._exit(70)
+            b += c
+        return b
+    if rd(4) != b"PXGB":
+        os._exit(71)
+    src = None
+    for _ in range(struct.unpack("!I", rd(4))[0]):
+        name = rd(struct.unpack("!I", rd(4))[0])
+        data = rd(struct.unpack("!I", rd(4))[0])
+        if name == b"pixgate_legacy":
+            src = data
+    mod = types.ModuleType("pixgate")
+    mod.__dict__["__pixgate_source__"] = src.decode("utf-8")
+    sys.modules["pixgate"] = mod
+    _pixgate_exec(compile(src, "<pixgate>/pixgate_legacy.py", "exec", 0, True), mod.__dict__)
+else:
+    import pixgate_legacy as mod
+    sys.modules["pixgate"] = mod
+mod.serve(3, 4)
+''', {"os": os, "sys": sys, "_pixgate_exec": _pixgate_exec})
 def _pixgate_cache():
     # The compiled helper, per user: a directory only this uid can use, never a link.
     if os.environ.pop("PIXGATE_NO_CODE_CACHE", ""):
@@ -123,7 +166,9 @@ def _pixgate_boot():
         src = {}
         for _ in range(rdn()):
             name = rd(rdn()).decode()
-            src[name] = rd(rdn()).decode()
+            data = rd(rdn())
+            if name != "pixgate_legacy":
+                src[name] = data.decode()
         from importlib.machinery import ModuleSpec
         cache = _pixgate_cache()
         class Finder:
@@ -136,20 +181,29 @@ def _pixgate_boot():
                 return src.get(name)
             def exec_module(self, mod):
                 fn = "<pixgate>/" + mod.__name__.replace(".", "/") + ".py"
-                exec(_pixgate_code(cache, src[mod.__name__], fn), mod.__dict__)
+                _pixgate_exec(_pixgate_code(cache, src[mod.__name__], fn), mod.__dict__)
         sys.meta_path.insert(0, Finder())
     import pixgate._worker
     pixgate._worker.serve(3, 4)
 _pixgate_boot()
 "#;
 
-/// The bundle sent on descriptor 3 when bootstrapping.
+/// The helper for interpreters other than CPython 3.9 and newer (CPython 2.7, Jython
+/// 2.7, CPython 3.6 to 3.8): one file, sent after the package's modules.
+pub(crate) const LEGACY_MODULE: (&str, &str) = (
+    "pixgate_legacy",
+    include_str!("../python-helper/pixgate_legacy.py"),
+);
+
+/// The bundle sent on descriptor 3 when bootstrapping: the package's modules, then the
+/// legacy helper. Every loader reads all of it and keeps what its interpreter runs.
 pub(crate) fn bundle() -> Vec<u8> {
-    let size: usize = MODULES.iter().map(|(n, s)| 8 + n.len() + s.len()).sum();
+    let records = || MODULES.iter().chain(std::iter::once(&LEGACY_MODULE));
+    let size: usize = records().map(|(n, s)| 8 + n.len() + s.len()).sum();
     let mut out = Vec::with_capacity(8 + size);
     out.extend_from_slice(b"PXGB");
-    out.extend_from_slice(&(MODULES.len() as u32).to_be_bytes());
-    for (name, source) in MODULES {
+    out.extend_from_slice(&((MODULES.len() + 1) as u32).to_be_bytes());
+    for (name, source) in records() {
         out.extend_from_slice(&(name.len() as u32).to_be_bytes());
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(&(source.len() as u32).to_be_bytes());
@@ -189,7 +243,19 @@ mod tests {
         assert_eq!(&b[..4], b"PXGB");
         assert_eq!(
             u32::from_be_bytes(b[4..8].try_into().unwrap()) as usize,
-            MODULES.len()
+            MODULES.len() + 1
         );
+    }
+
+    #[test]
+    fn bundle_ends_with_the_legacy_helper() {
+        let b = bundle();
+        let (name, source) = LEGACY_MODULE;
+        let mut tail = Vec::new();
+        tail.extend_from_slice(&(name.len() as u32).to_be_bytes());
+        tail.extend_from_slice(name.as_bytes());
+        tail.extend_from_slice(&(source.len() as u32).to_be_bytes());
+        tail.extend_from_slice(source.as_bytes());
+        assert!(b.ends_with(&tail));
     }
 }

@@ -43,6 +43,9 @@ pub struct WorkerInfo {
     pub helper_source: HelperSource,
     /// Python version, such as `3.11.7`.
     pub python_version: String,
+    /// The Python implementation, lower case: `cpython`, `jython`, `pypy` (`cpython`
+    /// when the worker does not say).
+    pub implementation: String,
     /// numpy version, when numpy is importable.
     pub numpy_version: Option<String>,
     /// Process id.
@@ -52,6 +55,13 @@ pub struct WorkerInfo {
     /// How arrays reach this worker: anonymous segments by descriptor when both sides
     /// can (the default), else named segments.
     pub transport: Transport,
+}
+
+impl WorkerInfo {
+    /// Implementation and version, as `cpython 3.11.7` or `jython 2.7.3`.
+    pub fn interpreter(&self) -> String {
+        format!("{} {}", self.implementation, self.python_version)
+    }
 }
 
 /// Configures and spawns a [`Gateway`].
@@ -563,6 +573,11 @@ fn handshake(shared: &Shared, timeout: Duration) -> Result<WorkerInfo> {
             _ => HelperSource::Bootstrap,
         },
         python_version: text("python")?,
+        implementation: v
+            .get("implementation")
+            .and_then(Value::as_str)
+            .unwrap_or("cpython")
+            .to_string(),
         numpy_version: v.get("numpy").and_then(Value::as_str).map(str::to_string),
         pid: v
             .get("pid")

@@ -236,9 +236,12 @@ fn doctor(spec: &str) -> pixgate::Result<ExitCode> {
         Ok(gw) => {
             let i = gw.info();
             println!("interpreter      {}", i.executable);
-            println!("python           {}", i.python_version);
+            println!("python           {}", i.interpreter());
             match &i.numpy_version {
                 Some(v) => println!("numpy            {v}"),
+                None if i.implementation == "jython" => {
+                    println!("numpy            absent (arrays travel as Java NIO buffers)")
+                }
                 None => {
                     println!("numpy            absent (needed for arrays: pip install numpy)");
                     ok = false;

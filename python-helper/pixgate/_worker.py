@@ -1100,6 +1100,7 @@ def serve(rfd: int = 3, wfd: int = 4) -> None:
         "numpy": _numpy_version(),
         "pid": os.getpid(),
         "executable": sys.executable,
+        "implementation": sys.implementation.name,
     }
     conn.send(HANDSHAKE, 0, _wire.dumps_payload(info))
     _wire.set_array_hooks(_first_export, _first_import)
