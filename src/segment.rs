@@ -899,7 +899,11 @@ impl Arena {
     pub(crate) fn slot(&self, k: usize) -> Result<Segment> {
         let make = || -> std::result::Result<Segment, SegmentProblem> {
             assert!(k < self.slots, "slot {k} of an arena of {}", self.slots);
-            let plan = Plan::new(&self.layout, &Meta::default())?;
+            // Slot headers carry the pool-slot flag from the start (§3.3): readers that
+            // walk an arena (`pixgate ls`) go on from slot to slot while it is there.
+            let mut plan = Plan::new(&self.layout, &Meta::default())?;
+            plan.fields.pool_slot = true;
+            plan.header = header::encode_header(&plan.fields)?;
             let base = k * self.slot_size;
             if !self.reserved {
                 self.obj.reserve(base as u64, self.slot_size as u64)?;
