@@ -6,10 +6,11 @@ use std::process::ExitCode;
 use pixgate::Value;
 use pixgate::segment::{self, SegmentInfo, SweepReport};
 
-/// `pixgate ls`: one line, or one JSON object, per pixgate segment in /dev/shm.
+/// `pixgate ls`: one line, or one JSON object, per pixgate segment of this user: the
+/// named ones in /dev/shm and the anonymous ones its processes hold or map, by key.
 pub(crate) fn ls(json: bool) -> pixgate::Result<ExitCode> {
     let mut segments = segment::list();
-    segments.sort_by(|a, b| a.name.cmp(&b.name));
+    segments.sort_by(|a, b| a.key.cmp(&b.key));
     if json {
         println!("{}", segments_json(&segments));
     } else if segments.is_empty() {
@@ -20,18 +21,31 @@ pub(crate) fn ls(json: bool) -> pixgate::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-const LS_COLUMNS: [&str; 8] = [
-    "NAME", "CREATOR", "OWNER", "DTYPE", "SHAPE", "SIZE", "STATE", "PROBLEM",
+const LS_COLUMNS: [&str; 11] = [
+    "NAME",
+    "TRANSPORT",
+    "CREATOR",
+    "OWNER",
+    "HOLDERS",
+    "MAPPED-BY",
+    "DTYPE",
+    "SHAPE",
+    "SIZE",
+    "STATE",
+    "PROBLEM",
 ];
 
-/// The `ls` table: a header line, then one aligned line per segment.
+/// The `ls` table: a header line, then one aligned line per segment, named by its key.
 fn segments_table(segments: &[SegmentInfo]) -> String {
-    let rows: Vec<[String; 8]> = std::iter::once(LS_COLUMNS.map(str::to_string))
+    let rows: Vec<[String; 11]> = std::iter::once(LS_COLUMNS.map(str::to_string))
         .chain(segments.iter().map(|s| {
             [
-                s.name.clone(),
+                s.key.clone(),
+                s.transport.to_string(),
                 creator_cell(s),
                 or_dash(s.owner_pid),
+                list_cell(&s.holders),
+                list_cell(&s.mapped_by),
                 or_dash(s.dtype),
                 s.shape
                     .as_deref()
@@ -43,6 +57,25 @@ fn segments_table(segments: &[SegmentInfo]) -> String {
         }))
         .collect();
     aligned(&rows)
+}
+
+/// Items for a table cell without spaces: `1234:5,1240:7`; the first four and `+N`
+/// for the others when there are more; `-` for none.
+fn list_cell<T: std::fmt::Display>(items: &[T]) -> String {
+    const SHOWN: usize = 4;
+    if items.is_empty() {
+        return "-".to_string();
+    }
+    let mut cell = items
+        .iter()
+        .take(SHOWN)
+        .map(T::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    if items.len() > SHOWN {
+        cell.push_str(&format!(",+{}", items.len() - SHOWN));
+    }
+    cell
 }
 
 /// Rows of cells as text: each column padded to its widest cell, two spaces apart.
@@ -138,8 +171,19 @@ fn segment_json(s: &SegmentInfo) -> String {
         let items: Vec<String> = v.iter().map(|s| json_string(s)).collect();
         format!("[{}]", items.join(", "))
     };
+    let holders: Vec<String> = s
+        .holders
+        .iter()
+        .map(|h| format!("{{\"pid\": {}, \"fd\": {}}}", h.pid, h.fd))
+        .collect();
+    let mapped_by: Vec<String> = s.mapped_by.iter().map(u32::to_string).collect();
     let fields = [
         ("name", json_string(&s.name)),
+        ("key", json_string(&s.key)),
+        ("transport", json_string(s.transport.as_str())),
+        ("offset", s.offset.to_string()),
+        ("holders", format!("[{}]", holders.join(", "))),
+        ("mapped_by", format!("[{}]", mapped_by.join(", "))),
         ("creator_pid", number(s.creator_pid.map(u64::from))),
         (
             "creator_alive",
@@ -296,14 +340,14 @@ pub(crate) fn inspect(name: &str) -> pixgate::Result<ExitCode> {
     match &info.problem {
         None => Ok(ExitCode::SUCCESS),
         Some(problem) => {
-            eprintln!("pixgate: segment {}: {problem}", info.name);
+            eprintln!("pixgate: segment {}: {problem}", info.key);
             Ok(ExitCode::FAILURE)
         }
     }
 }
 
-/// The segment name for a command-line argument: `pxg-…`, `/pxg-…` and
-/// `/dev/shm/pxg-…` all name `/pxg-…`. Anything else is passed on for the segment
+/// The segment name, key or prefix for a command-line argument: `pxg-…`, `/pxg-…` and
+/// `/dev/shm/pxg-…` all stand for `/pxg-…`. Anything else is passed on for the segment
 /// layer to refuse.
 fn segment_name(arg: &str) -> String {
     let bare = arg.strip_prefix("/dev/shm/").unwrap_or(arg);
@@ -326,11 +370,37 @@ fn or_unknown<T: std::fmt::Display>(value: Option<T>) -> String {
 /// The `inspect` report: identity and validity, every header field, the metadata.
 fn inspect_report(info: &SegmentInfo) -> String {
     let mut out = String::new();
-    field(&mut out, "segment", &info.name);
+    field(&mut out, "segment", &info.key);
+    field(&mut out, "transport", info.transport);
+    match info.offset {
+        0 => field(&mut out, "offset", 0),
+        offset => field(
+            &mut out,
+            "offset",
+            format!("{offset:#x} ({offset}) in {}", info.name),
+        ),
+    }
     field(
         &mut out,
-        "object size",
+        "size",
         format!("{} ({} bytes)", human_size(info.size), info.size),
+    );
+    let or_none = |items: Vec<String>| {
+        if items.is_empty() {
+            "none".to_string()
+        } else {
+            items.join(", ")
+        }
+    };
+    field(
+        &mut out,
+        "held by",
+        or_none(info.holders.iter().map(|h| h.to_string()).collect()),
+    );
+    field(
+        &mut out,
+        "mapped by",
+        or_none(info.mapped_by.iter().map(|p| p.to_string()).collect()),
     );
     match &info.problem {
         None => field(&mut out, "valid", "yes"),
@@ -450,11 +520,15 @@ fn flags_text(flags: u32) -> String {
     if flags & pixgate::FLAG_F_CONTIGUOUS != 0 {
         parts.push("F-contiguous");
     }
-    if flags & !(pixgate::FLAG_C_CONTIGUOUS | pixgate::FLAG_F_CONTIGUOUS) != 0 {
-        parts.push("unknown bits set");
-    }
-    if parts.is_empty() {
+    let contiguity = pixgate::FLAG_C_CONTIGUOUS | pixgate::FLAG_F_CONTIGUOUS;
+    if flags & contiguity == 0 {
         parts.push("not contiguous");
+    }
+    if flags & pixgate::FLAG_POOL_SLOT != 0 {
+        parts.push("pool slot");
+    }
+    if flags & !(contiguity | pixgate::FLAG_POOL_SLOT) != 0 {
+        parts.push("unknown bits set");
     }
     format!("{flags:#x} ({})", parts.join(", "))
 }
@@ -560,7 +634,9 @@ mod tests {
         assert_eq!(shape_text(&[]), "()");
         assert_eq!(flags_text(3), "0x3 (C-contiguous, F-contiguous)");
         assert_eq!(flags_text(0), "0x0 (not contiguous)");
-        assert_eq!(flags_text(5), "0x5 (C-contiguous, unknown bits set)");
+        assert_eq!(flags_text(5), "0x5 (C-contiguous, pool slot)");
+        assert_eq!(flags_text(4), "0x4 (not contiguous, pool slot)");
+        assert_eq!(flags_text(9), "0x9 (C-contiguous, unknown bits set)");
         assert_eq!(dtype_text(b"<u2\0\0\0\0\0\0\0\0\0\0\0\0\0"), "<u2");
         assert_eq!(
             dtype_text(b">u2\xff"),
