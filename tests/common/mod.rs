@@ -107,10 +107,16 @@ pub fn assert_no_segments_anywhere() {
 
 /// Runs the `pixgate` binary with a deadline (60 s; killed if it overruns).
 pub fn run_pixgate(args: &[&str]) -> std::process::Output {
+    run_pixgate_env(args, &[])
+}
+
+/// As [`run_pixgate`], with these environment variables set.
+pub fn run_pixgate_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     use std::process::{Command, Stdio};
     let mut child = Command::new(env!("CARGO_BIN_EXE_pixgate"))
         .args(args)
         .env("PIXGATE_PYTHON", python())
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
