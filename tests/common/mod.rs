@@ -65,7 +65,9 @@ pub fn wait_gone(pid: u32, limit: Duration) -> Option<Duration> {
     None
 }
 
-/// Fails if /dev/shm holds a pixgate segment created by this process.
+/// Fails if /dev/shm holds a pixgate segment created by this process, or if this
+/// process still holds a descriptor or a mapping of an anonymous pixgate object
+/// (`/memfd:pxg-…` in /proc/self/fd or /proc/self/maps), whoever made it.
 pub fn assert_no_segments() {
     let prefix = format!("pxg-{:x}-", std::process::id());
     let leaked: Vec<String> = std::fs::read_dir("/dev/shm")
@@ -76,6 +78,51 @@ pub fn assert_no_segments() {
         })
         .unwrap_or_default();
     assert!(leaked.is_empty(), "leaked segments: {leaked:?}");
+    let held = own_memfds();
+    assert!(held.is_empty(), "anonymous segments still held: {held:?}");
+}
+
+/// The anonymous pixgate objects this process holds or maps: `fd N: /memfd:pxg-…` for
+/// each descriptor, `map: /memfd:pxg-…` for each mapping (none where there is no /proc).
+pub fn own_memfds() -> Vec<String> {
+    let mut held: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| {
+                let e = e.ok()?;
+                let link = std::fs::read_link(e.path()).ok()?;
+                let link = link.to_string_lossy();
+                link.starts_with("/memfd:pxg-")
+                    .then(|| format!("fd {}: {link}", e.file_name().to_string_lossy()))
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    held.extend(
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.find("/memfd:pxg-").map(|at| format!("map: {}", &l[at..]))),
+    );
+    held
+}
+
+/// The descriptors of this process that lead to the anonymous object `name` (`/pxg-…`).
+pub fn memfd_fds(name: &str) -> Vec<i32> {
+    let want = format!("/memfd:{} (deleted)", name.trim_start_matches('/'));
+    let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| {
+                let e = e.ok()?;
+                let link = std::fs::read_link(e.path()).ok()?;
+                (link.to_string_lossy() == want)
+                    .then(|| e.file_name().to_str()?.parse().ok())
+                    .flatten()
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    fds.sort_unstable();
+    fds
 }
 
 /// Serialises tests that create segments: each one checks at its end that this
