@@ -1056,7 +1056,11 @@ fn reserve(_file: &File, _size: u64) -> std::result::Result<(), SegmentProblem> 
 
 /// Step 1 of the validation order: owner, mode, size. Returns the size.
 fn check_file(file: &File) -> std::result::Result<u64, SegmentProblem> {
-    let meta = file.metadata().map_err(|e| io("fstat", e))?;
+    check_metadata(&file.metadata().map_err(|e| io("fstat", e))?)
+}
+
+/// As [`check_file`], on what `fstat` returned for the object.
+fn check_metadata(meta: &std::fs::Metadata) -> std::result::Result<u64, SegmentProblem> {
     let expected = nix::unistd::geteuid().as_raw();
     if meta.uid() != expected {
         return Err(SegmentProblem::Owner {

@@ -10,6 +10,7 @@
 //! reserved only when the slot is made); holes are found with `SEEK_DATA` and skipped
 //! without touching them, because a read fault on a hole would give the object a page.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
 
@@ -18,7 +19,7 @@ use memmap2::MmapRaw;
 use super::info::SegmentInfo;
 use super::procfs::{ObjectId, Seen};
 use super::{
-    SegmentProblem, Transport, atomic_u32, atomic_u64, check_file, copy_header, io, load_u32,
+    SegmentProblem, Transport, atomic_u32, atomic_u64, check_metadata, copy_header, io, load_u32,
     load_u64, map_file, raw_creator, read_mapped,
 };
 use crate::header::{
@@ -27,12 +28,29 @@ use crate::header::{
 };
 use crate::segment::creator_alive;
 
+/// Creators' liveness, looked up once per creator (pid and start time) in one listing:
+/// a process with a thousand arrays costs one read of its `/proc/PID/stat`, not a
+/// thousand.
+#[derive(Debug, Default)]
+pub(super) struct Liveness(HashMap<(u32, u64), bool>);
+
+impl Liveness {
+    fn of(&mut self, pid: u32, start: u64) -> bool {
+        *self
+            .0
+            .entry((pid, start))
+            .or_insert_with(|| creator_alive(pid, start))
+    }
+}
+
 /// An object opened read-only, and what it is.
 pub(super) struct Opened<'a> {
     /// `/pxg-…`.
     pub(super) name: &'a str,
     pub(super) transport: Transport,
     pub(super) file: File,
+    /// `fstat` of `file`, taken once.
+    pub(super) meta: std::fs::Metadata,
 }
 
 /// The segments of an anonymous object found in `/proc`: opened through one of its
@@ -40,15 +58,17 @@ pub(super) struct Opened<'a> {
 /// [`object`] reads it. Empty when the object is gone (every process that held it ended
 /// or let it go since the scan); one entry with a problem when it exists but cannot be
 /// opened.
-pub(super) fn anonymous(id: &ObjectId, seen: &Seen) -> Vec<SegmentInfo> {
+pub(super) fn anonymous(id: &ObjectId, seen: &Seen, alive: &mut Liveness) -> Vec<SegmentInfo> {
     let mut infos = match open(id, seen) {
-        Open::File(file) => object(
+        Open::File(file, meta) => object(
             Opened {
                 name: &seen.name,
                 transport: Transport::Anonymous,
                 file,
+                meta,
             },
             true,
+            alive,
         ),
         Open::Gone => return Vec::new(),
         Open::Refused(problem) => {
@@ -73,7 +93,7 @@ pub(super) fn anonymous(id: &ObjectId, seen: &Seen) -> Vec<SegmentInfo> {
 }
 
 enum Open {
-    File(File),
+    File(File, std::fs::Metadata),
     Gone,
     Refused(SegmentProblem),
 }
@@ -90,11 +110,10 @@ fn open(id: &ObjectId, seen: &Seen) -> Open {
             .custom_flags(libc::O_NONBLOCK)
             .open(path)
         {
-            Ok(file) => {
-                if file.metadata().is_ok_and(|m| ObjectId::of(&m) == *id) {
-                    return Open::File(file);
-                }
-            }
+            Ok(file) => match file.metadata() {
+                Ok(meta) if ObjectId::of(&meta) == *id => return Open::File(file, meta),
+                _ => {}
+            },
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => {}
             Err(e) => refused = Some(io("open", e)),
         }
@@ -105,8 +124,8 @@ fn open(id: &ObjectId, seen: &Seen) -> Open {
 /// The segments of an opened object, read-only: the one at offset 0, and with `arena`
 /// the slots that follow it when it is a pool slot. A check that fails gives one entry
 /// with the problem.
-pub(super) fn object(o: Opened<'_>, arena: bool) -> Vec<SegmentInfo> {
-    let size = o.file.metadata().map_or(0, |m| m.len());
+pub(super) fn object(o: Opened<'_>, arena: bool, alive: &mut Liveness) -> Vec<SegmentInfo> {
+    let size = o.meta.len();
     let fail = |p: SegmentProblem| {
         vec![SegmentInfo::unknown(
             o.name,
@@ -115,7 +134,7 @@ pub(super) fn object(o: Opened<'_>, arena: bool) -> Vec<SegmentInfo> {
             Some(p.to_string()),
         )]
     };
-    if let Err(p) = check_file(&o.file) {
+    if let Err(p) = check_metadata(&o.meta) {
         return fail(p);
     }
     if o.transport == Transport::Anonymous {
@@ -160,7 +179,7 @@ pub(super) fn object(o: Opened<'_>, arena: bool) -> Vec<SegmentInfo> {
                 break;
             }
         }
-        let (mut info, step) = at(&map, &o, offset, size);
+        let (mut info, step) = at(&map, &o, offset, size, alive);
         if arena && step.pool_slot {
             info.size = step.len.or(stride).unwrap_or(size - offset);
         }
@@ -202,7 +221,13 @@ impl Step {
 
 /// Describes the segment whose header is at `offset` of the object `o` (mapped whole in
 /// `map`, `size` bytes).
-fn at(map: &MmapRaw, o: &Opened<'_>, offset: u64, size: u64) -> (SegmentInfo, Step) {
+fn at(
+    map: &MmapRaw,
+    o: &Opened<'_>,
+    offset: u64,
+    size: u64,
+    alive: &mut Liveness,
+) -> (SegmentInfo, Step) {
     // Fits: offset + a page ≤ size, the mapping's length.
     let base = offset as usize;
     let left = size - offset;
@@ -221,7 +246,7 @@ fn at(map: &MmapRaw, o: &Opened<'_>, offset: u64, size: u64) -> (SegmentInfo, St
             info.dtype = Some(fields.layout.dtype);
             info.shape = Some(fields.layout.shape.clone());
             info.creator_pid = Some(fields.creator_pid);
-            info.creator_alive = Some(creator_alive(fields.creator_pid, fields.creator_start));
+            info.creator_alive = Some(alive.of(fields.creator_pid, fields.creator_start));
             info.owner_pid = Some(load_u32(atomic_u32(map, base + OFF_OWNER_PID)));
             info.state = Some(load_u32(atomic_u32(map, base + OFF_STATE)));
             info.generation = Some(load_u64(atomic_u64(map, base + OFF_GENERATION)));
@@ -232,7 +257,7 @@ fn at(map: &MmapRaw, o: &Opened<'_>, offset: u64, size: u64) -> (SegmentInfo, St
             let mut info = SegmentInfo::unknown(o.name, o.transport, size, Some(p.to_string()));
             if let Some((pid, start)) = raw_creator(map, base) {
                 info.creator_pid = Some(pid);
-                info.creator_alive = Some(creator_alive(pid, start));
+                info.creator_alive = Some(alive.of(pid, start));
             }
             // A slot whose header is being rewritten keeps its magic and its lengths.
             let step = match &raw {
@@ -395,10 +420,11 @@ mod tests {
         seen.map_paths
             .push("/proc/4294967295/map_files/1000-2000".into());
         let id = ObjectId::of(&std::fs::metadata("/").unwrap());
-        assert_eq!(anonymous(&id, &seen), Vec::new());
+        let alive = &mut Liveness::default();
+        assert_eq!(anonymous(&id, &seen, alive), Vec::new());
         // A path that now leads to another file is passed over too.
         seen.fd_paths = vec!["/proc/self/fd/0".into()];
         seen.map_paths.clear();
-        assert_eq!(anonymous(&id, &seen), Vec::new());
+        assert_eq!(anonymous(&id, &seen, alive), Vec::new());
     }
 }

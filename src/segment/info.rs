@@ -7,7 +7,7 @@
 
 use nix::errno::Errno;
 
-use super::describe::{self, Opened};
+use super::describe::{self, Liveness, Opened};
 use super::procfs::{ObjectId, Scan};
 use super::{Backing, SegmentProblem, Transport, check_name};
 use crate::error::Result;
@@ -137,9 +137,10 @@ pub fn inspect(name: &str) -> Result<SegmentInfo> {
     // Named segments are one per object: their key is their name.
     let mut candidates: Vec<(String, Option<SegmentInfo>)> =
         named_names(name).into_iter().map(|n| (n, None)).collect();
+    let alive = &mut Liveness::default();
     for (id, seen) in scan.anonymous() {
         candidates.extend(
-            describe::anonymous(id, seen)
+            describe::anonymous(id, seen, alive)
                 .into_iter()
                 .filter(|info| info.key.starts_with(name))
                 .map(|info| (info.key.clone(), Some(info))),
@@ -153,7 +154,7 @@ pub fn inspect(name: &str) -> Result<SegmentInfo> {
         0 => Err(SegmentProblem::NotFound.at(name)),
         1 => match candidates.pop() {
             Some((_, Some(info))) => Ok(info),
-            Some((key, None)) => describe_named(&key, &scan),
+            Some((key, None)) => describe_named(&key, &scan, alive),
             None => Err(SegmentProblem::NotFound.at(name)),
         },
         _ => {
@@ -174,9 +175,10 @@ pub fn inspect(name: &str) -> Result<SegmentInfo> {
 /// platforms the list is empty.
 pub fn list() -> Vec<SegmentInfo> {
     let scan = Scan::run(&|_| true);
+    let alive = &mut Liveness::default();
     let mut out: Vec<SegmentInfo> = named_names("/")
         .into_iter()
-        .filter_map(|name| match describe_named(&name, &scan) {
+        .filter_map(|name| match describe_named(&name, &scan, alive) {
             Ok(info) => Some(info),
             Err(e) => match e.kind() {
                 crate::ErrorKind::Segment {
@@ -193,7 +195,7 @@ pub fn list() -> Vec<SegmentInfo> {
         })
         .collect();
     for (id, seen) in scan.anonymous() {
-        out.extend(describe::anonymous(id, seen));
+        out.extend(describe::anonymous(id, seen, alive));
     }
     out.sort_by(|a, b| a.key.cmp(&b.key).then(a.offset.cmp(&b.offset)));
     out
@@ -226,22 +228,36 @@ fn named_names(prefix: &str) -> Vec<String> {
 }
 
 /// Describes the named segment `name`, with the holders and mappers `scan` found.
-fn describe_named(name: &str, scan: &Scan) -> Result<SegmentInfo> {
+fn describe_named(name: &str, scan: &Scan, alive: &mut Liveness) -> Result<SegmentInfo> {
     check_name(name).map_err(|p| p.at(name))?;
     let file = Backing::Shm.open(name, false).map_err(|p| p.at(name))?;
-    let meta = file.metadata().ok();
+    let meta = match file.metadata() {
+        Ok(meta) => meta,
+        Err(e) => {
+            let problem = super::io("fstat", e).to_string();
+            return Ok(SegmentInfo::unknown(
+                name,
+                Transport::Named,
+                0,
+                Some(problem),
+            ));
+        }
+    };
+    let id = ObjectId::of(&meta);
     let mut info = describe::object(
         Opened {
             name,
             transport: Transport::Named,
             file,
+            meta,
         },
         false,
+        alive,
     )
     .into_iter()
     .next()
     .unwrap_or_else(|| SegmentInfo::unknown(name, Transport::Named, 0, None));
-    if let Some(seen) = meta.and_then(|m| scan.get(&ObjectId::of(&m))) {
+    if let Some(seen) = scan.get(&id) {
         info.holders.clone_from(&seen.holders);
         info.mapped_by.clone_from(&seen.mapped_by);
     }
