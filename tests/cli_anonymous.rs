@@ -325,11 +325,15 @@ fn holder_binary() -> PathBuf {
     bin
 }
 
-/// A process holding `arrays` anonymous arrays and a pool of `slots` slots, once it
-/// said it is ready (within [`T`]).
+/// A process holding `arrays` anonymous arrays and a pool of `slots` slots (none for
+/// 0), once it said it is ready (within [`T`]).
 fn holder(arrays: usize, slots: usize) -> (Child, u32) {
+    let mut args = vec![arrays.to_string()];
+    if slots > 0 {
+        args.push(slots.to_string());
+    }
     let mut child = Command::new(holder_binary())
-        .args([arrays.to_string(), slots.to_string()])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -449,4 +453,41 @@ fn ls_is_not_broken_by_processes_that_end_while_it_lists() {
         caught > 0,
         "no listing of {listings} saw a holder's segments"
     );
+}
+
+#[test]
+fn ls_whose_reader_stops_reading_ends_quietly() {
+    // Far more than a pipe holds, so that ls writes into a pipe nobody reads.
+    let (holder, _) = holder(1000, 0);
+    for args in [["ls", "--json"], ["ls", ""]] {
+        let args: Vec<&str> = args.into_iter().filter(|a| !a.is_empty()).collect();
+        let mut ls = Command::new(env!("CARGO_BIN_EXE_pixgate"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start pixgate ls");
+        let mut first = String::new();
+        BufReader::new(ls.stdout.take().expect("stdout"))
+            .read_line(&mut first)
+            .expect("first line");
+        // The reader is gone now (`pixgate ls | head -1`).
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = ls.try_wait().expect("wait") {
+                break status;
+            }
+            if start.elapsed() > T {
+                let _ = ls.kill();
+                panic!("pixgate {args:?} did not end within {T:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut ls.stderr.take().expect("stderr"), &mut stderr)
+            .expect("stderr");
+        assert!(status.success(), "{args:?}: {status}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+    kill(holder);
 }

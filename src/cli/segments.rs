@@ -12,13 +12,32 @@ pub(crate) fn ls(json: bool) -> pixgate::Result<ExitCode> {
     let mut segments = segment::list();
     segments.sort_by(|a, b| a.key.cmp(&b.key));
     if json {
-        println!("{}", segments_json(&segments));
+        emit(&format!("{}\n", segments_json(&segments)))?;
     } else if segments.is_empty() {
-        println!("no pixgate segments");
+        emit("no pixgate segments\n")?;
     } else {
-        print!("{}", segments_table(&segments));
+        emit(&segments_table(&segments))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `text` to stdout. A reader that stopped reading (`pixgate ls | head -1`) ends
+/// the output, quietly: what it did not read is not an error, and not a panic as
+/// `println!` would make it.
+fn emit(text: &str) -> pixgate::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(pixgate::Error::new(pixgate::ErrorKind::Io {
+                context: "writing to stdout".to_string(),
+                kind: e.kind(),
+                message: e.to_string(),
+                source: std::sync::Arc::new(e),
+            }))
+        }
+        _ => Ok(()),
+    }
 }
 
 const LS_COLUMNS: [&str; 11] = [
@@ -251,9 +270,9 @@ pub(crate) fn json_string(s: &str) -> String {
 pub(crate) fn gc(dry_run: bool, json: bool) -> pixgate::Result<ExitCode> {
     let report = segment::sweep(dry_run)?;
     if json {
-        println!("{}", sweep_json(&report, dry_run));
+        emit(&format!("{}\n", sweep_json(&report, dry_run)))?;
     } else {
-        print!("{}", sweep_table(&report, dry_run));
+        emit(&sweep_table(&report, dry_run))?;
     }
     for e in &report.failed {
         eprintln!("pixgate: {e}");
@@ -336,7 +355,7 @@ pub(crate) fn inspect(name: &str) -> pixgate::Result<ExitCode> {
     let name = segment_name(name);
     // Validates the name before any system call, and reports a missing segment.
     let info = segment::inspect(&name)?;
-    print!("{}", inspect_report(&info));
+    emit(&inspect_report(&info))?;
     match &info.problem {
         None => Ok(ExitCode::SUCCESS),
         Some(problem) => {
