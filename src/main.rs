@@ -77,7 +77,8 @@ enum Command {
         #[arg(long)]
         backing_dir: Option<std::path::PathBuf>,
     },
-    /// Report the interpreter, numpy, /dev/shm and huge pages.
+    /// Report the interpreter, numpy, the transport a gateway to it gets and why,
+    /// whether sealed memfds work, the descriptor limit, /dev/shm and huge pages.
     Doctor {
         /// Gateway spec (execnet syntax).
         #[arg(long, default_value = "popen//id=doctor")]
@@ -94,15 +95,23 @@ enum Command {
         /// The Python source.
         source: String,
     },
-    /// List the pixgate segments in /dev/shm.
+    /// List this user's pixgate segments, named and anonymous.
+    ///
+    /// Named segments are the ones in /dev/shm; anonymous ones are found through /proc,
+    /// in the descriptors and mappings of this user's processes, each slot of a pool
+    /// arena under its key NAME@OFFSET. Each line shows the transport, creator, owner,
+    /// holders (pid:fd), the pids that map it, dtype, shape, size and state (owned,
+    /// shared, lent, moved). Nothing is written or removed.
     Ls {
         /// Print a JSON array instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// Print the whole header and the metadata of one segment.
+    /// Print the whole header and the metadata of one segment, named or anonymous.
     Inspect {
-        /// The segment's name, with or without the leading slash.
+        /// The segment's name, its key (NAME@OFFSET for a slot of an arena), or a
+        /// prefix of either that only one segment has; with or without the leading
+        /// slash.
         name: String,
     },
     /// Remove the pixgate segments in /dev/shm whose creator is dead.
