@@ -414,6 +414,29 @@ mod tests {
     }
 
     #[test]
+    fn an_object_only_mapped_is_read_through_map_files_where_that_is_allowed() {
+        let seg =
+            Segment::create_anonymous(&Layout::c_order(DType::U8, &[3]).unwrap(), &Meta::default())
+                .unwrap();
+        let name = seg.name().to_string();
+        let scan = super::super::procfs::Scan::run(&|n| n == name);
+        let (id, found) = scan.anonymous().next().expect("found");
+        // As if nobody held a descriptor: only the mapping leads to it.
+        let mut seen = Seen::new(Transport::Anonymous, name.clone());
+        seen.map_paths.clone_from(&found.map_paths);
+        assert_eq!(seen.map_paths.len(), 1, "{found:?}");
+        let infos = anonymous(id, &seen, &mut Liveness::default());
+        assert_eq!(infos.len(), 1, "{infos:?}");
+        if nix::unistd::geteuid().is_root() {
+            assert_eq!(infos[0].problem, None);
+            assert_eq!(infos[0].shape, Some(vec![3]));
+        } else {
+            let problem = infos[0].problem.as_deref().unwrap_or_default();
+            assert!(problem.starts_with("mapped only"), "{problem}");
+        }
+    }
+
+    #[test]
     fn an_object_whose_holders_went_away_is_left_out() {
         let mut seen = Seen::new(Transport::Anonymous, new_name());
         seen.fd_paths.push("/proc/4294967295/fd/3".into());
