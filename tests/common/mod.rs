@@ -168,15 +168,37 @@ pub fn run_pixgate_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Out
         .stderr(Stdio::piped())
         .spawn()
         .expect("start pixgate");
+    // Read both pipes while it runs: output larger than a pipe holds would otherwise
+    // block it in a write until the deadline.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
     let t = Instant::now();
-    while child.try_wait().expect("wait").is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
         if t.elapsed() > Duration::from_secs(60) {
             child.kill().ok();
+            let _ = child.wait();
             panic!("pixgate {args:?} ran past 60 s");
         }
         std::thread::sleep(Duration::from_millis(10));
+    };
+    // The pipes end with the process (it starts no children that keep them).
+    std::process::Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
     }
-    child.wait_with_output().expect("output")
 }
 
 /// Stdout of a `pixgate` run that must succeed.
