@@ -57,7 +57,9 @@ pub use gateway::{
     PROTOCOL_VERSION, WorkerInfo,
 };
 pub use group::{Group, STOP_GRACE};
-pub use header::{DType, FLAG_C_CONTIGUOUS, FLAG_F_CONTIGUOUS, Layout, MAX_NDIM, Meta, RawHeader};
+pub use header::{
+    DType, FLAG_C_CONTIGUOUS, FLAG_F_CONTIGUOUS, FLAG_POOL_SLOT, Layout, MAX_NDIM, Meta, RawHeader,
+};
 pub use output::{
     CAPTURED_LINE_OVERHEAD, MAX_CAPTURED_OUTPUT, MAX_OUTPUT_LINE, OutputCallback, OutputLine,
     OutputMode, Stream,

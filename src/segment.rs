@@ -7,8 +7,11 @@
 //! belong to the layers above.
 //!
 //! The public part is the inspection API behind `pixgate ls` and `pixgate inspect`:
-//! [`list`], [`inspect`], [`SegmentInfo`], the liveness helpers [`process_start_time`]
-//! and [`creator_alive`], and [`SegmentProblem`], the reason carried by
+//! [`list`], [`inspect`], [`SegmentInfo`] and [`Holder`] (named segments from
+//! `/dev/shm`, anonymous ones from the descriptors and mappings in `/proc`), the
+//! liveness helpers [`process_start_time`] and [`creator_alive`], the check behind
+//! `pixgate doctor`'s memfd line ([`probe_anonymous`]), and [`SegmentProblem`], the
+//! reason carried by
 //! [`ErrorKind::Segment`](crate::ErrorKind::Segment); and the sweeper behind
 //! `pixgate gc` and the sweep at gateway start: [`sweep`], [`sweep_in`], [`Swept`],
 //! [`SweepReason`], [`SweepReport`].
@@ -18,8 +21,8 @@
 //! Linux is the primary platform. On macOS segments are created without
 //! `posix_fallocate` (shared-memory objects cannot be reserved there, so a full
 //! system can still fail at first touch), [`list`] and [`sweep`] find nothing
-//! (shared-memory objects have no directory to scan) and creator start times are
-//! unknown (0).
+//! (shared-memory objects have no directory to scan, and there is no `/proc` to find
+//! anonymous objects in) and creator start times are unknown (0).
 
 use std::fs::{File, OpenOptions, Permissions};
 use std::os::fd::AsRawFd;
@@ -41,13 +44,16 @@ use crate::header::{
 };
 
 mod anon;
+mod describe;
 mod info;
 mod problem;
+mod procfs;
 mod sweep;
 
 pub(crate) use anon::AnonObject;
 
-pub use info::{SegmentInfo, creator_alive, inspect, list, process_start_time};
+pub use anon::{AnonymousSupport, probe_anonymous};
+pub use info::{Holder, SegmentInfo, creator_alive, inspect, list, process_start_time};
 pub use problem::SegmentProblem;
 use problem::{io, os};
 pub(crate) use sweep::sweep_once_in_background;
@@ -899,7 +905,11 @@ impl Arena {
     pub(crate) fn slot(&self, k: usize) -> Result<Segment> {
         let make = || -> std::result::Result<Segment, SegmentProblem> {
             assert!(k < self.slots, "slot {k} of an arena of {}", self.slots);
-            let plan = Plan::new(&self.layout, &Meta::default())?;
+            // Slot headers carry the pool-slot flag from the start (§3.3): readers that
+            // walk an arena (`pixgate ls`) go on from slot to slot while it is there.
+            let mut plan = Plan::new(&self.layout, &Meta::default())?;
+            plan.fields.pool_slot = true;
+            plan.header = header::encode_header(&plan.fields)?;
             let base = k * self.slot_size;
             if !self.reserved {
                 self.obj.reserve(base as u64, self.slot_size as u64)?;
@@ -1046,7 +1056,11 @@ fn reserve(_file: &File, _size: u64) -> std::result::Result<(), SegmentProblem> 
 
 /// Step 1 of the validation order: owner, mode, size. Returns the size.
 fn check_file(file: &File) -> std::result::Result<u64, SegmentProblem> {
-    let meta = file.metadata().map_err(|e| io("fstat", e))?;
+    check_metadata(&file.metadata().map_err(|e| io("fstat", e))?)
+}
+
+/// As [`check_file`], on what `fstat` returned for the object.
+fn check_metadata(meta: &std::fs::Metadata) -> std::result::Result<u64, SegmentProblem> {
     let expected = nix::unistd::geteuid().as_raw();
     if meta.uid() != expected {
         return Err(SegmentProblem::Owner {
@@ -1155,10 +1169,11 @@ pub(crate) fn unlink_abandoned(name: &str, owner: u32) -> bool {
     matches!(check(), Ok(true)) && Backing::Shm.unlink(name).is_ok()
 }
 
-/// The creator fields of a header that failed validation, if its magic is intact.
-fn raw_creator(map: &MmapRaw) -> Option<(u32, u64)> {
+/// The creator fields of the header at `base` that failed validation, if its magic is
+/// intact.
+fn raw_creator(map: &MmapRaw, base: usize) -> Option<(u32, u64)> {
     let mut head = [0u8; OFF_GENERATION];
-    read_mapped(map, 0, &mut head);
+    read_mapped(map, base, &mut head);
     if head[..8] != MAGIC {
         return None;
     }

@@ -6,11 +6,30 @@ use common::{run_pixgate, text};
 
 use common::{python, spec};
 
+/// The text after `key` on the line that starts with it.
+fn line_of<'a>(stdout: &'a str, key: &str) -> &'a str {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(key).filter(|rest| rest.starts_with(' ')))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {key:?} line in:\n{stdout}"))
+}
+
 #[test]
 fn doctor_reports_interpreter_numpy_shm_and_huge_pages() {
     let out = run_pixgate(&["doctor", "--spec", &spec("")]);
     let stdout = text(&out.stdout);
-    for key in ["interpreter", "python", "numpy", "/dev/shm", "huge pages"] {
+    for key in [
+        "interpreter",
+        "python",
+        "numpy",
+        "platform",
+        "transport",
+        "memfd",
+        "descriptors",
+        "/dev/shm",
+        "huge pages",
+    ] {
         assert!(
             stdout.lines().any(|l| l.starts_with(key)),
             "{key} missing:\n{stdout}"
@@ -24,6 +43,65 @@ fn doctor_reports_interpreter_numpy_shm_and_huge_pages() {
         .trim();
     assert_eq!(std::fs::canonicalize(reported).unwrap(), exe);
     assert!(stdout.contains("free"), "{stdout}");
+}
+
+#[test]
+fn doctor_says_which_transport_a_gateway_gets_and_why() {
+    // What the gateway gets depends on the worker's helper; the reason must match it.
+    let gw = common::gateway();
+    let got = gw.transport();
+    drop(gw);
+    let stdout = text(&run_pixgate(&["doctor", "--spec", &spec("")]).stdout);
+    let line = line_of(&stdout, "transport");
+    assert!(line.starts_with(&format!("{got}: ")), "{line}");
+    if got == pixgate::segment::Transport::Anonymous {
+        assert!(line.contains("descriptors passed on fd 5"), "{line}");
+    }
+
+    // Asked for named, by the spec or by the environment, a gateway says so.
+    let stdout = text(&run_pixgate(&["doctor", "--spec", &spec("transport=named")]).stdout);
+    assert_eq!(
+        line_of(&stdout, "transport"),
+        "named: transport=named in the spec"
+    );
+    let out = common::run_pixgate_env(
+        &["doctor", "--spec", &spec("")],
+        &[("PIXGATE_TRANSPORT", "named")],
+    );
+    assert_eq!(
+        line_of(&text(&out.stdout), "transport"),
+        "named: PIXGATE_TRANSPORT=named"
+    );
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn doctor_checks_sealed_memfds_and_the_descriptor_limit() {
+    let stdout = text(&run_pixgate(&["doctor", "--spec", &spec("")]).stdout);
+    let memfd = line_of(&stdout, "memfd");
+    assert!(
+        memfd.starts_with("memfd_create with sealing works (kernel "),
+        "{memfd}"
+    );
+    assert!(memfd.contains("MFD_NOEXEC_SEAL"), "{memfd}");
+    let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .expect("getrlimit");
+    let limit = |n: u64| {
+        if n == nix::sys::resource::RLIM_INFINITY {
+            "unlimited".to_string()
+        } else {
+            n.to_string()
+        }
+    };
+    // The child inherits this process's limits.
+    assert!(
+        line_of(&stdout, "descriptors").starts_with(&format!(
+            "RLIMIT_NOFILE soft {}, hard {}: the host holds one descriptor per live anonymous array",
+            limit(soft),
+            limit(hard)
+        )),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -44,24 +44,106 @@ impl std::fmt::Debug for AnonObject {
 #[cfg(target_os = "linux")]
 const MFD_NOEXEC_SEAL: u32 = 0x0008;
 
+/// `memfd_create` for the object `name` (its label is the name without the slash),
+/// close-on-exec and sealable, with `MFD_NOEXEC_SEAL` when the kernel accepts it (Linux
+/// 6.3 on). Returns the descriptor and whether `MFD_NOEXEC_SEAL` was accepted.
+#[cfg(target_os = "linux")]
+fn memfd(name: &str) -> Result<(OwnedFd, bool), SegmentProblem> {
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    let label = name.trim_start_matches('/');
+    let flags = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
+    let made = match memfd_create(label, flags | MFdFlags::from_bits_retain(MFD_NOEXEC_SEAL)) {
+        Err(nix::errno::Errno::EINVAL) => memfd_create(label, flags).map(|fd| (fd, false)),
+        other => other.map(|fd| (fd, true)),
+    };
+    made.map_err(|e| match e {
+        nix::errno::Errno::EMFILE | nix::errno::Errno::ENFILE => SegmentProblem::Descriptors {
+            message: e.desc().to_string(),
+        },
+        e => os("memfd_create", e),
+    })
+}
+
+/// Step 0 of the validation (docs/SEGMENT_FORMAT.md §8), in part: the object is sealed
+/// against shrinking and growing, so no mapping of it can fault past its end. Nothing
+/// to check where objects cannot be sealed (macOS).
+pub(super) fn check_sealed(file: &File) -> Result<(), SegmentProblem> {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+        let seals = fcntl(file.as_fd(), FcntlArg::F_GET_SEALS).map_err(|e| os("F_GET_SEALS", e))?;
+        let seals = SealFlag::from_bits_truncate(seals);
+        if !seals.contains(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW) {
+            return Err(SegmentProblem::NotSealed {
+                seals: seals.bits() as u32,
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
+    Ok(())
+}
+
+/// What this system offers the anonymous transport, as [`probe_anonymous`] found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AnonymousSupport {
+    /// Objects are `memfd`s, sealed against shrinking and growing (Linux); otherwise
+    /// POSIX shared-memory objects unlinked right after creation, which cannot be
+    /// sealed (macOS).
+    pub memfd: bool,
+    /// The kernel accepted `MFD_NOEXEC_SEAL` (Linux 6.3 on): the objects can never be
+    /// made executable. Without it they are made without the flag.
+    pub noexec_seal: bool,
+}
+
+/// Makes one anonymous object of a page as a segment would be made
+/// (docs/SEGMENT_FORMAT.md §3.2: `memfd_create`, mode 0400, size, seals) and checks that
+/// the seals hold: `ftruncate` is refused and the size stays. The object goes before
+/// this returns. This is `pixgate doctor`'s memfd check.
+///
+/// # Errors
+///
+/// [`ErrorKind::Segment`](crate::ErrorKind::Segment) with the step that failed:
+/// [`SegmentProblem::Os`] for a system call,
+/// [`SegmentProblem::Descriptors`] when no descriptor is left,
+/// [`SegmentProblem::NotSealed`] when the seals did not take or do not hold.
+pub fn probe_anonymous() -> crate::Result<AnonymousSupport> {
+    const PROBE: &str = "/pxg-probe";
+    let page = super::PAGE as u64;
+    #[cfg(target_os = "linux")]
+    let run = || -> Result<AnonymousSupport, SegmentProblem> {
+        let (fd, noexec_seal) = memfd(PROBE)?;
+        let obj = AnonObject::sized(fd, PROBE, page)?;
+        obj.seal()?;
+        check_sealed(&obj.file()?)?;
+        let shrunk = obj.file()?.set_len(0);
+        if shrunk.is_ok() || obj.size()? != page {
+            return Err(SegmentProblem::NotSealed { seals: 0 });
+        }
+        Ok(AnonymousSupport {
+            memfd: true,
+            noexec_seal,
+        })
+    };
+    #[cfg(not(target_os = "linux"))]
+    let run = || -> Result<AnonymousSupport, SegmentProblem> {
+        let obj = AnonObject::create(&super::new_name(), page)?;
+        drop(obj);
+        Ok(AnonymousSupport {
+            memfd: false,
+            noexec_seal: false,
+        })
+    };
+    run().map_err(|p| p.at(PROBE))
+}
+
 impl AnonObject {
     /// Creates an object of `size` bytes, mode 0400, not yet reserved or sealed
     /// (docs/SEGMENT_FORMAT.md §3.2, steps 1–3).
     #[cfg(target_os = "linux")]
     pub(crate) fn create(name: &str, size: u64) -> Result<AnonObject, SegmentProblem> {
-        use nix::sys::memfd::{MFdFlags, memfd_create};
-        let label = name.trim_start_matches('/');
-        let flags = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
-        let fd = match memfd_create(label, flags | MFdFlags::from_bits_retain(MFD_NOEXEC_SEAL)) {
-            Err(nix::errno::Errno::EINVAL) => memfd_create(label, flags),
-            other => other,
-        }
-        .map_err(|e| match e {
-            nix::errno::Errno::EMFILE | nix::errno::Errno::ENFILE => SegmentProblem::Descriptors {
-                message: e.desc().to_string(),
-            },
-            e => os("memfd_create", e),
-        })?;
+        let (fd, _) = memfd(name)?;
         AnonObject::sized(fd, name, size)
     }
 
@@ -145,19 +227,7 @@ impl AnonObject {
     ) -> Result<(AnonObject, u64), SegmentProblem> {
         let file = File::from(fd);
         let size = super::check_file(&file)?;
-        #[cfg(target_os = "linux")]
-        {
-            use nix::fcntl::{FcntlArg, SealFlag, fcntl};
-            let seals =
-                fcntl(file.as_fd(), FcntlArg::F_GET_SEALS).map_err(|e| os("F_GET_SEALS", e))?;
-            let seals = SealFlag::from_bits_truncate(seals);
-            let needed = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW;
-            if !seals.contains(needed) {
-                return Err(SegmentProblem::NotSealed {
-                    seals: seals.bits() as u32,
-                });
-            }
-        }
+        check_sealed(&file)?;
         let mode = nix::fcntl::fcntl(file.as_fd(), nix::fcntl::FcntlArg::F_GETFL)
             .map_err(|e| os("F_GETFL", e))?;
         if writable && mode & libc::O_ACCMODE != libc::O_RDWR {
@@ -178,6 +248,13 @@ impl AnonObject {
             },
             size,
         ))
+    }
+
+    /// The object's size in bytes.
+    pub(crate) fn size(&self) -> Result<u64, SegmentProblem> {
+        nix::sys::stat::fstat(self.fd.as_fd())
+            .map(|st| st.st_size as u64)
+            .map_err(|e| os("fstat", e))
     }
 
     pub(crate) fn file(&self) -> Result<File, SegmentProblem> {

@@ -256,6 +256,13 @@ pub enum SegmentProblem {
     /// A write was asked of a segment mapped read-only.
     #[error("mapped read-only")]
     ReadOnly,
+    /// A prefix given to [`inspect`](crate::segment::inspect) matches several
+    /// segments.
+    #[error("prefix matches {} segments: {}", .candidates.len(), some(.candidates))]
+    Ambiguous {
+        /// The keys of the segments it matches, sorted.
+        candidates: Vec<String>,
+    },
 }
 
 impl SegmentProblem {
@@ -266,6 +273,21 @@ impl SegmentProblem {
             problem: self,
         })
     }
+}
+
+/// The first few of `items`, comma-separated, and how many more there are.
+fn some(items: &[String]) -> String {
+    const SHOWN: usize = 8;
+    let mut text = items
+        .iter()
+        .take(SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > SHOWN {
+        text.push_str(&format!(" and {} more", items.len() - SHOWN));
+    }
+    text
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -295,7 +295,7 @@ fn read_pids(file: &File) -> std::result::Result<HeaderPids, Unreadable> {
             owner: load_u32(atomic_u32(&map, OFF_OWNER_PID)),
         }),
         Err(problem) => {
-            let raw_pids = match raw_creator(&map) {
+            let raw_pids = match raw_creator(&map, 0) {
                 Some((creator, _)) => vec![creator, load_u32(atomic_u32(&map, OFF_OWNER_PID))],
                 None => Vec::new(),
             };

@@ -65,7 +65,9 @@ pub fn wait_gone(pid: u32, limit: Duration) -> Option<Duration> {
     None
 }
 
-/// Fails if /dev/shm holds a pixgate segment created by this process.
+/// Fails if /dev/shm holds a pixgate segment created by this process, or if this
+/// process still holds a descriptor or a mapping of an anonymous pixgate object
+/// (`/memfd:pxg-…` in /proc/self/fd or /proc/self/maps), whoever made it.
 pub fn assert_no_segments() {
     let prefix = format!("pxg-{:x}-", std::process::id());
     let leaked: Vec<String> = std::fs::read_dir("/dev/shm")
@@ -76,6 +78,51 @@ pub fn assert_no_segments() {
         })
         .unwrap_or_default();
     assert!(leaked.is_empty(), "leaked segments: {leaked:?}");
+    let held = own_memfds();
+    assert!(held.is_empty(), "anonymous segments still held: {held:?}");
+}
+
+/// The anonymous pixgate objects this process holds or maps: `fd N: /memfd:pxg-…` for
+/// each descriptor, `map: /memfd:pxg-…` for each mapping (none where there is no /proc).
+pub fn own_memfds() -> Vec<String> {
+    let mut held: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| {
+                let e = e.ok()?;
+                let link = std::fs::read_link(e.path()).ok()?;
+                let link = link.to_string_lossy();
+                link.starts_with("/memfd:pxg-")
+                    .then(|| format!("fd {}: {link}", e.file_name().to_string_lossy()))
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    held.extend(
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.find("/memfd:pxg-").map(|at| format!("map: {}", &l[at..]))),
+    );
+    held
+}
+
+/// The descriptors of this process that lead to the anonymous object `name` (`/pxg-…`).
+pub fn memfd_fds(name: &str) -> Vec<i32> {
+    let want = format!("/memfd:{} (deleted)", name.trim_start_matches('/'));
+    let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| {
+                let e = e.ok()?;
+                let link = std::fs::read_link(e.path()).ok()?;
+                (link.to_string_lossy() == want)
+                    .then(|| e.file_name().to_str()?.parse().ok())
+                    .flatten()
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    fds.sort_unstable();
+    fds
 }
 
 /// Serialises tests that create segments: each one checks at its end that this
@@ -107,23 +154,51 @@ pub fn assert_no_segments_anywhere() {
 
 /// Runs the `pixgate` binary with a deadline (60 s; killed if it overruns).
 pub fn run_pixgate(args: &[&str]) -> std::process::Output {
+    run_pixgate_env(args, &[])
+}
+
+/// As [`run_pixgate`], with these environment variables set.
+pub fn run_pixgate_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     use std::process::{Command, Stdio};
     let mut child = Command::new(env!("CARGO_BIN_EXE_pixgate"))
         .args(args)
         .env("PIXGATE_PYTHON", python())
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start pixgate");
+    // Read both pipes while it runs: output larger than a pipe holds would otherwise
+    // block it in a write until the deadline.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
     let t = Instant::now();
-    while child.try_wait().expect("wait").is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
         if t.elapsed() > Duration::from_secs(60) {
             child.kill().ok();
+            let _ = child.wait();
             panic!("pixgate {args:?} ran past 60 s");
         }
         std::thread::sleep(Duration::from_millis(10));
+    };
+    // The pipes end with the process (it starts no children that keep them).
+    std::process::Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
     }
-    child.wait_with_output().expect("output")
 }
 
 /// Stdout of a `pixgate` run that must succeed.
