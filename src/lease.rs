@@ -460,6 +460,16 @@ impl Ticket {
         }
     }
 
+    /// For a reference that came with a descriptor: a duplicate of it, which leaves the
+    /// ticket's own for a later adoption if this one is refused (a wrong element type,
+    /// a stale generation), as a named segment stays to be opened again.
+    pub(crate) fn copy_fd(&self) -> std::io::Result<Option<OwnedFd>> {
+        match &self.kind {
+            Kind::Incoming { fd, .. } => lock(fd).as_ref().map(OwnedFd::try_clone).transpose(),
+            _ => Ok(None),
+        }
+    }
+
     pub(crate) fn is_sendable(&self) -> bool {
         match &self.kind {
             Kind::Out { entry, id } | Kind::Move { entry, id, .. } => {
