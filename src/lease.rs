@@ -367,11 +367,17 @@ impl Holding {
             Some(home) => {
                 let peers = std::mem::take(&mut e.peers);
                 unregister(&mut e, &self.0);
+                e.anon = None;
                 Dropped::Home(seg, home, peers)
             }
             None => {
                 let peers = std::mem::take(&mut e.peers);
                 unregister(&mut e, &self.0);
+                // Its pending references can no longer be sent, and nobody reads the
+                // state word of a dropped array: they need not keep its mapping, nor an
+                // anonymous object (and its memory), alive.
+                e.anon = None;
+                e.state = None;
                 Dropped::Gone(seg, peers)
             }
         }
