@@ -1,5 +1,6 @@
 //! `pixgate ls` and `pixgate inspect`, run as a user would run them, against real
-//! segments in /dev/shm (Linux: other platforms have no directory of segments to list).
+//! named segments in /dev/shm (Linux: other platforms have no directory of segments to
+//! list).
 #![cfg(target_os = "linux")]
 
 mod common;
@@ -13,10 +14,12 @@ use common::{assert_no_segments, serial};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use pixgate::SharedArray;
+use pixgate::segment::Transport;
 
-/// A 3 × 4 × 5 `u16` array with axes z, y, x.
+/// A 3 × 4 × 5 `u16` array with axes z, y, x, in a named segment (what these tests
+/// list, inspect and damage is its file in /dev/shm).
 fn zyx_array() -> SharedArray<u16> {
-    let mut a = SharedArray::<u16>::zeros(&[3, 4, 5]).expect("create array");
+    let mut a = SharedArray::<u16>::zeros_in(Transport::Named, &[3, 4, 5]).expect("create array");
     a.set_dims(&["z", "y", "x"]).expect("set dims");
     a
 }
