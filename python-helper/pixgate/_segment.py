@@ -1791,7 +1791,7 @@ def map_descriptor(fd: int, name: str, offset: int, writable: bool) -> tuple[_Ma
         import fcntl
 
         try:
-            mode = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+            mode = fcntl.fcntl(fd, fcntl.F_GETFL) & getattr(os, "O_ACCMODE", 3)
         except OSError as exc:
             raise _os_error(name, exc, "F_GETFL") from None
         if mode != os.O_RDWR:
