@@ -34,6 +34,9 @@ export PIXGATE_PYTHON2 := $(PYTHON2)
 export PIXGATE_PYTHON2_PATH := $(CURDIR)/$(PY27_LIB)
 # Generous bound on the whole test run; each test has its own timeouts too.
 TEST_TIMEOUT ?= 3000
+# The array battery, run a second time with named segments (PIXGATE_TRANSPORT=named
+# makes them the process default of arrays and gateways; anonymous is the default).
+NAMED_BATTERY := arrays references residency pool
 
 # Fuzzing (fuzz/, cargo-fuzz, nightly). The targets run without a sanitizer: the decoders
 # they cover contain no unsafe code, and AddressSanitizer slows the frame target tenfold;
@@ -48,8 +51,8 @@ FUZZ_ARGS := -rss_limit_mb=2048 -timeout=10
 CHAOS_ITERATIONS ?= 100
 SOAK_MESSAGES ?= 1000000
 
-.PHONY: demo test venv pypy execnet-peers build test-rust test-python lint bench clean fuzz fuzz-smoke fuzz-corpus \
-	chaos soak jython
+.PHONY: demo test test-named venv pypy execnet-peers build test-rust test-python lint bench clean fuzz fuzz-smoke \
+	fuzz-corpus chaos soak jython
 
 demo: $(STAMP)
 	cargo build --release
@@ -59,6 +62,7 @@ test: $(STAMP) $(PYPY_STAMP) $(STAMP19) jython
 	$(VPY) -m pip install --quiet --no-build-isolation --no-deps ./python-helper
 	cargo build --all-targets
 	timeout $(TEST_TIMEOUT) cargo test --all-targets
+	$(MAKE) --no-print-directory test-named
 	timeout 600 cargo test --doc
 	cd python-helper && timeout 900 $(VPY) -m pytest -q tests
 	@# The same suite on PyPy: every module that does not need numpy (the others skip).
@@ -70,6 +74,10 @@ test: $(STAMP) $(PYPY_STAMP) $(STAMP19) jython
 	@leaks=""; for f in $$(ls /dev/shm | grep '^pxg-' || true); do \
 	  pid=$$((16#$$(echo $$f | cut -d- -f2))); [ -d /proc/$$pid ] || leaks="$$leaks $$f"; \
 	done; if [ -n "$$leaks" ]; then echo "leaked segments:$$leaks"; exit 1; fi; echo "no leaked segments"
+
+# The array battery with named segments (`make test` runs it after the whole suite).
+test-named: $(STAMP)
+	PIXGATE_TRANSPORT=named timeout 1200 cargo test $(addprefix --test ,$(NAMED_BATTERY))
 
 venv: $(STAMP)
 

@@ -295,7 +295,12 @@ impl<T: Element> SharedArray<T> {
         let writable = r.access() != Access::Shared;
         let seg = match r.place() {
             Place::Named => Segment::open(r.name(), writable)?,
-            Place::Anonymous { offset } => match ticket.and_then(|t| t.take_fd()) {
+            Place::Anonymous { offset } => match ticket
+                .map(|t| t.copy_fd())
+                .transpose()
+                .map_err(|e| Error::io(format!("adopting array {}", r.key()), e))?
+                .flatten()
+            {
                 Some(fd) => Segment::from_descriptor(fd, r.name(), offset, writable)?,
                 // A reference without a descriptor names what this process holds (an
                 // array coming back), or nothing it can map.
@@ -374,6 +379,10 @@ impl<T: Element> SharedArray<T> {
                 return Err(e);
             }
             seg.set_unlink_on_drop(true);
+        }
+        // Adopted: the reference's own descriptor is not needed any more.
+        if let Some(t) = ticket {
+            drop(t.take_fd());
         }
         Ok(array)
     }

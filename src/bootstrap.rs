@@ -54,8 +54,8 @@ pub(crate) const MODULES: &[(&str, &str)] = &[
 pub(crate) const LOADER: &str = r#"import os, sys
 def _pixgate_exec(code, namespace):
     exec(code, namespace)
-if sys.version_info < (3, 9) or sys.implementation.name != "cpython":
-    # CPython 2.7, Jython 2.7, CPython before 3.9, other implementations: the one-file
+if sys.version_info < (3, 9) or sys.implementation.name not in ("cpython", "pypy"):
+    # CPython 2.7, Jython 2.7, CPython and PyPy before 3.9, other implementations: the one-file
     # helper, installed as the module pixgate. Kept in a string, which costs CPython 3
     # nothing to compile; serve() never returns.
     _pixgate_exec(r'''

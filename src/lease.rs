@@ -367,11 +367,17 @@ impl Holding {
             Some(home) => {
                 let peers = std::mem::take(&mut e.peers);
                 unregister(&mut e, &self.0);
+                e.anon = None;
                 Dropped::Home(seg, home, peers)
             }
             None => {
                 let peers = std::mem::take(&mut e.peers);
                 unregister(&mut e, &self.0);
+                // Its pending references can no longer be sent, and nobody reads the
+                // state word of a dropped array: they need not keep its mapping, nor an
+                // anonymous object (and its memory), alive.
+                e.anon = None;
+                e.state = None;
                 Dropped::Gone(seg, peers)
             }
         }
@@ -457,6 +463,16 @@ impl Ticket {
         match &self.kind {
             Kind::Incoming { fd, .. } => lock(fd).take(),
             _ => None,
+        }
+    }
+
+    /// For a reference that came with a descriptor: a duplicate of it, which leaves the
+    /// ticket's own for a later adoption if this one is refused (a wrong element type,
+    /// a stale generation), as a named segment stays to be opened again.
+    pub(crate) fn copy_fd(&self) -> std::io::Result<Option<OwnedFd>> {
+        match &self.kind {
+            Kind::Incoming { fd, .. } => lock(fd).as_ref().map(OwnedFd::try_clone).transpose(),
+            _ => Ok(None),
         }
     }
 

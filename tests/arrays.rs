@@ -165,8 +165,10 @@ channel.send(np.arange(6, dtype=np.float32).reshape(2, 3)[:, ::2])   # plain, st
     // The host owns them now: they go when the arrays are dropped, even after the
     // worker is gone.
     gw.exit(T).unwrap();
-    assert!(std::path::Path::new(&format!("/dev/shm{}", a.name())).exists());
+    assert!(common::segment_exists(a.name()));
+    let name = a.name().to_string();
     drop((a, b));
+    assert!(!common::segment_exists(&name));
     assert_no_segments();
 }
 
@@ -251,18 +253,14 @@ fn a_worker_unlinks_what_it_owns_when_its_host_is_killed() {
         "import pixgate, pixgate._array as pa, time\na = pixgate.zeros((1 << 20,), 'uint8')\nchannel.send(pa.segment_of(a)[0].name)\ntime.sleep(60)",
     );
     let name = line.trim().trim_matches('\'').to_string();
-    let path = format!("/dev/shm{name}");
-    assert!(std::path::Path::new(&path).exists(), "{path}");
+    assert!(common::segment_exists(&name), "{name}");
     host.kill().unwrap();
     host.wait().unwrap();
     let t = Instant::now();
-    while std::path::Path::new(&path).exists() && t.elapsed() < Duration::from_secs(10) {
+    while common::segment_exists(&name) && t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert!(
-        !std::path::Path::new(&path).exists(),
-        "{path} outlived its owner"
-    );
+    assert!(!common::segment_exists(&name), "{name} outlived its owner");
     eprintln!(
         "worker's segment gone {:?} after its host was killed",
         t.elapsed()

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use common::{T, assert_no_segments, process_alive, python, serial, spec};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
-use pixgate::segment::Segment;
+use pixgate::segment::{Segment, Transport};
 use pixgate::{
     Access, Channel, DType, DecodeErrorKind, Error, ErrorKind, Gateway, GatewayBuilder, Layout,
     Meta, OutputLine, OutputMode, Pool, SegmentProblem, SharedArray, Stream, Value,
@@ -41,7 +41,12 @@ const META: u64 = 608;
 
 /// The array the host holds through every row: `<u2` [3, 4] holding 0 … 11.
 fn held() -> SharedArray<u16> {
-    let mut a = SharedArray::<u16>::zeros(&[3, 4]).expect("held array");
+    held_in(Transport::from_env())
+}
+
+/// [`held`] with the given transport.
+fn held_in(transport: Transport) -> SharedArray<u16> {
+    let mut a = SharedArray::<u16>::zeros_in(transport, &[3, 4]).expect("held array");
     for (i, x) in a.view_mut().expect("fresh array").iter_mut().enumerate() {
         *x = i as u16;
     }
@@ -215,8 +220,11 @@ fn victim() -> Segment {
 /// receives: a worker naming a segment of its choice.
 const FORGER: &str = r#"
 from pixgate import _wire
-for name, generation, access in channel:
-    channel.send(_wire.ArrayRef(name, generation, access))
+for name, generation, access, *by_descriptor in channel:
+    if by_descriptor:  # an anonymous object's, as if the host mapped it already
+        channel.send(_wire.DescriptorRef(name, 0, 0, generation, access))
+    else:
+        channel.send(_wire.ArrayRef(name, generation, access))
 "#;
 
 /// A reference that only describes an array (decoded from bytes, as any reader of the
@@ -243,12 +251,27 @@ fn adopt_from_worker(
     generation: u64,
     access: Access,
 ) -> pixgate::Result<SharedArray<u16>> {
-    ch.send(Value::Tuple(vec![
+    adopt_from_worker_as(ch, Transport::Named, name, generation, access)
+}
+
+/// [`adopt_from_worker`] with a reference of the given transport: by name (`U`), or
+/// (`V`) by token 0, naming an object the worker claims the host maps already.
+fn adopt_from_worker_as(
+    ch: &Channel,
+    transport: Transport,
+    name: &str,
+    generation: u64,
+    access: Access,
+) -> pixgate::Result<SharedArray<u16>> {
+    let mut request = vec![
         name.into(),
         Value::from(generation as i64),
         Value::from(access as u8 as i64),
-    ]))
-    .expect("send");
+    ];
+    if transport == Transport::Anonymous {
+        request.push(Value::from(0));
+    }
+    ch.send(Value::Tuple(request)).expect("send");
     let v = ch.receive_timeout(T).expect("the reference");
     let Value::Array(r) = &v else {
         panic!("expected an array reference, got {v:?}");
@@ -482,16 +505,34 @@ fn worker_exits_mid_receive() {
 #[test]
 fn worker_killed_by_a_signal() {
     let _serial = serial();
-    let mut keep = held();
-    let gw = common::gateway();
+    for transport in [Transport::Named, Transport::Anonymous] {
+        killed_worker_leaves_nothing(transport);
+    }
+}
+
+/// A worker holding a lent array and an array of its own is killed: named, its array
+/// is an orphan that the sweeper removes; anonymous, the kernel freed it with the
+/// worker, and there is nothing to sweep.
+fn killed_worker_leaves_nothing(transport: Transport) {
+    let mut keep = held_in(transport);
+    let gw = Gateway::builder(&spec(""))
+        .transport(transport)
+        .output(OutputMode::Capture)
+        .handshake_timeout(T)
+        .spawn()
+        .expect("spawn gateway");
+    assert_eq!(gw.transport(), transport);
     let ch = gw
         .remote_exec(
-            "import os, pixgate\narr = channel.receive()\nmine = pixgate.zeros((1024,), 'uint8')\nchannel.send(os.getpid())\nchannel.receive()",
+            "import os, pixgate\narr = channel.receive()\nmine = pixgate.zeros((1024,), 'uint8')\nchannel.send((os.getpid(), pixgate._array.segment_of(mine)[0].name))\nchannel.receive()",
         )
         .unwrap();
     ch.send(keep.lend().unwrap()).unwrap();
-    let pid = ch.receive_timeout(T).unwrap().as_i64().unwrap() as u32;
+    let answer = ch.receive_timeout(T).unwrap();
+    let pid = answer.as_seq().unwrap()[0].as_i64().unwrap() as u32;
+    let mine = answer.as_seq().unwrap()[1].as_str().unwrap().to_string();
     assert_eq!(pid, gw.pid());
+    assert!(common::segment_exists(&mine));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -503,15 +544,17 @@ fn worker_killed_by_a_signal() {
     assert!(err.to_string().contains("signal 9 (SIGKILL)"), "{err}");
     assert_intact(&mut keep);
     drop(gw);
-    // The killed worker could not remove its own array; the sweeper does.
-    let report = pixgate::segment::sweep(false).expect("sweep");
-    assert!(
-        report
-            .swept
-            .iter()
-            .any(|s| s.name.starts_with(&format!("/pxg-{pid:x}-"))),
-        "{report:?}"
-    );
+    match transport {
+        // The killed worker could not remove its own array; the sweeper does.
+        Transport::Named => {
+            let report = pixgate::segment::sweep(false).expect("sweep");
+            assert!(report.swept.iter().any(|s| s.name == mine), "{report:?}");
+        }
+        // Its memory went with the last process that held it: the worker.
+        Transport::Anonymous => {
+            assert!(!common::segment_exists(&mine), "{mine} outlived its worker")
+        }
+    }
     assert_fresh_gateway_answers();
     drop(keep);
     assert_no_segments();
@@ -1022,14 +1065,22 @@ for kind, arr in channel:
         .unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::Reference(_)), "{err:?}");
     assert!(err.to_string().contains("sent already"), "{err}");
-    // A worker that names the first use's generation anyway is refused by its helper.
+    // A worker that names the first use's generation anyway is refused by its helper
+    // (the reference by name, or by token 0 and the slot's offset in its arena).
+    let reference = match old.transport() {
+        Transport::Named => format!("_wire.ArrayRef({old_name:?}, {old_generation}, 1)"),
+        Transport::Anonymous => format!(
+            "_wire.DescriptorRef({old_name:?}, 0, {}, {old_generation}, 1)",
+            old.offset()
+        ),
+    };
     let stale = gw
         .remote_exec(&format!(
             r#"
 from pixgate import _transfer, _wire
 _transfer.install()
 try:
-    _transfer._import(_wire.ArrayRef({old_name:?}, {old_generation}, _wire.LENT))
+    _transfer._import({reference})
 except Exception as exc:
     channel.send((type(exc).__name__, str(exc)))
 "#
@@ -1049,17 +1100,22 @@ except Exception as exc:
         )),
         "{message}"
     );
-    // ... and by the host.
+    // ... and by the host: a named slot is opened and found stale; an anonymous one
+    // cannot be opened at all, and the reference names a slot this process holds.
+    let transport = old.transport();
     let err = SharedArray::<u16>::from_value(first).unwrap_err();
-    assert_eq!(
-        convert_message(&err),
-        format!(
-            "array {} is at generation {}, the reference names {}",
-            old_name,
-            b.generation(),
-            old_generation
-        )
-    );
+    match transport {
+        Transport::Named => assert_eq!(
+            convert_message(&err),
+            format!(
+                "array {} is at generation {}, the reference names {}",
+                old_name,
+                b.generation(),
+                old_generation
+            )
+        ),
+        Transport::Anonymous => assert!(busy_message(&err).contains("already held"), "{err}"),
+    }
     // The slot's current contents are untouched, and it is still usable.
     assert!(b.view().unwrap().iter().all(|&x| x == 5));
     let again = b.lend().unwrap();
@@ -1084,9 +1140,13 @@ fn reference_to_a_segment_the_worker_does_not_own() {
     let mut keep = held();
     let gw = common::gateway();
     let ch = gw.remote_exec(FORGER).unwrap();
+    let transport = keep.transport();
     // The worker claims to move the host's own array to the host: adopting it would
     // make a second writable array over the same bytes.
-    let err = adopt_from_worker(&ch, keep.name(), keep.generation(), Access::Moved).unwrap_err();
+    let forged = |name: &str, generation: u64, access: Access| {
+        adopt_from_worker_as(&ch, transport, name, generation, access)
+    };
+    let err = forged(keep.name(), keep.generation(), Access::Moved).unwrap_err();
     assert_eq!(
         busy_message(&err),
         format!(
@@ -1097,13 +1157,20 @@ fn reference_to_a_segment_the_worker_does_not_own() {
     // A shared reference to it is refused alike. Its arrival would count as the worker
     // giving back a share (docs/PROTOCOL.md §4.12) only if a share had been sent to
     // this worker; with none out it changes nothing.
-    let err = adopt_from_worker(&ch, keep.name(), keep.generation(), Access::Shared).unwrap_err();
+    let err = forged(keep.name(), keep.generation(), Access::Shared).unwrap_err();
     assert!(busy_message(&err).contains("already held"), "{err}");
     assert_eq!((keep.peer_shares(), keep.is_lent()), (0, false));
-    // A segment of nobody's: no such segment.
+    // A segment of nobody's: no such segment (named), no descriptor for it
+    // (anonymous).
     let nobody = format!("/pxg-{:x}-{:016x}", std::process::id(), 0xabcd_u64);
-    let err = adopt_from_worker(&ch, &nobody, 0, Access::Moved).unwrap_err();
-    assert_eq!(segment_problem(&err), &SegmentProblem::NotFound);
+    let err = forged(&nobody, 0, Access::Moved).unwrap_err();
+    match transport {
+        Transport::Named => assert_eq!(segment_problem(&err), &SegmentProblem::NotFound),
+        Transport::Anonymous => assert!(
+            reference_message(&err).contains("came without a descriptor"),
+            "{err}"
+        ),
+    }
     assert_answers(&gw);
     ch.close().unwrap();
     exit_cleanly(gw);
@@ -1111,7 +1178,7 @@ fn reference_to_a_segment_the_worker_does_not_own() {
     // The host still owns and removes it.
     let name = keep.name().to_string();
     drop(keep);
-    assert!(!std::path::Path::new(&format!("/dev/shm{name}")).exists());
+    assert!(!common::segment_exists(&name));
     assert_no_segments();
 }
 
@@ -1133,7 +1200,7 @@ fn moved_reference_adopted_twice() {
     exit_cleanly(gw);
     let name = first.name().to_string();
     drop(first);
-    assert!(!std::path::Path::new(&format!("/dev/shm{name}")).exists());
+    assert!(!common::segment_exists(&name));
     assert_intact(&mut keep);
     assert_fresh_gateway_answers();
     drop(keep);
@@ -1237,8 +1304,14 @@ fn moved_array_of_the_wrong_dtype() {
         convert_message(&err),
         format!("array {name} holds <u2, expected <f4")
     );
-    // Refused, so removed at once: the worker gave it up and the host did not take it.
+    // Refused, so removed at once: the worker gave it up and the host did not take it
+    // (anonymous: the host closed its descriptor; the memory goes once the worker, which
+    // may still be finishing the send, lets go too).
     assert!(!std::path::Path::new(&format!("/dev/shm{name}")).exists());
+    common::wait_until(
+        || !common::segment_exists(&name),
+        "the refused array is gone",
+    );
     assert_answers(&gw);
     let worker = gw.pid();
     exit_cleanly(gw);

@@ -169,13 +169,6 @@ fn worker_with_a_loop_and_a_kept_mapping() -> (Gateway, Channel, SharedArray<u8>
     (gw, looping, arr, big)
 }
 
-/// Whether `/proc/PID/maps` lists a mapping of the segment `name` (`/pxg-…`).
-fn maps_segment(pid: u32, name: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/maps"))
-        .map(|m| m.contains(&format!("/dev/shm{name}")))
-        .unwrap_or(false)
-}
-
 #[test]
 fn dropping_a_channel_or_an_array_with_a_full_pipe_returns_at_once() {
     let _s = serial();
@@ -203,7 +196,10 @@ fn a_close_and_a_forget_deferred_by_a_full_pipe_arrive_once_it_drains() {
     let (gw, looping, arr, big) = worker_with_a_loop_and_a_kept_mapping();
     let pid = gw.pid();
     let name = arr.name().to_string();
-    assert!(maps_segment(pid, &name), "the worker keeps {name} mapped");
+    assert!(
+        common::maps_segment(pid, &name),
+        "the worker keeps {name} mapped"
+    );
     stop(pid);
     let (rx, h) = big_sender(big);
     let ((), took) = watchdog("dropping a channel", pid, move || drop(looping));
@@ -222,7 +218,7 @@ fn a_close_and_a_forget_deferred_by_a_full_pipe_arrive_once_it_drains() {
         "the remote loop saw the close of its dropped channel"
     );
     common::wait_until(
-        || !maps_segment(pid, &name),
+        || !common::maps_segment(pid, &name),
         "the worker dropped its mapping of the forgotten segment",
     );
     assert_eq!(gw.exit(T).unwrap().code, Some(0));

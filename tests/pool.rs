@@ -5,6 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{T, assert_no_segments, gateway, serial};
+use pixgate::segment::Transport;
 use pixgate::{Channel, ErrorKind, FrameStream, Pool, SharedArray, StreamMode, Value, WhenFull};
 
 /// Answers `(kind, value)` requests about the arrays it is sent.
@@ -62,6 +63,10 @@ fn a_reused_slot_has_a_new_generation_and_refuses_stale_references() {
     a.view_mut().unwrap().fill(2);
     let (name, first_gen) = (a.name().to_string(), a.generation());
     let first = a.lend().unwrap();
+    let Value::Array(first_ref) = &first else {
+        panic!("a lend is a reference")
+    };
+    let first_offset = first_ref.offset();
     let r = ask(&ch, "describe", first.clone());
     let r = r.as_seq().unwrap();
     assert_eq!(r[0].as_str(), Some("<u2"));
@@ -90,10 +95,18 @@ fn a_reused_slot_has_a_new_generation_and_refuses_stale_references() {
         .unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::Reference(_)), "{err:?}");
     // ... and a worker that names its generation anyway finds it stale.
+    // (By name, or by token 0 and the slot's offset in its arena, as the transport has
+    // it.)
+    let reference = match b.transport() {
+        Transport::Named => format!("_wire.ArrayRef({name:?}, {first_gen}, 1)"),
+        Transport::Anonymous => {
+            format!("_wire.DescriptorRef({name:?}, 0, {first_offset}, {first_gen}, 1)")
+        }
+    };
     let stale = gw
         .remote_exec(&format!(
             "from pixgate import _transfer, _wire\n_transfer.install()\n\
-             _transfer._import(_wire.ArrayRef({name:?}, {first_gen}, _wire.LENT))"
+             _transfer._import({reference})"
         ))
         .unwrap();
     let err = stale.receive_timeout(T).unwrap_err();
@@ -336,9 +349,11 @@ fn dropping_the_pool_unlinks_its_slots_also_those_in_flight() {
     assert_eq!(pool.stats()[1].free, 1, "the larger class");
     a.view_mut().unwrap().fill(9);
     ask(&ch, "hold", a.lend().unwrap());
+    let name = a.name().to_string();
     drop(a);
     drop(pool);
-    // Every slot's name is gone, also the one the worker holds ...
+    // Every slot's name is gone, also the one the worker holds (with the anonymous
+    // transport: this process holds nothing of the arenas any more) ...
     let ours = format!("pxg-{:x}-", std::process::id());
     let left = std::fs::read_dir("/dev/shm")
         .unwrap()
@@ -346,6 +361,15 @@ fn dropping_the_pool_unlinks_its_slots_also_those_in_flight() {
         .filter(|e| e.file_name().to_string_lossy().starts_with(&ours))
         .count();
     assert_eq!(left, 0, "nothing of the pool is left in /dev/shm");
+    let held = common::anonymous_objects_of("self");
+    assert!(
+        held.is_empty(),
+        "nothing of the pool is held here: {held:?}"
+    );
+    assert!(
+        common::maps_segment(gw.pid(), &name),
+        "the worker still maps it"
+    );
     // ... while the worker's mapping of it stays valid until it lets go.
     let r = ask(&ch, "release held", Value::None);
     assert_eq!(r.as_i64(), Some(0));

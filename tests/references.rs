@@ -1,14 +1,14 @@
 //! References are single-use capabilities, and nothing the host refuses or drops stays
-//! in /dev/shm: every send claims one reference made by `share`, `lend` or
-//! `into_value`; a second send, a forged reference or a reference from elsewhere fails
-//! before anything is written; the array's state follows what was really sent; and a
-//! moved segment the host does not adopt is unlinked at once.
+//! (in /dev/shm, or held anywhere with the anonymous transport): every send claims one
+//! reference made by `share`, `lend` or `into_value`; a second send, a forged reference
+//! or a reference from elsewhere fails before anything is written; the array's state
+//! follows what was really sent; and a moved segment the host does not adopt is
+//! unlinked (named) or let go of (anonymous) at once.
 
 mod common;
 
-use std::path::Path;
-
-use common::{T, assert_no_segments, gateway, serial, wait_until};
+use common::{T, assert_no_segments, gateway, segment_exists, serial, wait_until};
+use pixgate::segment::Transport;
 use pixgate::{Access, Channel, ErrorKind, Gateway, SharedArray, Value};
 
 /// Counts the arrays it receives (dropping them at once); answers "count" with the
@@ -40,8 +40,23 @@ fn count(ch: &Channel) -> i64 {
     ch.receive_timeout(T).unwrap().as_i64().unwrap()
 }
 
-fn in_shm(name: &str) -> bool {
-    Path::new(&format!("/dev/shm{name}")).exists()
+/// True while the segment exists, named or anonymous.
+fn exists(name: &str) -> bool {
+    segment_exists(name)
+}
+
+/// The host let go of `name` at once; with the anonymous transport its memory goes when
+/// the worker, which may be finishing the send that moved it here, lets go too.
+fn gone(name: &str) -> bool {
+    let here = format!("/memfd:{}", name.trim_start_matches('/'));
+    assert!(
+        !common::anonymous_objects_of("self")
+            .iter()
+            .any(|l| l.starts_with(&here)),
+        "{name} is still held by the host"
+    );
+    wait_until(|| !segment_exists(name), "the segment is gone");
+    true
 }
 
 fn reference_kind(err: &pixgate::Error) -> &str {
@@ -277,7 +292,7 @@ fn a_reference_of_a_dropped_array_cannot_be_sent() {
     let name = a.name().to_string();
     let r = a.share().unwrap();
     drop(a);
-    assert!(!in_shm(&name), "the array's segment went with it");
+    assert!(!exists(&name), "the array's segment went with it");
     let err = ch.send_value(&r).unwrap_err();
     assert!(reference_kind(&err).contains("dropped"), "{err}");
     assert_eq!(count(&ch), 0);
@@ -294,9 +309,9 @@ fn an_unsent_move_unlinks_its_segment_when_dropped() {
     let a = SharedArray::<u16>::zeros(&[8]).unwrap();
     let name = a.name().to_string();
     let moved = a.into_value().unwrap();
-    assert!(in_shm(&name), "this process's until it is sent");
+    assert!(exists(&name), "this process's until it is sent");
     drop(moved);
-    assert!(!in_shm(&name), "dropped unsent: unlinked");
+    assert!(!exists(&name), "dropped unsent: unlinked");
     assert_no_segments();
 }
 
@@ -315,7 +330,7 @@ fn a_move_is_sent_once() {
     assert_eq!(count(&ch), 1);
     drop((moved, twin));
     // The worker owned it and dropped it: gone.
-    wait_until(|| !in_shm(&name), "the worker unlinked what it received");
+    wait_until(|| !exists(&name), "the worker unlinked what it received");
     ch.close().unwrap();
     gw.exit(T).unwrap();
     assert_no_segments();
@@ -338,7 +353,7 @@ fn made_by_worker(ch: &Channel, dtype: &str) -> (Value, String) {
         }
         other => panic!("expected a moved array, got {other:?}"),
     };
-    assert!(in_shm(&name));
+    assert!(exists(&name));
     (v, name)
 }
 
@@ -350,13 +365,13 @@ fn a_moved_array_dropped_unadopted_is_unlinked_at_once() {
     let (v, name) = made_by_worker(&ch, "<u2");
     let clone = v.clone();
     drop(v);
-    assert!(in_shm(&name), "a clone still holds it");
+    assert!(exists(&name), "a clone still holds it");
     drop(clone);
-    assert!(!in_shm(&name), "unlinked when the last clone went");
+    assert!(gone(&name), "unlinked when the last clone went");
     // Inside a bigger value, the same.
     let (v, name) = made_by_worker(&ch, "<f4");
     drop(Value::List(vec![Value::from(1), v]));
-    assert!(!in_shm(&name));
+    assert!(gone(&name));
     ch.close().unwrap();
     gw.exit(T).unwrap();
     assert_no_segments_of(&gw);
@@ -370,13 +385,13 @@ fn a_moved_array_of_the_wrong_dtype_is_unlinked_when_refused() {
     let (v, name) = made_by_worker(&ch, "<u2");
     let err = SharedArray::<f32>::from_value(v).unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::Convert(_)), "{err}");
-    assert!(!in_shm(&name), "refused: unlinked at once");
+    assert!(gone(&name), "refused: unlinked at once");
     // Adopted with the right type, it lives until the array is dropped.
     let (v, name) = made_by_worker(&ch, "<u2");
     let a = SharedArray::<u16>::from_value(v).unwrap();
-    assert!(in_shm(&name));
+    assert!(exists(&name));
     drop(a);
-    assert!(!in_shm(&name));
+    assert!(gone(&name));
     ch.close().unwrap();
     gw.exit(T).unwrap();
     assert_no_segments_of(&gw);
@@ -389,7 +404,7 @@ fn moved_arrays_nobody_receives_are_unlinked() {
     let ch = gw.remote_exec(COUNTER).unwrap();
     let (v, first) = made_by_worker(&ch, "<u1");
     drop(v);
-    assert!(!in_shm(&first));
+    assert!(gone(&first));
     // Queued on a channel the host drops, or arriving after it dropped it.
     let sender = gw
         .remote_exec(
@@ -411,9 +426,9 @@ fn moved_arrays_nobody_receives_are_unlinked() {
         }
     };
     assert_eq!(names.len(), 4);
-    assert!(
-        names.iter().all(|n| !in_shm(n)),
-        "received and dropped: gone"
+    wait_until(
+        || names.iter().all(|n| !exists(n)),
+        "received and dropped: gone",
     );
     let late = gw
         .remote_exec("import pixgate, time\ntime.sleep(0.2)\nfor i in range(3):\n    channel.send(pixgate.zeros((32,)))")
@@ -434,12 +449,12 @@ fn moved_arrays_nobody_receives_are_unlinked() {
     assert_no_segments_of(&gw);
 }
 
-/// The segments in /dev/shm whose names carry the worker's pid.
+/// The segments the worker made that still exist: in /dev/shm under its pid, or
+/// anonymous ones of its that the host or the worker holds.
 fn worker_segments(gw: &Gateway) -> Vec<String> {
-    let prefix = format!("pxg-{:x}-", gw.pid());
-    std::fs::read_dir("/dev/shm")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+    let prefix = format!("/pxg-{:x}-", gw.pid());
+    common::segments_of(&[std::process::id(), gw.pid()])
+        .into_iter()
         .filter(|n| n.starts_with(&prefix))
         .collect()
 }
@@ -460,8 +475,9 @@ fn a_moved_reference_to_a_segment_the_worker_does_not_own_is_left_alone() {
              channel.send(_wire.ArrayRef(name, 0, _wire.MOVED))",
         )
         .unwrap();
-    // An array of this process, and a segment no array holds.
-    let mine = SharedArray::<u16>::zeros(&[4]).unwrap();
+    // An array of this process, and a segment no array holds. Named: the worker names
+    // them in `U` references, which a worker can only make for a named segment.
+    let mine = SharedArray::<u16>::zeros_in(Transport::Named, &[4]).unwrap();
     let loose = pixgate::segment::Segment::create(
         &pixgate::Layout::c_order(pixgate::DType::U8, &[4]).unwrap(),
         &pixgate::Meta::default(),
@@ -471,13 +487,13 @@ fn a_moved_reference_to_a_segment_the_worker_does_not_own_is_left_alone() {
         ch.send(name).unwrap();
         let v = ch.receive_timeout(T).unwrap();
         drop(v);
-        assert!(in_shm(name), "{name}: not the worker's to give away");
+        assert!(exists(name), "{name}: not the worker's to give away");
     }
     // Nor is it adopted: the worker gives away only what it owns.
     ch.send(loose.name()).unwrap();
     let err = SharedArray::<u8>::from_value(ch.receive_timeout(T).unwrap()).unwrap_err();
     assert!(reference_kind(&err).contains("owned by pid"), "{err}");
-    assert!(in_shm(loose.name()));
+    assert!(exists(loose.name()));
     assert!(loose.unlinks_on_drop(), "still this process's");
     ch.close().unwrap();
     gw.exit(T).unwrap();
@@ -522,14 +538,9 @@ mod sequences {
         ]
     }
 
+    /// What the host and the worker hold, of either transport.
     fn segments_of(pids: &[u32]) -> Vec<String> {
-        let prefixes: Vec<String> = pids.iter().map(|p| format!("pxg-{p:x}-")).collect();
-        std::fs::read_dir("/dev/shm")
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| prefixes.iter().any(|p| n.starts_with(p)))
-            .map(|n| format!("/{n}"))
-            .collect()
+        common::segments_of(pids)
     }
 
     fn name_of(v: &Value) -> String {
@@ -623,14 +634,14 @@ mod sequences {
                 }
             }
             // The worker has handled everything sent so far (and given back what it
-            // dropped): /dev/shm holds only what a live handle here needs.
+            // dropped): the segments that exist are only what a live handle here needs.
             count(&ch);
             let mut live: Vec<String> = arrays.iter().map(|a| a.name().to_string()).collect();
             live.extend(refs.iter().map(name_of));
             for seg in segments_of(&pids) {
                 assert!(
                     live.contains(&seg),
-                    "{seg} is in /dev/shm but nothing live holds it, after {op:?} in {ops:?}"
+                    "{seg} exists but nothing live holds it, after {op:?} in {ops:?}"
                 );
             }
         }

@@ -3,7 +3,8 @@
 
 mod common;
 
-use common::{T, assert_no_segments, gateway, serial};
+use common::{T, assert_no_segments, gateway, segment_exists, serial};
+use pixgate::segment::Transport;
 use pixgate::{Channel, ErrorKind, Meta, SharedArray, Value};
 
 /// Answers each `(kind, value)` with facts about the worker's mapping of the array.
@@ -12,8 +13,10 @@ import numpy as np
 from pixgate import _array, _transfer
 
 def mapped(name):
+    # A named segment by its /dev/shm path, an anonymous one as /memfd:pxg-...
+    anonymous = "/memfd:" + name[1:]
     with open("/proc/self/maps") as f:
-        return any(name in line for line in f)
+        return any(name in line or anonymous in line for line in f)
 
 for kind, arr in channel:
     if kind == "double":
@@ -96,7 +99,7 @@ fn dropping_the_array_unmaps_it_in_the_worker() {
     let (names, mapped) = kept(&ch, &name);
     assert_eq!(names, vec![b.name().to_string()], "only b is kept");
     assert!(!mapped, "the worker no longer maps {name}");
-    assert!(!std::path::Path::new(&format!("/dev/shm{name}")).exists());
+    assert!(!segment_exists(&name));
     // b is still served from its mapping.
     assert_eq!(
         ask(&ch, "write", b.share().unwrap()).as_str(),
@@ -163,7 +166,7 @@ fn an_array_moved_after_a_lend_is_unlinked_by_the_worker() {
     let (names, mapped) = kept(&ch, &name);
     assert!(names.is_empty(), "a moved array is not kept: {names:?}");
     assert!(!mapped, "collected, unmapped");
-    assert!(!std::path::Path::new(&format!("/dev/shm{name}")).exists());
+    assert!(!segment_exists(&name));
     ch.close().unwrap();
     gw.exit(T).unwrap();
     assert_no_segments();
@@ -185,11 +188,21 @@ fn a_stale_reference_is_refused_by_a_worker_that_kept_the_mapping() {
     // names the old generation itself, over the mapping it kept.
     let err = ch.send(Value::Tuple(vec!["keep".into(), old])).unwrap_err();
     assert!(matches!(err.kind(), ErrorKind::Reference(_)), "{err:?}");
+    // The reference as the wire has it for the transport: by name, or (anonymous) by
+    // token 0 for the object the worker maps already.
+    let reference = match a.transport() {
+        Transport::Named => format!("_wire.ArrayRef({:?}, {old_generation}, 0)", a.name()),
+        Transport::Anonymous => {
+            format!(
+                "_wire.DescriptorRef({:?}, 0, 0, {old_generation}, 0)",
+                a.name()
+            )
+        }
+    };
     let other = gw
         .remote_exec(&format!(
             "from pixgate import _transfer, _wire\n_transfer.install()\n\
-             _transfer._import(_wire.ArrayRef({:?}, {old_generation}, _wire.SHARED))",
-            a.name()
+             _transfer._import({reference})"
         ))
         .unwrap();
     let err = other.receive_timeout(T).unwrap_err();

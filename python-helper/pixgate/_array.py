@@ -1,7 +1,9 @@
 """numpy arrays backed by shared-memory segments, and the public array API.
 
 An array made here lives in its own segment (see :mod:`pixgate._segment`): the host can
-map it without a copy. numpy is imported when a function needs it, so ``import pixgate``
+map it without a copy. In a worker whose gateway passes descriptors the segment is an
+anonymous object (no name in /dev/shm; it moves to the host with its descriptor),
+otherwise a named one. numpy is imported when a function needs it, so ``import pixgate``
 works without numpy; xarray is optional and only :func:`to_xarray` imports it.
 
 Lifetime
@@ -273,8 +275,10 @@ def empty(
     Returns
     -------
     numpy.ndarray
-        A writeable array owned by this process: its segment is unlinked when the array
-        (and every view of it) is garbage-collected, or at exit.
+        A writeable array owned by this process. In a worker on a gateway with the
+        anonymous transport its segment is an anonymous object, whose memory goes with
+        the array's last view (or with the host, once sent); otherwise a named segment,
+        unlinked when the array (and every view of it) is garbage-collected, or at exit.
 
     Raises
     ------
@@ -289,8 +293,18 @@ def empty(
     """
     typestr = _typestr(dtype)
     shape_t = _segment._int_tuple(shape, "shape")
-    seg = _segment.create(typestr, shape_t, None, _merge_meta(len(shape_t), dims, meta))
+    create = _segment.create_anonymous if _anonymous() else _segment.create
+    seg = create(typestr, shape_t, None, _merge_meta(len(shape_t), dims, meta))
     return map_array(seg)
+
+
+def _anonymous() -> bool:
+    """Whether new arrays go into anonymous segments: in a worker whose gateway passes
+    descriptors (the anonymous transport), else into named ones."""
+    from . import _worker
+
+    gw = _worker.current_gateway()
+    return gw is not None and gw.conn.descriptors is not None
 
 
 def zeros(

@@ -1,8 +1,12 @@
-"""Named POSIX shared-memory segments holding one array each: header codec and mapping.
+"""Shared-memory segments holding one array each: header codec and mapping.
 
-The byte layout is specified in ``docs/SEGMENT_FORMAT.md`` (layout version 1) and shared
-with the Rust side; this module writes the same bytes for the same fields and validates
-every header it maps before any view of the data exists.
+A segment lives in a named POSIX shared-memory object (:func:`create`, :func:`open`) or
+in an anonymous one, reached only through a descriptor (:func:`create_anonymous`;
+:func:`map_descriptor` and :func:`at_offset` for one a peer sent, which may hold a pool
+arena's slots at page-aligned offsets). The byte layout is specified in
+``docs/SEGMENT_FORMAT.md`` (layout version 1) and shared with the Rust side; this module
+writes the same bytes for the same fields and validates every header it maps before any
+view of the data exists.
 
 Standard library only: numpy views of a segment are built in :mod:`pixgate._array`.
 Segments are never handled with :mod:`multiprocessing.shared_memory`, whose resource
@@ -23,6 +27,11 @@ problem            check
 ``owner``          its owner is this process's effective uid
 ``mode``           no access for group or others (``mode & 0o077 == 0``)
 ``size``           at least 4096 bytes
+``not sealed``     (a received descriptor, Linux) sealed against shrinking and growing
+``access``         (a received descriptor) opened read-write when the reference needs
+                   it writable
+``offset``         (a received descriptor) the segment's offset is a multiple of 4096
+                   with at least 4096 bytes of the object after it
 ``uninitialised``  version is not 0 (the creator has not finished the header)
 ``changed``        the version did not change while the header was copied
 ``truncated``      (bytes parsed directly) at least 4096 bytes, and header_len of them
@@ -90,6 +99,7 @@ __all__ = [
 import mmap
 import os
 import struct
+import sys
 import weakref
 
 TYPE_CHECKING = False
@@ -175,6 +185,9 @@ _I64_MAX = 2**63 - 1
 _NAME_PREFIX = "/pxg-"
 _NAME_MAX = 31
 _SHM_DIR = "/dev/shm"
+_LINUX = sys.platform.startswith("linux")
+# Whether mmap.mmap takes trackfd (Python 3.13): a mapping that holds no descriptor.
+_TRACKFD = sys.version_info >= (3, 13)
 
 
 # ---------------------------------------------------------------------------------------
@@ -818,13 +831,13 @@ def _array_ref_in(block: bytes) -> str | None:
 
     A worker's decoder maps the segment an array reference names (and may take
     ownership of it), so metadata read from a header is framed first, opcode by opcode
-    exactly as the decoder reads it, and refused if any opcode is ``U``.
+    exactly as the decoder reads it, and refused if any opcode is ``U`` or ``V``.
     """
     pos = 1  # the version byte
     end = len(block)
     while pos < end:
         op = block[pos]
-        if op == 0x55:  # U
+        if op == 0x55 or op == 0x56:  # U, V
             return f"holds an array reference at offset {pos}"
         size = _OP_ARGS.get(op)
         if size is None:
@@ -986,6 +999,56 @@ def _ensure_exit_hooks() -> None:
         _hooked_gateway = gw
 
 
+def _register_owned_anonymous(seg: Segment, fd: int | None) -> None:
+    """Make an anonymous segment this process's; it keeps ``fd`` (its object's
+    descriptor, when this process has one) and closes it when it goes."""
+    if seg._finalizer is not None:
+        seg._finalizer.detach()
+    if fd is not None:
+        old, seg._fd = seg._fd, fd
+        if old is not None and old != fd:
+            _close_quietly(old)
+    fin = weakref.finalize(seg, _close_quietly, seg._fd)
+    fin.atexit = False  # every descriptor closes at exit anyway
+    seg._finalizer = fin
+
+
+def _close_quietly(fd: int | None) -> None:
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+class _Outgoing:
+    """The descriptor of an anonymous segment this process moves to the host, between
+    :meth:`Segment.move_out` and the frame that carries it."""
+
+    __slots__ = ("_done", "fd", "segment")
+
+    def __init__(self, segment: Segment, fd: int) -> None:
+        self.segment = segment
+        self.fd = fd
+        self._done = False
+
+    def sent(self) -> None:
+        """The descriptor went out (or the gateway broke sending it): close this copy."""
+        if not self._done:
+            self._done = True
+            _close_quietly(self.fd)
+
+    def abandon(self) -> None:
+        """Nothing was sent: the segment is this process's again, with its descriptor."""
+        if self._done:
+            return
+        self._done = True
+        seg = self.segment
+        _register_owned_anonymous(seg, self.fd)
+        if seg.writable and not seg.closed:
+            seg.set_state(STATE_OWNED)
+
+
 def owned_names() -> list[str]:
     """Names of the segments this process will unlink."""
     pid = os.getpid()
@@ -1071,9 +1134,12 @@ class Segment:
         "_closed",
         "_data",
         "_end_use",
+        "_fd",
         "_finalizer",
         "_mapping",
         "_raw",
+        "anonymous",
+        "base",
         "directory",
         "header",
         "name",
@@ -1087,11 +1153,18 @@ class Segment:
         mapping: _Mapping,
         writable: bool,
         directory: str | None = None,
+        base: int = 0,
+        anonymous: bool = False,
     ) -> None:
         self.name = name
         self.header = header
         self.writable = writable
         self.directory = directory
+        #: Where the header starts in the mapping: 0, or a pool slot's offset in the
+        #: arena it lives in (anonymous transport).
+        self.base = base
+        #: Whether the segment lives in an anonymous object (no name to open or unlink).
+        self.anonymous = anonymous
         mapping.acquire()
         self._mapping = mapping
         self._closed = False
@@ -1108,6 +1181,9 @@ class Segment:
         # The header bytes this object's header was validated from, when kept (reread).
         self._raw: bytes | None = None
         self._finalizer: weakref.finalize | None = None
+        # The descriptor of an anonymous object this process owns: kept while it is
+        # ours, so that it can be passed on when the array moves (see move_out).
+        self._fd: int | None = None
 
     # -- header fields --------------------------------------------------------
 
@@ -1203,24 +1279,31 @@ class Segment:
         """
         view = self._data
         if view is None:  # also after close(): self.mapping raises
-            start = self.header.header_len
+            start = self.base + self.header.header_len
             view = self._data = memoryview(self.mapping)[start : start + self.data_len]
         return view
 
     @property
     def generation(self) -> int:
         """The generation counter, read from the mapping."""
-        return int(_U64.unpack_from(self.mapping, _OFF_GENERATION)[0])
+        return int(_U64.unpack_from(self.mapping, self.base + _OFF_GENERATION)[0])
 
     @property
     def state(self) -> int:
         """The advisory state word (``STATE_*``), read from the mapping."""
-        return int(_U32.unpack_from(self.mapping, _OFF_STATE)[0])
+        return int(_U32.unpack_from(self.mapping, self.base + _OFF_STATE)[0])
 
     @property
     def owner_pid(self) -> int:
-        """The pid of the process that will unlink the segment, read from the mapping."""
-        return int(_U32.unpack_from(self.mapping, _OFF_OWNER_PID)[0])
+        """The pid of the process that will unlink the segment (anonymous: whose array
+        it is), read from the mapping."""
+        return int(_U32.unpack_from(self.mapping, self.base + _OFF_OWNER_PID)[0])
+
+    @property
+    def key(self) -> str:
+        """What RELEASE names: the name, or, for a segment at an offset other than 0 of
+        its object (a pool slot in an arena), the name, ``@`` and the offset in hex."""
+        return self.name if not self.base else f"{self.name}@{self.base:x}"
 
     def set_state(self, state: int, owner_pid: int | None = None) -> None:
         """Store the advisory state word (and the owner's pid) into the header.
@@ -1231,9 +1314,9 @@ class Segment:
             The segment is mapped read-only.
         """
         mm = self._writable_mapping()
-        _U32.pack_into(mm, _OFF_STATE, state)
+        _U32.pack_into(mm, self.base + _OFF_STATE, state)
         if owner_pid is not None:
-            _U32.pack_into(mm, _OFF_OWNER_PID, owner_pid)
+            _U32.pack_into(mm, self.base + _OFF_OWNER_PID, owner_pid)
 
     def bump_generation(self) -> int:
         """Increment the generation counter and return the new value.
@@ -1244,8 +1327,9 @@ class Segment:
             The segment is mapped read-only.
         """
         mm = self._writable_mapping()
-        generation = (_U64.unpack_from(mm, _OFF_GENERATION)[0] + 1) & _U64_MAX
-        _U64.pack_into(mm, _OFF_GENERATION, generation)
+        off = self.base + _OFF_GENERATION
+        generation = (_U64.unpack_from(mm, off)[0] + 1) & _U64_MAX
+        _U64.pack_into(mm, off, generation)
         return generation
 
     @property
@@ -1268,7 +1352,8 @@ class Segment:
         """
         mm = self.mapping
         header_len = self.header.header_len
-        raw = mm[:header_len]
+        base = self.base
+        raw = mm[base : base + header_len]
         old, known = self.header, self._raw
         if (
             known is not None
@@ -1279,7 +1364,7 @@ class Segment:
             # (arrays of earlier uses see the same layout, so they may share it).
             old.generation = _U64.unpack_from(raw, _OFF_GENERATION)[0]
             return self
-        header = _read_header(mm, len(mm), self.name)
+        header = _read_header(mm, len(mm), self.name, base)
         if (header.header_len, header.data_len) != (header_len, old.data_len):
             raise _bad(
                 self.name,
@@ -1287,7 +1372,9 @@ class Segment:
                 f"header_len/data_len changed from {header_len}/{old.data_len} to "
                 f"{header.header_len}/{header.data_len}",
             )
-        seg = Segment(self.name, header, self._mapping, self.writable, self.directory)
+        seg = Segment(
+            self.name, header, self._mapping, self.writable, self.directory, base, self.anonymous
+        )
         seg._data = self._data
         seg._raw = raw
         return seg
@@ -1296,8 +1383,15 @@ class Segment:
         """Map every page of the segment now (where the kernel can), instead of one by
         one as they are touched."""
         advice = _MADV_POPULATE_WRITE if self.writable else _MADV_POPULATE_READ
+        mm = self.mapping
         try:
-            self.mapping.madvise(advice)
+            if self.base or self.anonymous:
+                # This segment's range only: an arena holds other slots too.
+                end = self.base + self.header.header_len + self.data_len
+                length = min(-(-(end - self.base) // PAGE) * PAGE, len(mm) - self.base)
+                mm.madvise(advice, self.base, length)
+            else:
+                mm.madvise(advice)
         except (OSError, ValueError):
             # An older kernel: touch a byte per page.
             data = self.data
@@ -1313,32 +1407,83 @@ class Segment:
 
     @property
     def owned(self) -> bool:
-        """Whether this process unlinks the segment."""
-        return self._finalizer is not None and self._finalizer.alive and self.name in _owned
+        """Whether the segment is this process's: it unlinks a named one; an anonymous
+        one is its array, which it may move on."""
+        fin = self._finalizer
+        if fin is None or not fin.alive:
+            return False
+        return self.anonymous or self.name in _owned
 
-    def adopt(self) -> None:
-        """Take ownership: this process will unlink the segment (moved to it).
+    @property
+    def descriptor(self) -> int | None:
+        """The descriptor of an anonymous object this process owns and can pass on
+        (None for anything else)."""
+        return self._fd if self.owned else None
+
+    def adopt(self, fd: int | None = None) -> None:
+        """Take ownership: the segment was moved to this process, which will unlink it
+        (named) or may move it on (anonymous: with ``fd``, its object's descriptor, which
+        this segment then keeps and closes when it goes).
 
         On a writable mapping this process is also recorded in the header (``owner_pid``,
         state owned), as the format asks of a receiver: sweepers keep a segment whose
-        owner runs, also after its creator has died.
+        owner runs, also after its creator has died, and ``pixgate ls`` shows whose an
+        anonymous array is.
         """
-        if not self.owned:
+        if self.anonymous:
+            _register_owned_anonymous(self, fd)
+        elif not self.owned:
             _register_owned(self)
         if self.writable:
             self.set_state(STATE_OWNED, owner_pid=os.getpid())
 
     def disown(self) -> None:
-        """Give up ownership: another process will unlink the segment."""
+        """Give up ownership: another process will unlink the segment (anonymous: this
+        process no longer moves it on, and closes its descriptor)."""
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None
+        if self.anonymous:
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                _close_quietly(fd)
+            return
         entry = _owned.get(self.name)
         if entry is not None and entry[0] == os.getpid():
             del _owned[self.name]
 
+    def move_out(self) -> _wire.DescriptorRef:
+        """A moved reference to this anonymous segment, with its descriptor to pass.
+
+        Ownership leaves at once (the state word says *moved*): the reference's
+        ``outgoing.sent()`` closes the descriptor once it is on its way, and
+        ``outgoing.abandon()`` makes the segment this process's again if nothing was
+        sent.
+
+        Raises
+        ------
+        SegmentError
+            The segment is not an anonymous one this process owns with its descriptor.
+        """
+        fd = self.descriptor
+        if fd is None:
+            raise SegmentError(
+                f"segment {self.name}: no descriptor of it to pass on", "descriptor", self.name
+            )
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        self._fd = None
+        if self.writable:
+            self.set_state(STATE_MOVED)
+        return _wire.DescriptorRef(
+            self.name, None, self.base, self.generation, _wire.MOVED, _Outgoing(self, fd)
+        )
+
     def unlink(self) -> None:
         """Remove the segment's name now; mappings stay valid until they are closed.
+
+        An anonymous segment has no name to remove: this only gives up ownership.
 
         Raises
         ------
@@ -1346,6 +1491,8 @@ class Segment:
             The name no longer exists (problem ``"not found"``) or cannot be removed.
         """
         self.disown()
+        if self.anonymous:
+            return
         try:
             _shm_unlink(self.name, self.directory)
         except OSError as exc:
@@ -1392,7 +1539,9 @@ class Segment:
     def __repr__(self) -> str:
         access = "writable" if self.writable else "read-only"
         owned = ", owned" if self.owned else ""
-        return f"<Segment {self.name}: {self.dtype} {self.shape}, {access}{owned}>"
+        kind = "anonymous " if self.anonymous else ""
+        at = f" at {self.base:#x}" if self.base else ""
+        return f"<{kind}Segment {self.name}{at}: {self.dtype} {self.shape}, {access}{owned}>"
 
 
 def create(
@@ -1468,12 +1617,236 @@ def create(
     return seg
 
 
+# memfd_create's flags (Linux): MFD_CLOEXEC, MFD_ALLOW_SEALING, MFD_NOEXEC_SEAL (6.3).
+_MFD_CLOEXEC = 0x0001
+_MFD_ALLOW_SEALING = 0x0002
+_MFD_NOEXEC_SEAL = 0x0008
+# fcntl's sealing commands and seals (Linux; PyPy's fcntl module does not name them).
+_F_ADD_SEALS = 1033
+_F_GET_SEALS = 1034
+_F_SEAL_SEAL = 0x0001
+_F_SEAL_SHRINK = 0x0002
+_F_SEAL_GROW = 0x0004
+
+
+def create_anonymous(
+    dtype: str,
+    shape: Iterable[int],
+    strides: Iterable[int] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Segment:
+    """Create a segment in a new anonymous object, owned by this process.
+
+    The object has no name in any directory (docs/SEGMENT_FORMAT.md 3.2): on Linux a
+    ``memfd`` named ``pxg-<pid hex>-<16 hex digits>``, mode 0400, reserved, its header
+    written and stamped, then sealed against shrinking and growing; on macOS a
+    shared-memory object unlinked at once (it cannot be sealed there). Other processes
+    reach it only through its descriptor, which the segment keeps while it is this
+    process's (:meth:`Segment.move_out` passes it on). Nothing is ever unlinked: the
+    memory goes when the last descriptor and mapping of it do.
+
+    Parameters
+    ----------
+    dtype, shape, strides, meta
+        As for :func:`create`.
+
+    Returns
+    -------
+    Segment
+        Mapped read-write, zero-filled, owned by this process.
+
+    Raises
+    ------
+    DTypeError, LayoutError
+        As for :func:`build_header`.
+    SegmentError
+        ``"no space"`` when the memory cannot be reserved, ``"descriptors"`` when the
+        process has no descriptor left, or another failed system call.
+    """
+    header = build_header(dtype, shape, strides, meta)
+    size = -(-(header.header_len + header.data_len) // PAGE) * PAGE
+    name = _new_name()
+    fd = _anonymous_object(name)
+    mm = None
+    try:
+        if _LINUX:
+            try:
+                # Read-only for everyone but root: a read-only descriptor of it cannot
+                # be reopened writable through /proc by another process of the user.
+                os.fchmod(fd, 0o400)
+                os.ftruncate(fd, size)
+            except OSError as exc:
+                raise _os_error(name, exc, "sizing the anonymous object") from None
+        else:
+            try:
+                os.ftruncate(fd, size)
+            except OSError as exc:
+                raise _os_error(name, exc, f"resize to {size} bytes") from None
+        _reserve(fd, size, name)
+        mm = _map(fd, size, True, name, populate=False)
+        header.version = 0
+        mm[: header.header_len] = encode_header(header)
+        header.version = VERSION
+        _U32.pack_into(mm, _OFF_VERSION, VERSION)  # the version stamp, last
+        if _LINUX:
+            import fcntl
+
+            try:
+                fcntl.fcntl(fd, _F_ADD_SEALS, _F_SEAL_SHRINK | _F_SEAL_GROW | _F_SEAL_SEAL)
+            except OSError as exc:
+                raise _os_error(name, exc, "sealing the anonymous object") from None
+        seg = Segment(name, header, _Mapping(mm), True, None, 0, anonymous=True)
+    except BaseException:
+        if mm is not None:
+            mm.close()
+        os.close(fd)
+        raise
+    _register_owned_anonymous(seg, fd)
+    return seg
+
+
+def _anonymous_object(name: str) -> int:
+    """A new anonymous object's descriptor (close-on-exec), not yet sized."""
+    import errno
+
+    try:
+        if _LINUX:
+            label = name[1:]
+            flags = _MFD_CLOEXEC | _MFD_ALLOW_SEALING
+            try:
+                return os.memfd_create(label, flags | _MFD_NOEXEC_SEAL)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:  # a kernel before 6.3 has no NOEXEC_SEAL
+                    raise
+                return os.memfd_create(label, flags)
+        fd = _shm_open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600, None)
+        _unlink_quietly(name, None)
+        return fd
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            raise SegmentError(
+                f"segment {name}: no descriptor left for an anonymous object: "
+                f"{exc.strerror}",
+                "descriptors",
+                name,
+                exc.errno,
+            ) from None
+        raise _os_error(name, exc, "create") from None
+
+
+def map_descriptor(fd: int, name: str, offset: int, writable: bool) -> tuple[_Mapping, int]:
+    """Validate a descriptor a peer sent for the segment at ``offset`` of the anonymous
+    object ``name`` (docs/SEGMENT_FORMAT.md 8, step 0) and map the whole object.
+
+    The caller keeps ``fd`` (and closes it); the mapping does not need it.
+
+    Parameters
+    ----------
+    fd : int
+        The received descriptor.
+    name : str
+        The object's name from the reference (checked, never opened).
+    offset : int
+        Where the referenced segment's header starts in the object.
+    writable : bool
+        Map read-write (a lent or moved reference); read-only otherwise, whatever the
+        descriptor allows.
+
+    Returns
+    -------
+    mapping : _Mapping
+        The mapping of the whole object, with no use counted yet.
+    size : int
+        The object's size.
+
+    Raises
+    ------
+    SegmentError
+        The first check that failed: ``name``, ``not a file``, ``owner``, ``mode``,
+        ``size``, ``not sealed`` (it could shrink under the mapping), ``access`` (a
+        read-only descriptor for a writable reference), ``offset`` (not a multiple of 4096, or
+        no page left from it), ``map``.
+    """
+    check_name(name)
+    try:
+        st = os.fstat(fd)
+    except OSError as exc:
+        raise _os_error(name, exc, "fstat") from None
+    size = _check_stat(st, name)
+    if _LINUX:
+        import fcntl
+
+        try:
+            seals = fcntl.fcntl(fd, _F_GET_SEALS)
+        except OSError:
+            seals = 0  # not a memfd (or shmem file): it has no seals
+        if seals & (_F_SEAL_SHRINK | _F_SEAL_GROW) != _F_SEAL_SHRINK | _F_SEAL_GROW:
+            raise SegmentError(
+                f"segment {name}: the object is not sealed against shrinking and growing "
+                f"(seals {seals:#x}), so a mapping of it could fault",
+                "not sealed",
+                name,
+            )
+    if writable:
+        import fcntl
+
+        try:
+            mode = fcntl.fcntl(fd, fcntl.F_GETFL) & getattr(os, "O_ACCMODE", 3)
+        except OSError as exc:
+            raise _os_error(name, exc, "F_GETFL") from None
+        if mode != os.O_RDWR:
+            raise SegmentError(
+                f"segment {name}: the descriptor was opened read-only, and the "
+                "reference needs it writable",
+                "access",
+                name,
+            )
+    if offset < 0 or offset % PAGE or offset + PAGE > size:
+        raise SegmentError(
+            f"segment {name}: offset {offset} in an object of {size} bytes, expected a "
+            f"multiple of {PAGE} with at least {PAGE} bytes after it",
+            "offset",
+            name,
+        )
+    return _Mapping(_map(fd, size, writable, name, populate=False)), size
+
+
+def at_offset(mapping: _Mapping, size: int, name: str, offset: int, writable: bool) -> Segment:
+    """The segment whose header is at ``offset`` of a mapped anonymous object, after
+    validating that header as for any segment (the segment may use the ``size -
+    offset`` bytes from there).
+
+    ``mapping`` must be held (counted) by the caller while this runs; the segment
+    counts its own use.
+
+    Raises
+    ------
+    HeaderError
+        The header failed validation.
+    SegmentError
+        The mapping was closed.
+    """
+    mm = mapping.mm
+    if mm is None or mm.closed:
+        raise SegmentError(f"segment {name}: closed", "closed", name)
+    header = _read_header(mm, size, name, offset)
+    return Segment(name, header, mapping, writable, None, offset, anonymous=True)
+
+
 def _map(fd: int, size: int, writable: bool, name: str, populate: bool) -> mmap.mmap:
     # Populating a mapping of pages that exist (a segment another process filled) costs
     # a quarter of faulting them in one by one; on a new segment it only moves the cost.
     flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
     prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
     try:
+        global _TRACKFD
+        if _TRACKFD:
+            # A mapping needs no descriptor: without trackfd=False the mmap object keeps
+            # a duplicate of it for as long as it lives (Python before 3.13 always does).
+            try:
+                return mmap.mmap(fd, size, flags=flags, prot=prot, trackfd=False)
+            except TypeError:  # an interpreter that does not take it
+                _TRACKFD = False
         return mmap.mmap(fd, size, flags=flags, prot=prot)
     except (OSError, OverflowError) as exc:
         raise SegmentError(
@@ -1498,7 +1871,8 @@ def _reserve(fd: int, size: int, name: str) -> None:
     except OSError as exc:
         import errno
 
-        if exc.errno == errno.ENOSPC:
+        # An anonymous object runs out of memory rather than of file system space.
+        if exc.errno in (errno.ENOSPC, errno.ENOMEM):
             raise SegmentError(
                 f"segment {name}: no space for {size} bytes of shared memory "
                 f"(is /dev/shm full or too small?)",
@@ -1591,17 +1965,20 @@ def _check_stat(st: os.stat_result, name: str) -> int:
     return int(st.st_size)
 
 
-def _read_header(mm: mmap.mmap, size: int, name: str) -> Header:
+def _read_header(mm: mmap.mmap, size: int, name: str, base: int = 0) -> Header:
+    """Copy and validate the header at ``base`` of a mapping of ``size`` bytes (at least
+    ``base`` + 4096): the segment there may use the ``size - base`` bytes from it."""
     # The version first (see "Ordering" in the module docs), then a private copy of the
     # header: the owner may write the advisory fields while it is parsed.
-    version = _U32.unpack_from(mm, _OFF_VERSION)[0]
+    size -= base
+    version = _U32.unpack_from(mm, base + _OFF_VERSION)[0]
     if version == 0:
         raise _bad(name, "uninitialised", "segment not yet initialised (version 0)")
-    header_len = _U32.unpack_from(mm, _OFF_HEADER_LEN)[0]
-    data = mm[: header_len if PAGE < header_len <= size else PAGE]
+    header_len = _U32.unpack_from(mm, base + _OFF_HEADER_LEN)[0]
+    data = mm[base : base + (header_len if PAGE < header_len <= size else PAGE)]
     # The owner may rewrite the metadata of a segment it has not handed out yet, with
     # the version at 0 meanwhile; a copy taken across such a rewrite is refused.
-    if _U32.unpack_from(mm, _OFF_VERSION)[0] != version:
+    if _U32.unpack_from(mm, base + _OFF_VERSION)[0] != version:
         raise _bad(name, "changed", "header changed while it was read")
     return parse_header(data, size, name, version)
 

@@ -2,23 +2,35 @@
 
 A received array reference becomes a numpy array over the segment's mapping:
 read-only for a *shared* reference, writable for a *lent* or *moved* one (a moved
-segment becomes this process's to unlink). When the array of a shared or lent
-reference is garbage-collected, the worker sends RELEASE so the host may use it again;
-sending it back to the host releases it instead. The mapping of a shared or lent
+segment becomes this process's: to unlink, when named). When the array of a shared or
+lent reference is garbage-collected, the worker sends RELEASE so the host may use it
+again; sending it back to the host releases it instead. The mapping of a shared or lent
 segment is kept for the next reference to it until the host sends FORGET.
 
+References come in two kinds (docs/PROTOCOL.md 5.5, 5.7): ``U`` names a named segment,
+which the worker opens; ``V`` names an anonymous object, whose descriptor the host
+passed on the gateway's descriptor socket under a token (or token 0: the worker maps the
+object already). The worker validates the descriptor, maps the *whole* object once per
+access (read-only, writable), closes the descriptor, and reads the header of the segment
+at the reference's offset: a pool arena's slots are views of one mapping. It keeps
+mappings, never descriptors, of what it received, so the descriptors it holds do not
+grow with the frames it sees.
+
 An array being sent becomes a reference: the host's own array goes back with the access
-it came with; a whole shared array this process created (and still owns) moves to the
-host; anything else (a plain numpy array, part of a shared one, or an array whose segment
-moved already) is copied once into a new segment, which moves. Shapes cross exactly as
-they are, 0-d and zero-size ones included. The wire is specified in docs/PROTOCOL.md, the segment in
-docs/SEGMENT_FORMAT.md.
+it came with (for an anonymous one: ``V`` with token 0); a whole shared array this
+process created (and still owns) moves to the host; anything else (a plain numpy array,
+part of a shared one, or an array whose segment moved already) is copied once into a new
+segment, which moves. On a gateway with the anonymous transport this process's arrays
+are anonymous segments, and a move passes the object's descriptor with the frame.
+Shapes cross exactly as they are, 0-d and zero-size ones included. The wire is specified
+in docs/PROTOCOL.md, the segment in docs/SEGMENT_FORMAT.md.
 """
 
 from __future__ import annotations
 
 __all__ = ["FORGET", "RELEASE", "forget", "frames", "install", "release"]
 
+import os
 import struct
 import sys
 
@@ -37,22 +49,75 @@ FORGET = 37
 
 
 class _Held:
-    """One shared or lent reference from the host, mapped here: the lease of its array."""
+    """One shared or lent reference from the host, mapped here: the lease of its array.
 
-    __slots__ = ("name", "generation", "access", "returned")
+    ``name`` is the segment's (or anonymous object's) name, ``key`` what RELEASE names
+    (the name, or ``name@offset`` for a slot of an arena), ``offset`` where the segment
+    lies in its object; ``anonymous`` says which kind of reference gives it back.
+    """
 
-    def __init__(self, name: str, generation: int, access: int) -> None:
+    __slots__ = ("name", "generation", "access", "returned", "key", "offset", "anonymous")
+
+    def __init__(
+        self,
+        name: str,
+        generation: int,
+        access: int,
+        key: str | None = None,
+        offset: int = 0,
+        anonymous: bool = False,
+    ) -> None:
         self.name = name
         self.generation = generation
         self.access = access
         self.returned = False
+        self.key = name if key is None else key
+        self.offset = offset
+        self.anonymous = anonymous
+
+    def reference(self) -> _wire.ArrayRef | _wire.DescriptorRef:
+        """The reference that gives the array back: as it came, token 0 for an
+        anonymous one (the host maps its own object)."""
+        if self.anonymous:
+            return _wire.DescriptorRef(self.name, 0, self.offset, self.generation, self.access)
+        return _wire.ArrayRef(self.name, self.generation, self.access)
 
 
-# (name, writable) -> the host's segment, kept mapped across references until the host
-# sends FORGET (docs/PROTOCOL.md 4.13): the next reference to it then costs no open, map,
-# validation or page faults. Arrays keep their segment alive by themselves (the array
-# layer's registry), so dropping an entry unmaps only once they are gone too.
-_resident: dict[tuple[str, bool], Segment] = {}
+class _Object:
+    """A kept mapping of a whole anonymous object of the host, with one access.
+
+    It counts as one use of its mapping until :meth:`drop` (FORGET, or the object moved
+    to this process); ``segments`` holds the segment read at each offset a reference
+    named (one for a plain array, one per slot of a pool arena), each a use of its own.
+    """
+
+    __slots__ = ("_dropped", "mapping", "name", "segments", "size", "writable")
+
+    def __init__(self, name: str, mapping: _segment._Mapping, size: int, writable: bool) -> None:
+        self.name = name
+        self.mapping = mapping
+        self.size = size
+        self.writable = writable
+        self.segments: dict[int, Segment] = {}
+        self._dropped = False
+        mapping.acquire()
+
+    def drop(self) -> None:
+        """Let go of the mapping: it is unmapped once no array and no segment uses it."""
+        if self._dropped:
+            return
+        self._dropped = True
+        self.segments.clear()
+        self.mapping.release()
+
+
+# (name, writable) -> what is kept mapped of the host's segment or object across
+# references until the host sends FORGET (docs/PROTOCOL.md 4.13): a Segment for a named
+# segment, an _Object for an anonymous object (all its slots). The next reference then
+# costs no open, map, validation or page faults. Arrays keep their segment alive by
+# themselves (the array layer's registry), so dropping an entry unmaps only once they are
+# gone too.
+_resident: dict[tuple[str, bool], Any] = {}
 
 
 def _send_release(held: _Held) -> None:
@@ -68,8 +133,8 @@ def _release_payload(held: _Held) -> bytes:
     (a frame's release is on the hot path of a stream)."""
     g = held.generation
     if not 0 <= g < 2**31:
-        return _wire.dumps_payload((held.name, g, held.access))
-    name = held.name.encode()
+        return _wire.dumps_payload((held.key, g, held.access))
+    name = held.key.encode()
     return b"".join(
         (b"N", _I32.pack(len(name)), name, b"F", _I32.pack(g), b"F", _I32.pack(held.access), _TUPLE3)
     )
@@ -90,9 +155,15 @@ def _notify(held: _Held) -> None:
 
 
 def forget(name: str) -> None:
-    """Drop the mappings kept of the host's segment ``name`` (FORGET)."""
-    _resident.pop((name, False), None)
-    _resident.pop((name, True), None)
+    """Drop the mappings kept of the host's segment or anonymous object ``name``
+    (FORGET): of an object, every slot's."""
+    for writable in (False, True):
+        _drop(_resident.pop((name, writable), None))
+
+
+def _drop(entry: object) -> None:
+    if type(entry) is _Object:
+        entry.drop()
 
 
 def _mapped(ref: _wire.ArrayRef, writable: bool, keep: bool) -> Segment:
@@ -136,8 +207,89 @@ def _split(wire_name: str) -> tuple[str, str | None]:
     return "/" + base, directory
 
 
-def _import(ref: _wire.ArrayRef) -> Any:
+def _take_descriptor(ref: _wire.DescriptorRef) -> int:
+    """The descriptor the host sent for ``ref`` (the caller closes it)."""
+    gw = _worker.current_gateway()
+    table = None if gw is None else gw.conn.descriptors
+    if table is None:
+        raise LoadError(
+            f"array {ref.key}: a reference by descriptor, and this worker has no "
+            "descriptor socket"
+        )
+    return table.take(ref.token)
+
+
+def _anonymous_segment(
+    ref: _wire.DescriptorRef, writable: bool, keep: bool
+) -> tuple[Segment, int | None]:
+    """The segment of a reference by descriptor, over the kept mapping of its object or
+    a new one; kept for the next reference when ``keep``.
+
+    Returns the segment and, for a reference that is not kept (a move) and came with a
+    descriptor, that descriptor (the caller owns it); otherwise the descriptor is closed
+    here, right after mapping.
+    """
+    key = (ref.name, writable)
+    fd = None
+    if ref.token:
+        fd = _take_descriptor(ref)
+        try:
+            mapping, size = _segment.map_descriptor(fd, ref.name, ref.offset, writable)
+        except BaseException:
+            os.close(fd)
+            raise
+        if keep:
+            os.close(fd)
+            fd = None
+        obj = _Object(ref.name, mapping, size, writable)
+        fresh = True
+    else:
+        obj = _resident.get(key)
+        if type(obj) is not _Object:
+            access = "writable" if writable else "read-only"
+            raise LoadError(
+                f"array {ref.key}: reference without a descriptor (token 0), and this "
+                f"worker keeps no {access} mapping of {ref.name}"
+            )
+        fresh = False
+    try:
+        seg = obj.segments.pop(ref.offset, None)
+        if seg is not None and (seg.closed or seg.header.generation != ref.generation):
+            # Another generation: the header may have changed. A pool slot's is re-read
+            # (cheaply when only the generation moved); anything else is read anew.
+            seg = seg.reread() if seg.pool_slot and not seg.closed else None
+        if seg is None:
+            seg = _segment.at_offset(obj.mapping, obj.size, ref.name, ref.offset, writable)
+            if seg.pool_slot and keep:
+                # Mapped for good: populated once, as a named slot is.
+                seg.populate()
+        if seg.generation != ref.generation:
+            raise LoadError(
+                f"array {ref.key}: reference of generation {ref.generation}, "
+                f"segment at generation {seg.generation} (stale reference)"
+            )
+    except BaseException:
+        if fresh:
+            obj.drop()
+        if fd is not None:
+            os.close(fd)
+        raise
+    if keep:
+        obj.segments[ref.offset] = seg
+        if fresh:
+            old = _resident.get(key)
+            _resident[key] = obj
+            if old is not obj:
+                _drop(old)
+    elif fresh:
+        obj.drop()
+    return seg, fd
+
+
+def _import(ref: _wire.ArrayRef | _wire.DescriptorRef) -> Any:
     """Map a received reference as a numpy array."""
+    if type(ref) is _wire.DescriptorRef:
+        return _import_anonymous(ref)
     try:
         if ref.access == _wire.MOVED:
             # Ours from now on: a mapping kept from an earlier lend serves once more, and
@@ -156,7 +308,32 @@ def _import(ref: _wire.ArrayRef) -> Any:
         raise LoadError(f"array {ref.name}: {exc}") from exc
 
 
-def _export(obj: object) -> _wire.ArrayRef | None:
+def _import_anonymous(ref: _wire.DescriptorRef) -> Any:
+    """Map a received reference by descriptor as a numpy array."""
+    try:
+        if ref.access == _wire.MOVED:
+            # Ours from now on: a mapping kept from an earlier share or lend leaves the
+            # cache (a writable one serves once more when no descriptor came), and the
+            # array's lifetime decides. The descriptor, when one came, stays with the
+            # segment, so that the array can move on to the host.
+            _drop(_resident.pop((ref.name, False), None))
+            try:
+                seg, fd = _anonymous_segment(ref, True, keep=False)
+            finally:
+                _drop(_resident.pop((ref.name, True), None))
+            arr = _array.map_array(seg)
+            seg.adopt(fd)
+            return arr
+        seg, _ = _anonymous_segment(ref, ref.access != _wire.SHARED, keep=True)
+        held = _Held(ref.name, ref.generation, ref.access, ref.key, ref.offset, True)
+        return _array.map_array(seg, lease=held, on_release=lambda: _send_release(held))
+    except LoadError:
+        raise
+    except (Error, OSError, ImportError) as exc:
+        raise LoadError(f"array {ref.key}: {exc}") from exc
+
+
+def _export(obj: object) -> _wire.ArrayRef | _wire.DescriptorRef | None:
     """A reference for a numpy array being sent, or None for anything else."""
     np = sys.modules.get("numpy")
     if np is None or not isinstance(obj, np.ndarray):
@@ -167,10 +344,15 @@ def _export(obj: object) -> _wire.ArrayRef | None:
         held = found[2]
         if isinstance(held, _Held):
             if held.returned:
-                raise DumpError(f"array {seg.name} was already given back to the host")
+                raise DumpError(f"array {seg.key} was already given back to the host")
             held.returned = True
-            return _wire.ArrayRef(held.name, held.generation, held.access)
-        if seg.owned:
+            return held.reference()
+        if seg.anonymous:
+            # Moved with its descriptor; an anonymous array moved here without one (the
+            # host knew this worker mapped the object already) is copied instead.
+            if seg.descriptor is not None:
+                return seg.move_out()
+        elif seg.owned:
             seg.disown()
             return _wire.ArrayRef(seg.name, seg.generation, _wire.MOVED)
     # Anything else is copied, with its shape exactly (0-d and zero-size included:
@@ -180,7 +362,13 @@ def _export(obj: object) -> _wire.ArrayRef | None:
         copy = _array.shared_copy(obj)
     except (Error, TypeError, ValueError) as exc:
         raise DumpError(f"cannot share an array of {obj.dtype} {obj.shape}: {exc}") from exc
-    seg = _array.disown(copy)
+    found = _array.segment_of(copy)
+    if found is None:  # pragma: no cover - a shared copy is a segment's whole array
+        raise DumpError(f"cannot share an array of {obj.dtype} {obj.shape}")
+    seg = found[0]
+    if seg.anonymous:
+        return seg.move_out()
+    seg.disown()
     return _wire.ArrayRef(seg.name, seg.generation, _wire.MOVED)
 
 
@@ -210,7 +398,7 @@ def release(arr: object) -> None:
             + (f"an array of segment {found[0].name}" if found else type(arr).__name__)
         )
     if held.returned:
-        raise ReleaseError(f"array {held.name} was already released or given back")
+        raise ReleaseError(f"array {held.key} was already released or given back")
     held.returned = True
     _notify(held)
 

@@ -48,6 +48,8 @@ byte    name        meaning
 ``S``   UNICODE     ``i32`` length, UTF-8 (a Python 2 unicode): push a str
 ``T``   COMPLEX     two 8-byte big-endian doubles (real, imaginary): push a complex
 ``U``   ARRAY       an array reference (pixgate's own; see :class:`ArrayRef`)
+``V``   DESCRIPTOR  an array reference by descriptor (pixgate's own; see
+        ARRAY       :class:`DescriptorRef`)
 ======  ==========  =================================================================
 
 The encoder writes a list as ``K n`` then, per item, its index (``F i``), the item and
@@ -71,7 +73,7 @@ Differences from execnet
   other numbers are written as int (types with ``__index__``), float
   (``numbers.Real``) or complex (``numbers.Complex``), which covers numpy scalars
   without importing numpy; ``numpy.bool_`` is written as a bool.
-- Channel references (``B``) are not supported; ``U`` is reserved for array references.
+- Channel references (``B``) are not supported; ``U`` and ``V`` are array references.
 - The decoder rejects what execnet's would accept or crash on: truncated input, trailing
   bytes after STOP, lists that are filled out of order or not completely, nesting
   deeper than :data:`MAX_DEPTH`, malformed or oversized decimal ints.
@@ -92,8 +94,12 @@ __all__ = [
     "MAX_INT_DIGITS",
     "MAX_LENGTH",
     "OP_ARRAY",
+    "OP_DESC_ARRAY",
+    "ArrayRef",
+    "DescriptorRef",
     "dumps",
     "dumps_payload",
+    "dumps_payload_fds",
     "loads",
     "loads_payload",
     "loads_payload_with",
@@ -126,8 +132,10 @@ MAX_DEPTH = 512
 #: Largest length or count the format can carry (a signed 32-bit integer).
 MAX_LENGTH = 0x7FFFFFFF
 
-#: Reserved for array references; the decoder rejects it.
+#: An array reference to a named segment.
 OP_ARRAY = b"U"
+#: An array reference to an anonymous segment, by descriptor.
+OP_DESC_ARRAY = b"V"
 MAX_ARRAY_NAME = 255
 
 SHARED, LENT, MOVED = 0, 1, 2
@@ -164,21 +172,101 @@ class ArrayRef:
             and self.access == other.access
         )
 
+    @property
+    def key(self) -> str:
+        """What RELEASE and FORGET name: the segment's name."""
+        return self.name
+
     def __repr__(self) -> str:
         access = _ACCESS_NAMES.get(self.access, str(self.access))
         return f"ArrayRef({self.name!r}, generation={self.generation}, {access})"
 
 
-# Installed by the array layer: ``export(obj) -> ArrayRef | None`` turns an object the
-# codec does not know (a numpy array) into a reference; ``import_(ref) -> object`` turns
-# a received reference into an array. Without them, references load as ArrayRef.
-_array_export: Callable[[object], ArrayRef | None] | None = None
-_array_import: Callable[[ArrayRef], object] | None = None
+class DescriptorRef:
+    """A reference to an array in an anonymous segment (opcode ``V``), as it travels.
+
+    The segment's memory has no name to open: it is reached through a descriptor that
+    the sender passes on the gateway's descriptor socket before the frame, under
+    ``token`` (docs/PROTOCOL.md 2.7, 5.7).
+
+    Parameters
+    ----------
+    name : str
+        The object's name, ``/pxg-<pid hex>-<16 hex digits>``: its identity, never
+        opened.
+    token : int or None
+        The token of the descriptor to map; 0 when the receiver maps the object already
+        with the access this reference needs. None on an outgoing reference whose
+        descriptor (``outgoing``) gets its token when the frame is sent.
+    offset : int
+        Where the segment's header starts in the object: 0, or a pool slot's offset in
+        its arena (a multiple of 4096).
+    generation : int
+        The segment's generation when the reference was made.
+    access : int
+        ``SHARED`` (0), ``LENT`` (1) or ``MOVED`` (2), as for :class:`ArrayRef`.
+    outgoing : object, optional
+        For a reference this process sends with a new descriptor: an object with the
+        descriptor as ``fd`` and two methods, ``sent()`` (the descriptor went out: the
+        sender closes its copy) and ``abandon()`` (nothing was sent: undo what making
+        the reference did).
+    """
+
+    # In the order of the wire.
+    __slots__ = ("name", "token", "offset", "generation", "access", "outgoing")  # noqa: RUF023
+    __hash__ = None  # type: ignore[assignment]  # arrays are not hashable in Python
+
+    def __init__(
+        self,
+        name: str,
+        token: int | None,
+        offset: int,
+        generation: int,
+        access: int,
+        outgoing: Any = None,
+    ) -> None:
+        self.name = name
+        self.token = token
+        self.offset = offset
+        self.generation = generation
+        self.access = access
+        self.outgoing = outgoing
+
+    @property
+    def key(self) -> str:
+        """What RELEASE names: the name, or for a segment at an offset other than 0 the
+        name, ``@`` and the offset in lower-case hex."""
+        return self.name if not self.offset else f"{self.name}@{self.offset:x}"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            type(other) is DescriptorRef
+            and self.name == other.name
+            and self.token == other.token
+            and self.offset == other.offset
+            and self.generation == other.generation
+            and self.access == other.access
+        )
+
+    def __repr__(self) -> str:
+        access = _ACCESS_NAMES.get(self.access, str(self.access))
+        return (
+            f"DescriptorRef({self.name!r}, token={self.token}, offset={self.offset:#x}, "
+            f"generation={self.generation}, {access})"
+        )
+
+
+# Installed by the array layer: ``export(obj) -> ArrayRef | DescriptorRef | None`` turns
+# an object the codec does not know (a numpy array) into a reference; ``import_(ref) ->
+# object`` turns a received reference into an array. Without them, references load as
+# ArrayRef and DescriptorRef.
+_array_export: Callable[[object], ArrayRef | DescriptorRef | None] | None = None
+_array_import: Callable[[ArrayRef | DescriptorRef], object] | None = None
 
 
 def set_array_hooks(
-    export: Callable[[object], ArrayRef | None] | None,
-    import_: Callable[[ArrayRef], object] | None,
+    export: Callable[[object], ArrayRef | DescriptorRef | None] | None,
+    import_: Callable[[ArrayRef | DescriptorRef], object] | None,
 ) -> None:
     """Install (or, with None, remove) the array layer's conversion hooks."""
     global _array_export, _array_import
@@ -189,6 +277,11 @@ def set_array_hooks(
 HEADER = struct.Struct("!bii")
 _INT4 = struct.Struct("!i")
 _ARRAY_TAIL = struct.Struct("!QB")
+# V after the name: token, offset, generation, access.
+_DESC_TAIL = struct.Struct("!QQQB")
+_TOKEN = struct.Struct("!Q")
+# Offsets of segments in their objects are multiples of this.
+_PAGE = 4096
 
 _I32_MIN = -0x80000000
 _I32_MAX = 0x7FFFFFFF
@@ -212,10 +305,10 @@ _EMPTY_FROZENSET = b"E\x00\x00\x00\x00"
 
 # Opcode byte -> name, for error messages.
 # fmt: off
-_NAMES = dict(zip(b"@ABCDEFGHIJKLMNOPQRSTU", (
+_NAMES = dict(zip(b"@ABCDEFGHIJKLMNOPQRSTUV", (
     "buildtuple", "bytes", "channel", "false", "float", "frozenset", "int", "long", "longint",
     "longlong", "newdict", "newlist", "none", "py2string", "py3string", "set", "setitem",
-    "stop", "true", "unicode", "complex", "array",
+    "stop", "true", "unicode", "complex", "array", "descriptor array",
 )))
 # fmt: on
 
@@ -319,12 +412,73 @@ def dumps_payload(obj: object) -> bytes:
     return b"".join(parts)
 
 
-def _encode(obj: Any, parts: list[Any]) -> None:
+def dumps_payload_fds(obj: object) -> tuple[bytes | bytearray, list[tuple[int, DescriptorRef]]]:
+    """Serialize a value as a channel payload that may pass descriptors.
+
+    As :func:`dumps_payload`, but a :class:`DescriptorRef` whose descriptor is still to
+    be sent (token None, from the array layer's export hook) is written with a
+    placeholder token, and listed: the sender gives each its token and sends its
+    descriptor right before the frame (docs/PROTOCOL.md 2.7).
+
+    Parameters
+    ----------
+    obj : object
+        As for :func:`dumps`.
+
+    Returns
+    -------
+    payload : bytes or bytearray
+        The value and STOP; a bytearray when descriptors go with it.
+    outgoing : list of (int, DescriptorRef)
+        For each descriptor to send, in token order: the offset of its 8-byte token in
+        ``payload``, and the reference.
+
+    Raises
+    ------
+    DumpError
+        As for :func:`dumps`; the references listed so far are abandoned first.
+    """
+    if type(obj) is int and _I32_MIN <= obj <= _I32_MAX:
+        return _pack_int_stop(b"F", obj, b"Q"), []
+    parts: list[Any] = []
+    places: list[tuple[int, DescriptorRef]] = []
+    try:
+        _encode(obj, parts, places)
+    except BaseException:
+        for _, ref in places:
+            ref.outgoing.abandon()
+        raise
+    parts.append(b"Q")
+    if not places:
+        return b"".join(parts), []
+    # Part indices to byte offsets: one pass over the parts.
+    outgoing = []
+    offset = 0
+    want = iter(places)
+    index, ref = next(want)
+    for i, part in enumerate(parts):
+        if i == index:
+            outgoing.append((offset, ref))
+            nxt = next(want, None)
+            if nxt is None:
+                break
+            index, ref = nxt
+        offset += len(part) if type(part) is not memoryview else part.nbytes
+    return bytearray().join(parts), outgoing
+
+
+def _encode(
+    obj: Any, parts: list[Any], places: list[tuple[int, DescriptorRef]] | None = None
+) -> None:
     """Append the encoding of ``obj`` (without STOP) to ``parts``.
 
     Containers are walked with an explicit stack of generators, one per open container;
     each generator yields the container's items and appends the bytes that go between
     and after them, so the depth of the Python stack never depends on the value.
+
+    A :class:`DescriptorRef` still to be sent is written with a placeholder token, and
+    the placeholder's index in ``parts`` and the reference are appended to ``places``;
+    without ``places`` such a reference is abandoned and refused.
     """
     append = parts.append
     stack: list[Iterator[object]] = []
@@ -416,6 +570,8 @@ def _encode(obj: Any, parts: list[Any]) -> None:
                 _encode_buffer(obj, append)
             elif tp is ArrayRef:
                 _encode_array_ref(obj, append)
+            elif tp is DescriptorRef:
+                _encode_descriptor_ref(obj, parts, places)
             else:
                 if _array_export is not None:
                     ref = _array_export(obj)
@@ -589,6 +745,43 @@ def _encode_array_ref(ref: ArrayRef, append: Callable[[Any], None]) -> None:
     append(_ARRAY_TAIL.pack(ref.generation, ref.access))
 
 
+def _encode_descriptor_ref(
+    ref: DescriptorRef, parts: list[Any], places: list[tuple[int, DescriptorRef]] | None
+) -> None:
+    token = ref.token
+    if token is None:
+        # A descriptor to send: listed first, so that whatever fails from here on, the
+        # caller abandons it.
+        if places is None:
+            if ref.outgoing is not None:
+                ref.outgoing.abandon()
+            raise DumpError(
+                f"array {ref.name} lives in an anonymous segment: it can only be sent "
+                "as a channel item (channel.send), which passes its descriptor"
+            )
+        places.append((len(parts) + 2, ref))
+    try:
+        raw = ref.name.encode("utf-8")
+    except (AttributeError, UnicodeEncodeError):
+        raise DumpError(f"array reference with a bad name: {ref.name!r}") from None
+    if not 0 < len(raw) <= MAX_ARRAY_NAME:
+        raise DumpError(f"array name of {len(raw)} bytes, expected 1 to {MAX_ARRAY_NAME}")
+    offset, generation = ref.offset, ref.generation
+    if (
+        ref.access not in _ACCESS_NAMES
+        or not 0 <= generation < 1 << 64
+        or not 0 <= offset < 1 << 64
+        or offset % _PAGE
+        or not (token is None or 0 <= token < 1 << 64)
+    ):
+        raise DumpError(f"bad array reference {ref!r}")
+    parts.append(_pack_op_i32(b"V", len(raw)))
+    parts.append(raw)
+    # The token's place (parts index recorded above), then the rest.
+    parts.append(_TOKEN.pack(token or 0))
+    parts.append(_DESC_TAIL.pack(0, offset, generation, ref.access)[8:])
+
+
 def _encode_longint(i: int, append: Callable[[bytes], None]) -> None:
     """Write an int as LONGINT: ``H``, the length, the decimal digits."""
     try:
@@ -750,8 +943,14 @@ def loads_payload(data: bytes | bytearray | memoryview) -> Any:
     if not n:
         raise LoadError("empty input, expected an opcode")
     # And for a frame of a stream: one array reference, then STOP.
-    if buf[0] == 0x55 and buf[n - 1] == 0x51 and n >= 15:
-        ref, pos = _array_ref_at(buf, 0, n)
+    if buf[n - 1] == 0x51:
+        first = buf[0]
+        if first == 0x55 and n >= 15:
+            ref, pos = _array_ref_at(buf, 0, n)
+        elif first == 0x56 and n >= 31:
+            ref, pos = _descriptor_ref_at(buf, 0, n)
+        else:
+            pos = -1
         if pos == n - 1:
             hook = _array_import
             return hook(ref) if hook is not None else ref
@@ -1028,8 +1227,11 @@ def _decode(
             pos += 17
         elif op == 66:  # B CHANNEL
             raise LoadError(f"channel references are not supported (opcode 'B' at offset {pos})")
-        elif op == 85:  # U ARRAY
-            ref, pos = _array_ref_at(buf, pos, end)
+        elif op == 85 or op == 86:  # U ARRAY, V DESCRIPTOR ARRAY
+            if op == 85:
+                ref, pos = _array_ref_at(buf, pos, end)
+            else:
+                ref, pos = _descriptor_ref_at(buf, pos, end)
             # Only channel payloads (not the versioned form, which also serves segment
             # metadata) may turn references into mapped arrays.
             hook = _array_import if arrays else None
@@ -1065,6 +1267,38 @@ def _array_ref_at(
             f"bad array reference at offset {pos}: access byte {access}, expected 0, 1 or 2"
         )
     return ArrayRef(name, generation, access), pos + 5 + n + 9
+
+
+def _descriptor_ref_at(
+    buf: bytes | bytearray | memoryview, pos: int, end: int
+) -> tuple[DescriptorRef, int]:
+    """The array reference whose ``V`` opcode is at ``pos``, and where it ends."""
+    if end - pos < 5:
+        raise _truncated(86, pos, 4, end)
+    n = _INT4.unpack_from(buf, pos + 1)[0]
+    if not 0 < n <= MAX_ARRAY_NAME:
+        raise LoadError(
+            f"bad array reference at offset {pos}: name of {n} bytes, "
+            f"expected 1 to {MAX_ARRAY_NAME}"
+        )
+    tail = pos + 5 + n
+    if end - tail < _DESC_TAIL.size:
+        raise _truncated(86, pos, 4 + n + _DESC_TAIL.size, end)
+    try:
+        name = bytes(buf[pos + 5 : tail]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise LoadError(f"bad array reference at offset {pos}: name is not UTF-8") from None
+    token, offset, generation, access = _DESC_TAIL.unpack_from(buf, tail)
+    if offset % _PAGE:
+        raise LoadError(
+            f"bad array reference at offset {pos}: segment offset {offset} is not a "
+            f"multiple of {_PAGE}"
+        )
+    if access not in _ACCESS_NAMES:
+        raise LoadError(
+            f"bad array reference at offset {pos}: access byte {access}, expected 0, 1 or 2"
+        )
+    return DescriptorRef(name, token, offset, generation, access), tail + _DESC_TAIL.size
 
 
 def _fill_scalar_items(

@@ -1,8 +1,9 @@
 """The worker side of a gateway: read frames, run remote code, serve channels.
 
 The host starts the interpreter with the protocol pipes on file descriptors 3 (host to
-worker) and 4 (worker to host) and calls :func:`serve`. The wire is specified in
-``docs/PROTOCOL.md``.
+worker) and 4 (worker to host), and with the anonymous transport a Unix socket for
+descriptors (``PIXGATE_DESCRIPTORS``, fd 5), and calls :func:`serve`. The wire is
+specified in ``docs/PROTOCOL.md``.
 """
 
 from __future__ import annotations
@@ -86,16 +87,280 @@ class _Failed:
         self.error = error
 
 
-class _Conn:
-    """The two protocol pipes: framed writes under a lock, buffered framed reads."""
+class DescriptorTable:
+    """The worker's end of the descriptor socket (docs/PROTOCOL.md 2.7).
 
-    def __init__(self, rfd: int, wfd: int, max_frame: int) -> None:
+    Receiving: messages are read on demand, when a reference names a token not filed
+    yet, exactly one 12-byte message (count, first token; ``SCM_RIGHTS`` attached) per
+    read, and their descriptors filed under their tokens until a reference takes each,
+    once. A message that breaks the rules (a count other than the descriptors that came,
+    a token that does not continue the sequence, cut ancillary data) closes what came
+    and everything filed, and every later take fails with the reason.
+
+    Sending: :meth:`send` passes descriptors under this side's own tokens, from 1 up,
+    at most 253 per message; the caller holds the lock that keeps frames whole, and
+    writes the frame that names the tokens right after.
+    """
+
+    #: Descriptors one message carries at most (Linux's ``SCM_MAX_FD``).
+    MAX_PER_MESSAGE = 253
+    #: Descriptors kept filed at most without a reference taking them.
+    MAX_FILED = 1024
+    #: Seconds a take waits for the message of its token.
+    TAKE_TIMEOUT = 5.0
+
+    def __init__(self, sock: Any) -> None:
+        import _socket
+
+        self.sock = sock
+        self._fd = sock.fileno()
+        self._socket = _socket
+        # Linux's MSG_CMSG_CLOEXEC, which PyPy does not name.
+        self._recv_flags = getattr(
+            _socket, "MSG_CMSG_CLOEXEC", 0x40000000 if sys.platform.startswith("linux") else 0
+        )
+        self._ancillary = _socket.CMSG_SPACE(self.MAX_PER_MESSAGE * 4)
+        self._lock = threading.Lock()
+        self._expected = 1
+        self._filed: dict[int, int] = {}
+        self._broken: str | None = None
+        #: The token of the next descriptor sent; the frame lock guards it.
+        self.next_send = 1
+
+    # -- receiving ----------------------------------------------------------
+
+    def take(self, token: int, timeout: float | None = None) -> int:
+        """The descriptor filed under ``token``, reading messages until it arrives.
+
+        The caller owns the descriptor returned (and closes it).
+
+        Raises
+        ------
+        LoadError
+            The token is 0, unknown or taken already; the message did not arrive within
+            ``timeout`` seconds (:attr:`TAKE_TIMEOUT` by default); or the stream of
+            messages is broken.
+        """
+        limit = self.TAKE_TIMEOUT if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        if not self._lock.acquire(timeout=limit):
+            raise LoadError(f"descriptor {token} did not arrive within {limit:g} s")
+        try:
+            while True:
+                fd = self._filed.pop(token, None)
+                if fd is not None:
+                    return fd
+                if self._broken is not None:
+                    raise LoadError(f"the descriptor socket is broken: {self._broken}")
+                if token <= 0 or token < self._expected:
+                    raise LoadError(f"descriptor token {token} is unknown or used already")
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([self._fd], [], [], left)[0]:
+                    raise LoadError(f"descriptor {token} did not arrive within {limit:g} s")
+                try:
+                    self._read_message(deadline)
+                except _Broken as exc:
+                    self._break(str(exc))
+        finally:
+            self._lock.release()
+
+    def _read_message(self, deadline: float) -> None:
+        """Read one message (the socket is readable) and file its descriptors."""
+        _socket = self._socket
+        try:
+            data, ancillary, flags, _ = self.sock.recvmsg(12, self._ancillary, self._recv_flags)
+        except OSError as exc:
+            raise _Broken(f"reading it failed: {exc}") from None
+        fds = _rights(ancillary)
+        try:
+            if not data:
+                raise _Broken("the host closed it")
+            cut = flags & _socket.MSG_CTRUNC
+            # A short read ends with plain reads: no descriptors may come with them.
+            while len(data) < 12:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([self._fd], [], [], left)[0]:
+                    raise _Broken(f"a message ended after {len(data)} of its 12 bytes")
+                try:
+                    more, extra, more_flags, _ = self.sock.recvmsg(
+                        12 - len(data), self._ancillary, self._recv_flags
+                    )
+                except OSError as exc:
+                    raise _Broken(f"reading it failed: {exc}") from None
+                late = _rights(extra)
+                fds.extend(late)
+                if not more:
+                    raise _Broken(f"it ended inside a message ({len(data)} of 12 bytes)")
+                if late or more_flags & _socket.MSG_CTRUNC:
+                    raise _Broken("descriptors came with the rest of a message")
+                data += more
+            count = int.from_bytes(data[:4], "big")
+            first = int.from_bytes(data[4:], "big")
+            if cut or not 0 < count <= self.MAX_PER_MESSAGE or count != len(fds):
+                raise _Broken(
+                    f"a message announces {count} descriptors, {len(fds)} arrived"
+                    + (" (cut)" if cut else "")
+                )
+            if len(self._filed) + count > self.MAX_FILED:
+                raise _Broken(
+                    f"the host sent more than {self.MAX_FILED} descriptors that no "
+                    "reference took"
+                )
+            if first != self._expected:
+                raise _Broken(
+                    f"a message starts at token {first}, expected {self._expected}"
+                )
+        except BaseException:
+            for fd in fds:
+                _close_quietly(fd)
+            raise
+        for i, fd in enumerate(fds):
+            self._filed[first + i] = fd
+        self._expected = first + count
+
+    def _break(self, why: str) -> None:
+        self._broken = why
+        filed, self._filed = self._filed, {}
+        for fd in filed.values():
+            _close_quietly(fd)
+
+    @property
+    def filed(self) -> int:
+        """How many received descriptors no reference has taken yet."""
+        return len(self._filed)
+
+    # -- sending --------------------------------------------------------------
+
+    def send(self, fds: list[int]) -> int:
+        """Send ``fds`` (in messages of at most :attr:`MAX_PER_MESSAGE`) and return the
+        token of the first. The caller holds the frame lock.
+
+        Raises
+        ------
+        OSError
+            The socket failed (the host is gone).
+        """
+        _socket = self._socket
+        first = self.next_send
+        flags = getattr(_socket, "MSG_NOSIGNAL", 0)
+        for start in range(0, len(fds), self.MAX_PER_MESSAGE):
+            chunk = fds[start : start + self.MAX_PER_MESSAGE]
+            message = len(chunk).to_bytes(4, "big") + self.next_send.to_bytes(8, "big")
+            rights = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in chunk)
+            sent = self.sock.sendmsg(
+                [message], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)], flags
+            )
+            # The descriptors went with the first byte; the rest goes plainly.
+            while sent < 12:
+                sent += self.sock.send(message[sent:], flags)
+            self.next_send += len(chunk)
+        return first
+
+
+class _Broken(Exception):
+    """The descriptor socket's message stream cannot be trusted any more."""
+
+
+def _rights(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """The descriptors in ``SCM_RIGHTS`` ancillary data (any whole ones, also cut)."""
+    import _socket
+
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % 4
+            fds.extend(memoryview(data)[:usable].cast("i").tolist())
+    return fds
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _descriptor_table(value: str | None) -> DescriptorTable | None:
+    """The descriptor socket the host gave (``PIXGATE_DESCRIPTORS``), or None when there
+    is none or this interpreter cannot pass descriptors (it is closed then)."""
+    if value is None:
+        return None
+    try:
+        fd = int(value)
+        import stat
+
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            return None  # not the socket: nothing of ours to close
+        os.set_inheritable(fd, False)
+    except (ValueError, OSError):
+        return None
+    try:
+        import _socket
+
+        capable = (
+            hasattr(_socket.socket, "sendmsg")
+            and hasattr(_socket.socket, "recvmsg")
+            and hasattr(_socket, "CMSG_SPACE")
+            and hasattr(_socket, "SCM_RIGHTS")
+            and (hasattr(os, "memfd_create") or not sys.platform.startswith("linux"))
+        )
+        if capable:
+            sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fd)
+            sock.setblocking(True)
+            return DescriptorTable(sock)
+    except (ImportError, OSError):
+        pass
+    _close_quietly(fd)
+    return None
+
+
+class _Conn:
+    """The two protocol pipes: framed writes under a lock, buffered framed reads; and
+    the descriptor socket, when the gateway has one."""
+
+    def __init__(
+        self, rfd: int, wfd: int, max_frame: int, descriptors: DescriptorTable | None = None
+    ) -> None:
         self.rfd = rfd
         self.wfd = wfd
         self.max_frame = max_frame
+        self.descriptors = descriptors
         self._wlock = threading.Lock()
         self._buf = bytearray()
         self._pos = 0
+
+    def send_item(
+        self,
+        channel: int,
+        payload: bytes | bytearray,
+        outgoing: list[tuple[int, _wire.DescriptorRef]],
+    ) -> None:
+        """Send a CHANNEL_DATA frame, and first, in one message under the same lock, the
+        descriptors its references pass (``outgoing``, from
+        :func:`pixgate._wire.dumps_payload_fds`): each gets the next token, written
+        into ``payload``. A reference whose descriptor went out is told so (``sent``);
+        if sending the descriptors fails, every one is abandoned (``abandon``)."""
+        if not outgoing:
+            self.send(CHANNEL_DATA, channel, payload)
+            return
+        table = self.descriptors
+        with self._wlock:
+            try:
+                if table is None:
+                    raise DumpError("this gateway has no descriptor socket")
+                first = table.next_send
+                for i, (offset, ref) in enumerate(outgoing):
+                    ref.token = first + i
+                    payload[offset : offset + 8] = ref.token.to_bytes(8, "big")
+                table.send([ref.outgoing.fd for _, ref in outgoing])
+            except BaseException:
+                for _, ref in outgoing:
+                    ref.token = None
+                    ref.outgoing.abandon()
+                raise
+            for _, ref in outgoing:
+                ref.outgoing.sent()
+            self._write_frame(CHANNEL_DATA, channel, payload)
 
     def send_small(self, frames: list[tuple[int, int, bytes]]) -> None:
         """Send small frames with one write (one wake-up of the host, not one each)."""
@@ -107,18 +372,22 @@ class _Conn:
                 n = os.write(self.wfd, view)
                 view = view[n:]
 
-    def send(self, msgtype: int, channel: int, payload: bytes = b"") -> None:
+    def send(self, msgtype: int, channel: int, payload: bytes | bytearray = b"") -> None:
+        with self._wlock:
+            self._write_frame(msgtype, channel, payload)
+
+    def _write_frame(self, msgtype: int, channel: int, payload: bytes | bytearray) -> None:
+        """Write one frame; the caller holds the frame lock."""
         head = _wire.HEADER.pack(msgtype, channel, len(payload))
         if len(payload) < 65536:
             chunks = [head + payload]
         else:
             chunks = [head, payload]
-        with self._wlock:
-            for chunk in chunks:
-                view = memoryview(chunk)
-                while view:
-                    n = os.write(self.wfd, view)
-                    view = view[n:]
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                n = os.write(self.wfd, view)
+                view = view[n:]
 
     def _fill(self, need: int) -> bool:
         """Read until ``need`` bytes are buffered; False on EOF before any byte."""
@@ -279,14 +548,25 @@ class Channel:
             self._check_cancel()
         if self._local_closed:
             raise ChannelClosed(f"channel {self.id} is closed for sending")
-        payload = _wire.dumps_payload(item)
-        if len(payload) > self._gateway.conn.max_frame:
-            raise DumpError(
-                f"item of {len(payload)} bytes exceeds the frame limit of "
-                f"{self._gateway.conn.max_frame} bytes"
-            )
-        self._flush_output()
-        self._gateway.conn.send(CHANNEL_DATA, self.id, payload)
+        conn = self._gateway.conn
+        if conn.descriptors is None:
+            payload: bytes | bytearray = _wire.dumps_payload(item)
+            outgoing: list[tuple[int, _wire.DescriptorRef]] = []
+        else:
+            # Arrays of this process move with their descriptors.
+            payload, outgoing = _wire.dumps_payload_fds(item)
+        try:
+            if len(payload) > conn.max_frame:
+                raise DumpError(
+                    f"item of {len(payload)} bytes exceeds the frame limit of "
+                    f"{conn.max_frame} bytes"
+                )
+            self._flush_output()
+        except BaseException:
+            for _, ref in outgoing:
+                ref.outgoing.abandon()
+            raise
+        conn.send_item(self.id, payload, outgoing)
 
     def receive(self, timeout: float | None = None) -> Any:
         """Return the next item the host sent, waiting up to ``timeout`` seconds.
@@ -753,7 +1033,7 @@ class _WorkerGateway:
         if msgtype == CHANNEL_DATA:
             ch = self.channel(chid)
             if ch is None:
-                if b"U" in payload:
+                if b"U" in payload or b"V" in payload:
                     # Possibly arrays of the host: mapped and dropped, they are released.
                     try:
                         _wire.loads_payload(payload)
@@ -1055,14 +1335,14 @@ def current_gateway() -> _WorkerGateway | None:
 
 # The array layer (pixgate._transfer, ._array, ._segment: compiled from source when the
 # helper is bootstrapped) loads with the first array that crosses, not at start-up.
-def _first_import(ref: _wire.ArrayRef) -> Any:
+def _first_import(ref: _wire.ArrayRef | _wire.DescriptorRef) -> Any:
     from . import _transfer
 
     _transfer.install()
     return _transfer._import(ref)
 
 
-def _first_export(obj: object) -> _wire.ArrayRef | None:
+def _first_export(obj: object) -> _wire.ArrayRef | _wire.DescriptorRef | None:
     np = sys.modules.get("numpy")
     if np is None or not isinstance(obj, np.ndarray):
         return None
@@ -1078,7 +1358,8 @@ def serve(rfd: int = 3, wfd: int = 4) -> None:
     for fd in (rfd, wfd):
         os.set_inheritable(fd, False)
     max_frame = int(os.environ.pop("PIXGATE_MAX_FRAME", _DEFAULT_MAX_FRAME))
-    conn = _Conn(rfd, wfd, max_frame)
+    descriptors = _descriptor_table(os.environ.pop("PIXGATE_DESCRIPTORS", None))
+    conn = _Conn(rfd, wfd, max_frame, descriptors)
     gw = _gateway = _WorkerGateway(conn)
     gw.spin = min(int(os.environ.pop("PIXGATE_SPIN_US", "0") or 0), 10_000) / 1e6
 
@@ -1101,6 +1382,7 @@ def serve(rfd: int = 3, wfd: int = 4) -> None:
         "pid": os.getpid(),
         "executable": sys.executable,
         "implementation": sys.implementation.name,
+        "descriptors": descriptors is not None,
     }
     conn.send(HANDSHAKE, 0, _wire.dumps_payload(info))
     _wire.set_array_hooks(_first_export, _first_import)

@@ -1,4 +1,5 @@
-"""Shared test fixtures: every test leaves /dev/shm without segments of this process."""
+"""Shared test fixtures: every test leaves /dev/shm without segments of this process,
+and this process without descriptors or mappings of anonymous segments."""
 
 from __future__ import annotations
 
@@ -16,6 +17,21 @@ def our_segments() -> list[str]:
     return sorted(n for n in os.listdir("/dev/shm") if n.startswith(OUR_PREFIX))
 
 
+def our_anonymous_objects() -> list[str]:
+    """Anonymous pixgate objects this process holds a descriptor or a mapping of."""
+    held = set()
+    for entry in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{entry}")
+        except OSError:
+            continue
+        if target.startswith("/memfd:pxg-"):
+            held.add(target)
+    with open("/proc/self/maps") as f:
+        held.update(line.split(None, 5)[5].strip() for line in f if "/memfd:pxg-" in line)
+    return sorted(held)
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_segments() -> Iterator[None]:
     """Fail a test that leaves a segment of this process behind (and remove it)."""
@@ -25,3 +41,5 @@ def no_leaked_segments() -> Iterator[None]:
     for name in leaked:
         os.unlink("/dev/shm/" + name)
     assert leaked == [], f"segments left in /dev/shm: {leaked}"
+    held = our_anonymous_objects()
+    assert held == [], f"anonymous segments still held: {held}"

@@ -992,3 +992,280 @@ def test_dropped_segment_objects_end_their_use_of_the_mapping() -> None:
         assert mapping.uses == 0 and mapping.mm is None  # the last object went: unmapped
     finally:
         seg.unlink()
+
+
+# ---------------------------------------------------------------------------------------
+# Anonymous segments (docs/SEGMENT_FORMAT.md 3.2, 3.3, 8 step 0)
+
+F_GET_SEALS = 1034
+SEALS = 0x7  # F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW
+
+
+def memfd_links(name: str) -> int:
+    """How many descriptors of this process lead to the anonymous object ``name``."""
+    want = f"/memfd:{name[1:]} (deleted)"
+    count = 0
+    for entry in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{entry}") == want
+        except OSError:
+            pass
+    return count
+
+
+def _descriptors_per_mapping() -> int:
+    """1 where Python's mmap objects keep a duplicate of their descriptor (before 3.13,
+    which added trackfd=False), else 0."""
+    fd = os.memfd_create("probe", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, 4096)
+        before = len(os.listdir("/proc/self/fd"))
+        mm = _segment._map(fd, 4096, False, "probe", False)
+        after = len(os.listdir("/proc/self/fd"))
+        mm.close()
+    finally:
+        os.close(fd)
+    return after - before
+
+
+PER_MAPPING = _descriptors_per_mapping()
+
+
+def mapped(name: str) -> list[str]:
+    """The permissions of this process's mappings of the anonymous object ``name``."""
+    label = f"/memfd:{name[1:]}"
+    with open("/proc/self/maps") as f:
+        return [line.split()[1] for line in f if label in line]
+
+
+def test_an_anonymous_segment_is_a_sealed_memfd_with_no_name_in_dev_shm() -> None:
+    seg = _segment.create_anonymous("<u2", (3, 4, 5), meta={"dims": ["z", "y", "x"]})
+    name = seg.name
+    try:
+        assert seg.anonymous and seg.owned and seg.base == 0 and seg.key == name
+        _segment.check_name(name)
+        assert name.startswith(f"/pxg-{os.getpid():x}-")
+        assert not os.path.exists(shm_path(name))
+        assert name not in _segment.owned_names(), "nothing to unlink"
+        fd = seg.descriptor
+        assert fd is not None
+        assert os.readlink(f"/proc/self/fd/{fd}") == f"/memfd:{name[1:]} (deleted)"
+        st = os.fstat(fd)
+        assert stat.S_IMODE(st.st_mode) == 0o400 and st.st_size == 8192
+        import fcntl
+
+        assert fcntl.fcntl(fd, F_GET_SEALS) & SEALS == SEALS
+        for size in (0, 4096, 1 << 20):
+            with pytest.raises(PermissionError):
+                os.ftruncate(fd, size)
+        # The header is as the named ones are, and validates through a descriptor.
+        mapping, size = _segment.map_descriptor(fd, name, 0, False)
+        other = _segment.at_offset(mapping, size, name, 0, False)
+        assert (other.shape, other.meta, other.owner_pid) == ((3, 4, 5), seg.meta, os.getpid())
+        assert other.header == seg.header
+        other.close()
+    finally:
+        seg.close()
+    del seg
+    gc.collect()
+    assert memfd_links(name) == 0 and mapped(name) == [], "it goes with its last holder"
+
+
+def test_an_anonymous_segment_moves_out_with_its_descriptor_or_stays() -> None:
+    seg = _segment.create_anonymous("|u1", (16,))
+    fd = seg.descriptor
+    ref = seg.move_out()
+    assert (ref.name, ref.token, ref.offset, ref.access) == (seg.name, None, 0, _wire.MOVED)
+    assert ref.outgoing.fd == fd
+    assert not seg.owned and seg.descriptor is None
+    assert seg.state == _segment.STATE_MOVED
+    # Abandoned (nothing was sent): this process's again, descriptor and all.
+    ref.outgoing.abandon()
+    assert seg.owned and seg.descriptor == fd and seg.state == _segment.STATE_OWNED
+    ref.outgoing.abandon()  # once only
+    ref = seg.move_out()
+    with pytest.raises(SegmentError) as info:
+        seg.move_out()
+    assert info.value.problem == "descriptor"
+    ref.outgoing.sent()
+    assert memfd_links(seg.name) == PER_MAPPING, "sent: this process's copy is closed"
+    assert seg.descriptor is None and not seg.owned
+    seg.close()
+
+
+def test_an_adopted_anonymous_segment_keeps_the_descriptor_it_came_with() -> None:
+    made = _segment.create_anonymous("<f4", (8,))
+    name = made.name
+    mapping, size = _segment.map_descriptor(made.descriptor, name, 0, True)
+    fd = os.dup(made.descriptor)
+    made.close()
+    del made
+    gc.collect()
+    seg = _segment.at_offset(mapping, size, name, 0, True)
+    assert not seg.owned and seg.descriptor is None
+    seg.adopt(fd)
+    assert seg.owned and seg.descriptor == fd
+    assert (seg.owner_pid, seg.state) == (os.getpid(), _segment.STATE_OWNED)
+    seg.close()
+    del seg
+    gc.collect()
+    assert memfd_links(name) == 0 and mapped(name) == []
+
+
+def _arena(slots: int, data: int, seal: bool = True, mode: int = 0o400) -> tuple[int, str, int]:
+    """A memfd holding ``slots`` pool-slot segments of ``data`` bytes each (the layout
+    of a pool arena), its name and the slot size."""
+    import fcntl
+
+    name = _segment._new_name()
+    fd = os.memfd_create(name[1:], os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.fchmod(fd, mode)
+    header = _segment.build_header("|u1", (data,))
+    header.flags |= 4
+    slot = header.header_len + -(-data // 4096) * 4096
+    os.ftruncate(fd, slot * slots)
+    with mmap.mmap(fd, slot * slots) as mm:
+        for k in range(slots):
+            header.generation = k
+            mm[k * slot : k * slot + header.header_len] = _segment.encode_header(header)
+            mm[k * slot + header.header_len] = k + 1
+    if seal:
+        fcntl.fcntl(fd, 1033, SEALS)
+    return fd, name, slot
+
+
+def test_the_slots_of_an_arena_are_segments_at_their_offsets_of_one_mapping() -> None:
+    fd, name, slot = _arena(3, 5000)
+    try:
+        mapping, size = _segment.map_descriptor(fd, name, 2 * slot, True)
+        assert size == 3 * slot
+        slots = [_segment.at_offset(mapping, size, name, k * slot, True) for k in range(3)]
+        assert [s.generation for s in slots] == [0, 1, 2]
+        assert [s.base for s in slots] == [0, slot, 2 * slot]
+        assert [s.key for s in slots] == [name, f"{name}@{slot:x}", f"{name}@{2 * slot:x}"]
+        assert [bytes(s.data[:1]) for s in slots] == [b"\x01", b"\x02", b"\x03"]
+        assert all(s.pool_slot and s.data_len == 5000 for s in slots)
+        assert mapping.uses == 3
+        assert mapped(name) == ["rw-s"], "one mapping for every slot"
+        # The live words are the slot's own.
+        slots[1].bump_generation()
+        slots[1].set_state(_segment.STATE_LENT, owner_pid=7)
+        assert [s.generation for s in slots] == [0, 2, 2]
+        assert (slots[0].state, slots[0].owner_pid) == (0, os.getpid())
+        assert (slots[1].state, slots[1].owner_pid) == (_segment.STATE_LENT, 7)
+        # Re-read at a new generation over the same mapping; populated in its range.
+        again = slots[1].reread()
+        assert again.header.generation == 2 and again.base == slot
+        slots[1].bump_generation()
+        assert again.reread() is again and again.header.generation == 3
+        slots[2].populate()
+        for s in [*slots, again]:
+            s.close()
+        assert mapping.uses == 0 and mapping.mm is None
+        assert mapped(name) == []
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize(
+    ("case", "problem"),
+    [
+        ("unsealed", "not sealed"),
+        ("group readable", "mode"),
+        ("read-only for a writable reference", "access"),
+        ("offset not a page", "offset"),
+        ("offset past the end", "offset"),
+        ("a pipe", "not a file"),
+        ("bad name", "name"),
+    ],
+)
+def test_a_received_descriptor_is_validated_before_it_is_mapped(case: str, problem: str) -> None:
+    mode = 0o440 if "group" in case else 0o400
+    fd, name, slot = _arena(2, 100, seal=case != "unsealed", mode=mode)
+    closing = [fd]
+    offset, writable = 0, False
+    try:
+        if case.startswith("read-only"):
+            fd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY)
+            closing.append(fd)
+            writable = True
+        elif case == "offset not a page":
+            offset = 100
+        elif case == "offset past the end":
+            offset = 2 * slot
+        elif case == "a pipe":
+            fd, w = os.pipe()
+            closing += [fd, w]
+        elif case == "bad name":
+            name = "/pxg-../../x"
+        with pytest.raises(SegmentError) as info:
+            _segment.map_descriptor(fd, name, offset, writable)
+        assert info.value.problem == problem, info.value
+        assert mapped(name) == []
+    finally:
+        for f in closing:
+            os.close(f)
+
+
+def test_a_slot_header_is_validated_at_its_offset_against_the_rest_of_the_object() -> None:
+    fd, name, slot = _arena(2, 100)
+    try:
+        mapping, size = _segment.map_descriptor(fd, name, 0, False)
+        mapping.acquire()
+        try:
+            # The last slot's data may not reach past the object: a header claiming more
+            # than the bytes after its offset is refused.
+            with mmap.mmap(fd, size) as raw:
+                raw[slot + 16 : slot + 24] = (slot).to_bytes(8, "little")
+            with pytest.raises(HeaderError) as info:
+                _segment.at_offset(mapping, size, name, slot, False)
+            assert info.value.problem == "data_len" and f"size {slot}" in str(info.value)
+            assert _segment.at_offset(mapping, size, name, 0, False).data_len == 100
+        finally:
+            mapping.release()
+    finally:
+        os.close(fd)
+
+
+def test_no_memory_for_an_anonymous_segment_is_an_error_at_creation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for error in (errno.ENOSPC, errno.ENOMEM):
+
+        def full(fd: int, offset: int, length: int, error: int = error) -> None:
+            raise OSError(error, os.strerror(error))
+
+        monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+        before = sorted(os.listdir("/proc/self/fd"))
+        with pytest.raises(SegmentError) as info:
+            _segment.create_anonymous("<u2", (10,))
+        assert info.value.problem == "no space" and info.value.errno == error
+        assert sorted(os.listdir("/proc/self/fd")) == before, "the half-made object is gone"
+
+
+def test_a_mapping_holds_no_descriptor_where_the_interpreter_allows() -> None:
+    fd, name, _ = _arena(1, 10)
+    try:
+        mapping, _ = _segment.map_descriptor(fd, name, 0, False)
+        assert memfd_links(name) == 1 + PER_MAPPING
+        if sys.version_info >= (3, 13) and sys.implementation.name == "cpython":
+            assert PER_MAPPING == 0, "mapped with trackfd=False"
+        mapping.acquire()
+        mapping.release()
+        assert memfd_links(name) == 1
+    finally:
+        os.close(fd)
+    assert memfd_links(name) == 0
+
+
+def test_metadata_descriptor_references_are_never_decoded() -> None:
+    seg = _segment.create("|u1", (2,))
+    raw = RawMapping(seg.name)
+    _set_meta({"attrs": {"a": _wire.DescriptorRef(seg.name, 1, 0, 0, _wire.MOVED)}})(raw, seg)
+    try:
+        with pytest.raises(HeaderError) as info:
+            _segment.open(seg.name)
+        assert info.value.problem == "meta" and "array reference" in str(info.value)
+    finally:
+        raw.close()
+        seg.unlink()

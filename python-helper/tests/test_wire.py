@@ -80,9 +80,11 @@ def same_value(a: Any, b: Any) -> bool:
 
 
 # Bytes after each opcode: a fixed count, or -1 for an i32 length and that many bytes
-# (plus, for U, a u64 generation and a u8 access).
+# (plus, for U, a u64 generation and a u8 access; for V, token, offset, generation and
+# access).
 _OP_ARGS = {
     ord("U"): -1,
+    ord("V"): -1,
     **dict.fromkeys(b"@BEFGKO", 4),
     **dict.fromkeys(b"AHIMNS", -1),
     **dict.fromkeys(b"CJLPQR", 0),
@@ -108,7 +110,8 @@ def canonical_encoding(data: bytes) -> bytes:
         op = data[pos]
         size = _OP_ARGS[op]
         if size < 0:
-            size = 4 + struct.unpack_from("!i", data, pos + 1)[0] + (9 if op == ord("U") else 0)
+            tail = {ord("U"): 9, ord("V"): 25}.get(op, 0)
+            size = 4 + struct.unpack_from("!i", data, pos + 1)[0] + tail
         chunk = data[pos : pos + 1 + size]
         pos += 1 + size
         if op == ord("Q"):
@@ -992,6 +995,105 @@ def test_array_references_round_trip_and_match_the_rust_encoding() -> None:
         _wire.dumps(_wire.ArrayRef("", 0, _wire.SHARED))
     with pytest.raises(DumpError):
         _wire.dumps(_wire.ArrayRef("/x", 0, 9))
+
+
+def test_descriptor_references_round_trip_and_match_the_rust_encoding() -> None:
+    name = "/pxg-1a2b-0123456789abcdef"
+    ref = _wire.DescriptorRef(name, 3, 0x201000, 7, _wire.LENT)
+    value = [ref, (ref,), {"a": ref}]
+    assert _wire.loads(_wire.dumps(value)) == value
+    assert _wire.loads_payload(_wire.dumps_payload(value)) == value
+    payload = _wire.dumps_payload(ref)
+    # docs/PROTOCOL.md 5.7, the bytes src/codec.rs writes: V, the name, then token,
+    # offset and generation as u64 and the access byte.
+    raw = name.encode()
+    tail = b"".join(n.to_bytes(8, "big") for n in (3, 0x201000, 7))
+    assert payload == b"V" + i32(len(raw)) + raw + tail + b"\x01Q"
+    # The fast path for a frame of one reference and the general decoder agree.
+    assert _wire.loads_payload(b"K" + i32(1) + b"F" + i32(0) + payload[:-1] + b"PQ") == [ref]
+    # RELEASE names a slot of an arena by its offset.
+    assert ref.key == name + "@201000"
+    assert _wire.DescriptorRef(name, 3, 0, 7, 0).key == name == _wire.ArrayRef(name, 7, 0).key
+    assert ref != _wire.DescriptorRef(name, 4, 0x201000, 7, _wire.LENT)
+    assert ref != _wire.ArrayRef(name, 7, _wire.LENT)
+    with pytest.raises(TypeError):
+        hash(ref)
+    for bad in (
+        _wire.DescriptorRef("", 1, 0, 0, 0),
+        _wire.DescriptorRef("x" * 256, 1, 0, 0, 0),
+        _wire.DescriptorRef(name, 1, 100, 0, 0),
+        _wire.DescriptorRef(name, 1, 0, 0, 3),
+        _wire.DescriptorRef(name, -1, 0, 0, 0),
+        _wire.DescriptorRef(name, 1, 0, 1 << 64, 0),
+    ):
+        with pytest.raises(DumpError):
+            _wire.dumps_payload(bad)
+
+
+def _v(name: bytes, *fields: int, access: int = 0, length: int | None = None) -> bytes:
+    n = len(name) if length is None else length
+    return b"V" + i32(n) + name + b"".join(f.to_bytes(8, "big") for f in fields) + bytes([access])
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (_v(b"", 1, 0, 0), "name of 0 bytes"),
+        (_v(b"/x", 1, 0, 0, length=-1), "name of -1 bytes"),
+        (_v(b"/x", 1, 0, 0, length=300), "name of 300 bytes"),
+        (_v(b"/\xff", 1, 0, 0), "name is not UTF-8"),
+        (_v(b"/x", 1, 4095, 0), "offset 4095 is not a multiple of 4096"),
+        (_v(b"/x", 1, (1 << 64) - 4096 + 1, 0), "is not a multiple of 4096"),
+        (_v(b"/x", 1, 0, 0, access=3), "access byte 3"),
+        (_v(b"/x", 1, 0, 0)[:-2], "truncated input: descriptor array at offset"),
+        (_v(b"/x", 1, 0, 0)[:-20], "truncated input"),
+        (b"V\x00\x00", "truncated input"),
+    ],
+)
+def test_hostile_descriptor_references_are_refused(data: bytes, message: str) -> None:
+    for load in (_wire.loads_payload, lambda d: _wire.loads(b"\x02" + d)):
+        with pytest.raises(LoadError, match=message.replace("(", r"\(")):
+            load(data + b"Q")
+
+
+def test_descriptor_references_to_send_are_listed_with_their_token_offsets() -> None:
+    name = "/pxg-1a2b-0123456789abcdef"
+    events = []
+
+    class Outgoing:
+        def __init__(self, tag: str) -> None:
+            self.tag = tag
+            self.fd = -1
+
+        def abandon(self) -> None:
+            events.append(("abandon", self.tag))
+
+        def sent(self) -> None:
+            events.append(("sent", self.tag))
+
+    a = _wire.DescriptorRef(name, None, 0, 1, _wire.MOVED, Outgoing("a"))
+    b = _wire.DescriptorRef(name, None, 8192, 2, _wire.MOVED, Outgoing("b"))
+    back = _wire.DescriptorRef(name, 0, 0, 3, _wire.LENT)
+    payload, outgoing = _wire.dumps_payload_fds({"x": [a, "pad" * 9, back], "y": (b,)})
+    assert [ref for _, ref in outgoing] == [a, b]
+    for i, (offset, _) in enumerate(outgoing):
+        payload[offset : offset + 8] = (41 + i).to_bytes(8, "big")
+    decoded = _wire.loads_payload(bytes(payload))
+    assert decoded["x"][0] == _wire.DescriptorRef(name, 41, 0, 1, _wire.MOVED)
+    assert decoded["x"][2] == back
+    assert decoded["y"][0] == _wire.DescriptorRef(name, 42, 8192, 2, _wire.MOVED)
+    assert events == []
+    # Nothing to send: plain bytes, as dumps_payload writes them.
+    assert _wire.dumps_payload_fds([1, back]) == (_wire.dumps_payload([1, back]), [])
+    assert _wire.dumps_payload_fds(5) == (_wire.dumps_payload(5), [])
+    # A failure after a reference was listed abandons it; and a reference to send
+    # cannot be written where no descriptor can go with it.
+    with pytest.raises(DumpError):
+        _wire.dumps_payload_fds([a, object()])
+    assert events == [("abandon", "a")]
+    with pytest.raises(DumpError, match="can only be sent as a channel item"):
+        _wire.dumps(b)
+    assert events == [("abandon", "a"), ("abandon", "b")]
 
 
 def test_array_hooks_convert_both_ways() -> None:

@@ -1,14 +1,17 @@
 """The worker driven from a Python host over the raw protocol.
 
 These tests start ``python -c "import pixgate._worker; pixgate._worker.serve(3, 4)"``
-with the protocol pipes on descriptors 3 and 4, exactly as the Rust host does in
-installed mode, and speak the wire with ``pixgate._wire`` only.
+with the protocol pipes on descriptors 3 and 4 (and, for the anonymous transport, the
+descriptor socket on 5), exactly as the Rust host does in installed mode, and speak the
+wire with ``pixgate._wire`` only.
 """
 
 from __future__ import annotations
 
 import os
 import select
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -39,26 +42,50 @@ HELPER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Host:
-    """A minimal host: spawn, frame I/O with deadlines, terminate."""
+    """A minimal host: spawn, frame I/O with deadlines, terminate; with
+    ``descriptors``, the host's end of a descriptor socket (docs/PROTOCOL.md 2.7) on
+    which it passes descriptors under its own tokens and takes the worker's."""
 
-    def __init__(self, max_frame: int | None = None) -> None:
+    def __init__(
+        self,
+        max_frame: int | None = None,
+        descriptors: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
         to_r, self.to_w = os.pipe()
         self.from_r, from_w = os.pipe()
-        env = dict(os.environ)
+        extra, env = env or {}, dict(os.environ)
         env["PYTHONPATH"] = HELPER_DIR + os.pathsep + env.get("PYTHONPATH", "")
         env.pop("PIXGATE_BOOTSTRAP", None)
+        env.pop("PIXGATE_DESCRIPTORS", None)
         if max_frame is not None:
             env["PIXGATE_MAX_FRAME"] = str(max_frame)
+        pass_fds = [to_r, from_w]
+        socket_boot = ""
+        self.sock: socket.socket | None = None
+        self.next_token = 1
+        self.filed: dict[int, int] = {}
+        self.expected = 1
+        if descriptors:
+            self.sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            pass_fds.append(child.fileno())
+            env["PIXGATE_DESCRIPTORS"] = "5"
+            socket_boot = (
+                f"c = fcntl.fcntl({child.fileno()}, fcntl.F_DUPFD, 10); "
+                f"os.close({child.fileno()}); os.dup2(c, 5); os.close(c); "
+            )
+        env.update(extra)
 
-        # Move the child's ends to 3 and 4 as the Rust host does (subprocess closes
-        # descriptors not in pass_fds after preexec_fn, so do it in the child itself).
-        # Through descriptors >= 10 first, so that neither end clobbers the other.
+        # Move the child's ends to 3 and 4 (and 5) as the Rust host does (subprocess
+        # closes descriptors not in pass_fds after preexec_fn, so do it in the child
+        # itself). Through descriptors >= 10 first, so that no end clobbers another.
         boot = (
             "import os, fcntl; "
             f"a = fcntl.fcntl({to_r}, fcntl.F_DUPFD, 10); "
             f"b = fcntl.fcntl({from_w}, fcntl.F_DUPFD, 10); "
             f"os.close({to_r}); os.close({from_w}); "
-            "os.dup2(a, 3); os.dup2(b, 4); os.close(a); os.close(b); "
+            + socket_boot
+            + "os.dup2(a, 3); os.dup2(b, 4); os.close(a); os.close(b); "
             "import pixgate._worker as w; w.serve(3, 4)"
         )
         self.proc = subprocess.Popen(
@@ -66,12 +93,51 @@ class Host:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            pass_fds=(to_r, from_w),
+            pass_fds=pass_fds,
             env=env,
         )
         os.close(to_r)
         os.close(from_w)
+        if descriptors:
+            child.close()
         self.buf = b""
+
+    # -- the descriptor socket ------------------------------------------------
+
+    def send_fds(self, fds: list[int]) -> int:
+        """Pass ``fds`` in one message under the next tokens; the first token."""
+        first = self.next_token
+        self.send_message(len(fds), first, fds)
+        self.next_token += len(fds)
+        return first
+
+    def send_message(self, count: int, first: int, fds: list[int]) -> None:
+        """One message as the wire has it: 12 bytes (count, first token) with ``fds``
+        attached, whatever they say."""
+        assert self.sock is not None
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
+        self.sock.sendmsg([struct.pack("!IQ", count, first)], rights if fds else [])
+
+    def take_fd(self, token: int, timeout: float = TIMEOUT) -> int:
+        """The descriptor the worker passed under ``token`` (the caller closes it)."""
+        assert self.sock is not None
+        deadline = time.monotonic() + timeout
+        while token not in self.filed:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                raise TimeoutError(f"descriptor {token} did not arrive in time")
+            data, anc, flags, _ = self.sock.recvmsg(12, socket.CMSG_SPACE(253 * 4))
+            fds: list[int] = []
+            for level, kind, raw in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.extend(struct.unpack(f"{len(raw) // 4}i", raw[: len(raw) // 4 * 4]))
+            assert len(data) == 12 and not flags & socket.MSG_CTRUNC, (data, flags)
+            count, first = struct.unpack("!IQ", data)
+            assert (count, first) == (len(fds), self.expected), (count, first, fds)
+            for i, fd in enumerate(fds):
+                self.filed[first + i] = fd
+            self.expected += count
+        return self.filed.pop(token)
 
     def send(self, msgtype: int, channel: int, payload: bytes = b"") -> None:
         os.write(self.to_w, _wire.pack_frame(msgtype, channel, payload))
@@ -124,6 +190,11 @@ class Host:
                     f.close()
             os.close(self.to_w)
             os.close(self.from_r)
+            if self.sock is not None:
+                self.sock.close()
+            for fd in self.filed.values():
+                os.close(fd)
+            self.filed.clear()
 
 
 @pytest.fixture
@@ -142,6 +213,11 @@ def test_handshake_reports_versions(host: Host) -> None:
     assert info["pid"] == host.proc.pid
     assert info["helper_source"] == "installed"
     assert info["python"] == sys.version.split()[0]
+    assert info["descriptors"] is False
+    assert list(info) == [
+        "protocol", "helper", "helper_source", "python", "numpy", "pid", "executable",
+        "descriptors",
+    ]  # fmt: skip
     try:
         import numpy
     except ImportError:

@@ -66,8 +66,8 @@ pub fn wait_gone(pid: u32, limit: Duration) -> Option<Duration> {
 }
 
 /// Fails if /dev/shm holds a pixgate segment created by this process, or if this
-/// process still holds a descriptor or a mapping of an anonymous pixgate object
-/// (`/memfd:pxg-…` in /proc/self/fd or /proc/self/maps), whoever made it.
+/// process still holds a descriptor or a mapping of an anonymous pixgate object (its
+/// own, or one a worker moved here).
 pub fn assert_no_segments() {
     let prefix = format!("pxg-{:x}-", std::process::id());
     let leaked: Vec<String> = std::fs::read_dir("/dev/shm")
@@ -78,32 +78,103 @@ pub fn assert_no_segments() {
         })
         .unwrap_or_default();
     assert!(leaked.is_empty(), "leaked segments: {leaked:?}");
-    let held = own_memfds();
+    let held = anonymous_objects_of("self");
     assert!(held.is_empty(), "anonymous segments still held: {held:?}");
 }
 
-/// The anonymous pixgate objects this process holds or maps: `fd N: /memfd:pxg-…` for
-/// each descriptor, `map: /memfd:pxg-…` for each mapping (none where there is no /proc).
-pub fn own_memfds() -> Vec<String> {
-    let mut held: Vec<String> = std::fs::read_dir("/proc/self/fd")
+/// The anonymous pixgate objects process `pid` (or `"self"`) holds a descriptor or a
+/// mapping of, by their `/memfd:pxg-…` labels.
+pub fn anonymous_objects_of(pid: &str) -> Vec<String> {
+    let mut held: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| {
-            d.filter_map(|e| {
-                let e = e.ok()?;
-                let link = std::fs::read_link(e.path()).ok()?;
-                let link = link.to_string_lossy();
-                link.starts_with("/memfd:pxg-")
-                    .then(|| format!("fd {}: {link}", e.file_name().to_string_lossy()))
-            })
-            .collect()
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .map(|t| t.to_string_lossy().into_owned())
+                .filter(|t| t.starts_with("/memfd:pxg-"))
+                .collect()
         })
         .unwrap_or_default();
-    held.extend(
-        std::fs::read_to_string("/proc/self/maps")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.find("/memfd:pxg-").map(|at| format!("map: {}", &l[at..]))),
-    );
+    if let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+        held.extend(
+            maps.lines()
+                .filter_map(|l| l.find("/memfd:pxg-").map(|at| l[at..].to_string())),
+        );
+    }
+    held.sort();
+    held.dedup();
     held
+}
+
+/// The segments of either transport that the processes `pids` hold: the files in
+/// /dev/shm named after them, and the anonymous objects (whoever made them) they hold a
+/// descriptor or a mapping of; as `/pxg-…` names.
+pub fn segments_of(pids: &[u32]) -> Vec<String> {
+    let prefixes: Vec<String> = pids.iter().map(|p| format!("pxg-{p:x}-")).collect();
+    let mut out: Vec<String> = std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| prefixes.iter().any(|p| n.starts_with(p)))
+                .map(|n| format!("/{n}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    for pid in pids {
+        for label in anonymous_objects_of(&pid.to_string()) {
+            let name = label
+                .trim_start_matches("/memfd:")
+                .trim_end_matches(" (deleted)");
+            out.push(format!("/{name}"));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Whether `/proc/PID/maps` lists a mapping of the segment `name` (`/pxg-…`): a
+/// named one by its path in /dev/shm, an anonymous one as `/memfd:pxg-…`.
+pub fn maps_segment(pid: u32, name: &str) -> bool {
+    let anonymous = format!("/memfd:{} ", name.trim_start_matches('/'));
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .map(|m| m.contains(&format!("/dev/shm{name}")) || m.contains(&anonymous))
+        .unwrap_or(false)
+}
+
+/// True while the segment `name` (`/pxg-…`) exists in either transport: a file in
+/// /dev/shm (named), or an anonymous object that a process of this user still holds a
+/// descriptor (`/proc/PID/fd` → `/memfd:pxg-… (deleted)`) or a mapping of.
+pub fn segment_exists(name: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let label = name.trim_start_matches('/');
+    if Path::new("/dev/shm").join(label).exists() {
+        return true;
+    }
+    let link = format!("/memfd:{label} (deleted)");
+    let uid = nix::unistd::geteuid().as_raw();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    for p in procs.filter_map(|e| e.ok()) {
+        let pid = p.file_name();
+        let Some(pid) = pid
+            .to_str()
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if p.metadata().map_or(true, |m| m.uid() != uid) {
+            continue;
+        }
+        let held = std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|d| {
+            d.filter_map(|e| e.ok())
+                .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == link.as_str()))
+        });
+        let mapped = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+            .is_ok_and(|m| m.lines().any(|l| l.ends_with(&link)));
+        if held || mapped {
+            return true;
+        }
+    }
+    false
 }
 
 /// The descriptors of this process that lead to the anonymous object `name` (`/pxg-…`).
