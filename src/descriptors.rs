@@ -60,15 +60,78 @@ impl std::fmt::Debug for DescriptorSocket {
     }
 }
 
+/// Flags of `sendmsg`: a peer gone is `EPIPE`, not `SIGPIPE` (macOS has no
+/// `MSG_NOSIGNAL`; there the process must ignore `SIGPIPE`, as Rust executables do).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const SEND_FLAGS: MsgFlags = MsgFlags::MSG_NOSIGNAL;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const SEND_FLAGS: MsgFlags = MsgFlags::empty();
+
+/// Flags of `recvmsg`: received descriptors are close-on-exec from the start where the
+/// kernel can do it (elsewhere they are marked right after the call).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const RECV_FLAGS: MsgFlags = MsgFlags::MSG_CMSG_CLOEXEC;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const RECV_FLAGS: MsgFlags = MsgFlags::empty();
+
+/// Marks `fd` close-on-exec.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn set_cloexec(fd: BorrowedFd<'_>) -> nix::Result<()> {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map(drop)
+}
+
+/// A pipe whose ends are close-on-exec (and non-blocking if asked): `pipe2` where the
+/// system has it, else `pipe` and `fcntl`.
+pub(crate) fn pipe(nonblocking: bool) -> nix::Result<(OwnedFd, OwnedFd)> {
+    use nix::fcntl::OFlag;
+    let flags = if nonblocking {
+        OFlag::O_CLOEXEC | OFlag::O_NONBLOCK
+    } else {
+        OFlag::O_CLOEXEC
+    };
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+    {
+        nix::unistd::pipe2(flags)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+    {
+        use nix::fcntl::{FcntlArg, fcntl};
+        let (r, w) = nix::unistd::pipe()?;
+        for end in [r.as_fd(), w.as_fd()] {
+            set_cloexec(end)?;
+            if flags.contains(OFlag::O_NONBLOCK) {
+                fcntl(end, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+            }
+        }
+        Ok((r, w))
+    }
+}
+
 /// A connected pair of sockets for a gateway: the host's end, the worker's end. Both
 /// close-on-exec; the host's is non-blocking.
 pub(crate) fn pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     let (host, worker) = socketpair(
         AddressFamily::Unix,
         SockType::Stream,
         None,
         SockFlag::SOCK_CLOEXEC,
     )?;
+    // No SOCK_CLOEXEC on macOS: nothing forks between the two calls while the socket
+    // is being made except a gateway's own spawn, which passes its end explicitly.
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let (host, worker) = {
+        let (h, w) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::empty(),
+        )?;
+        set_cloexec(h.as_fd())?;
+        set_cloexec(w.as_fd())?;
+        (h, w)
+    };
     nix::fcntl::fcntl(
         host.as_fd(),
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
@@ -111,13 +174,7 @@ impl DescriptorSocket {
                 // The descriptors go with the first byte only.
                 let rights = [ControlMessage::ScmRights(&raw)];
                 let cmsgs: &[ControlMessage<'_>] = if sent == 0 { &rights } else { &[] };
-                match sendmsg::<UnixAddr>(
-                    self.sock.as_raw_fd(),
-                    &iov,
-                    cmsgs,
-                    MsgFlags::MSG_NOSIGNAL,
-                    None,
-                ) {
+                match sendmsg::<UnixAddr>(self.sock.as_raw_fd(), &iov, cmsgs, SEND_FLAGS, None) {
                     Ok(n) => sent += n,
                     Err(Errno::EINTR) => {}
                     Err(Errno::EAGAIN) => wait_for(&self.sock, PollFlags::POLLOUT, deadline)?,
@@ -182,7 +239,7 @@ impl DescriptorSocket {
                 self.sock.as_raw_fd(),
                 &mut iov,
                 Some(&mut cmsg),
-                MsgFlags::MSG_CMSG_CLOEXEC,
+                RECV_FLAGS,
             ) {
                 Ok(r) => r,
                 Err(Errno::EAGAIN | Errno::EINTR) => return Ok(false),
@@ -197,6 +254,11 @@ impl DescriptorSocket {
                         raw.into_iter()
                             .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
                     );
+                    // Where recvmsg cannot set close-on-exec itself, set it now.
+                    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+                    for fd in &fds {
+                        set_cloexec(fd.as_fd()).map_err(|e| format!("descriptor: {e}"))?;
+                    }
                 }
             }
             (r.bytes, fds, r.flags.contains(MsgFlags::MSG_CTRUNC))
@@ -284,7 +346,7 @@ mod tests {
 
     fn pipe_fds(n: usize) -> Vec<(OwnedFd, OwnedFd)> {
         (0..n)
-            .map(|_| nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap())
+            .map(|_| crate::descriptors::pipe(false).unwrap())
             .collect()
     }
 
@@ -333,7 +395,7 @@ mod tests {
         )
         .unwrap();
         let (tx, rx) = (DescriptorSocket::new(a), DescriptorSocket::new(b));
-        let (r, _w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let (r, _w) = crate::descriptors::pipe(false).unwrap();
         let same: Vec<BorrowedFd<'_>> = (0..MAX_PER_MESSAGE).map(|_| r.as_fd()).collect();
         let mut sent = 0;
         while sent <= MAX_FILED + MAX_PER_MESSAGE {

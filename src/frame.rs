@@ -422,7 +422,7 @@ mod tests {
     use std::time::Duration;
 
     fn pipe() -> (OwnedFd, OwnedFd) {
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe")
+        crate::descriptors::pipe(false).expect("pipe")
     }
 
     fn frame_bytes(t: i8, ch: i32, payload: &[u8]) -> Vec<u8> {

@@ -727,12 +727,10 @@ fn kill_worker(pid: u32) {
 /// The reaper thread: waits for the child to exit, ends the rest of its process group,
 /// marks it gone before reaping it, and records the status with the stderr tail.
 fn reap(shared: &Shared, pumped: mpsc::Receiver<()>) {
-    use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
+    use nix::sys::wait::{WaitStatus, waitpid};
     let pid = nix::unistd::Pid::from_raw(shared.pid as i32);
     // Wait without reaping, so that the pid cannot be reused while `kill` may use it.
-    while let Err(nix::errno::Errno::EINTR) =
-        waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
-    {}
+    wait_exited_unreaped(pid);
     // Processes the remote code started end with the worker. The unreaped worker keeps
     // its pid, and so the group's id, from being reused until the reap below.
     let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
@@ -761,9 +759,35 @@ fn reap(shared: &Shared, pumped: mpsc::Receiver<()>) {
     });
 }
 
+/// Waits until `pid` has exited, leaving it to be reaped (`waitid` with `WNOWAIT`).
+fn wait_exited_unreaped(pid: nix::unistd::Pid) {
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+    {
+        use nix::sys::wait::{Id, WaitPidFlag, waitid};
+        while let Err(nix::errno::Errno::EINTR) =
+            waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
+        {}
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+    {
+        // nix does not wrap waitid here; libc has it on every POSIX system.
+        // SAFETY: waitid writes only into the zeroed siginfo_t it is given.
+        unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            while libc::waitid(
+                libc::P_PID,
+                pid.as_raw() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            ) == -1
+                && nix::errno::Errno::last() == nix::errno::Errno::EINTR
+            {}
+        }
+    }
+}
+
 fn cloexec_pipe() -> Result<(OwnedFd, OwnedFd)> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| Error::io("creating protocol pipe", e.into()))
+    crate::descriptors::pipe(false).map_err(|e| Error::io("creating protocol pipe", e.into()))
 }
 
 fn high_dup(fd: &OwnedFd) -> Result<OwnedFd> {

@@ -866,9 +866,7 @@ fn remote_error(payload: &[u8]) -> Result<RemoteError> {
 }
 
 fn nonblocking_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    use nix::fcntl::OFlag;
-    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
-    Ok((r, w))
+    Ok(crate::descriptors::pipe(true)?)
 }
 
 impl crate::lease::Peer for Shared {

@@ -350,7 +350,7 @@ mod tests {
     use std::time::Duration;
 
     fn pipe() -> (OwnedFd, OwnedFd) {
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe")
+        crate::descriptors::pipe(false).expect("pipe")
     }
 
     impl Writer {

@@ -1,5 +1,6 @@
 //! Anonymous segments (docs/SEGMENT_FORMAT.md §3.2): created sealed, reached only
 //! through descriptors, gone when the last holder lets go.
+#![cfg(target_os = "linux")]
 
 mod common;
 

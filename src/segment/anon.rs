@@ -251,6 +251,7 @@ impl AnonObject {
     }
 
     /// The object's size in bytes.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) fn size(&self) -> Result<u64, SegmentProblem> {
         nix::sys::stat::fstat(self.fd.as_fd())
             .map(|st| st.st_size as u64)

@@ -35,8 +35,11 @@ impl ObjectId {
     pub(super) fn of(meta: &std::fs::Metadata) -> ObjectId {
         let dev = meta.dev();
         ObjectId {
-            major: u64::from(libc::major(dev)),
-            minor: u64::from(libc::minor(dev)),
+            // u32 on Linux, i32 on macOS (where nothing is listed through /proc).
+            #[allow(clippy::unnecessary_cast)]
+            major: libc::major(dev as _) as u64,
+            #[allow(clippy::unnecessary_cast)]
+            minor: libc::minor(dev as _) as u64,
             ino: meta.ino(),
         }
     }
