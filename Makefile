@@ -52,7 +52,7 @@ CHAOS_ITERATIONS ?= 100
 SOAK_MESSAGES ?= 1000000
 
 .PHONY: demo test test-named venv pypy execnet-peers build test-rust test-python lint bench clean fuzz fuzz-smoke \
-	fuzz-corpus chaos soak jython
+	fuzz-corpus chaos soak jython check-macos
 
 demo: $(STAMP)
 	cargo build --release
@@ -70,10 +70,19 @@ test: $(STAMP) $(PYPY_STAMP) $(STAMP19) jython
 	@# rewriting (of hypothesis, while collecting), before any of the helper had run.
 	cd python-helper && timeout 900 $(PYPY_PY) -m pytest -q --assert=plain tests
 	$(MAKE) --no-print-directory fuzz-smoke
+	$(MAKE) --no-print-directory check-macos
 	@# A leak is a segment whose creator is gone (every test process has ended by now).
 	@leaks=""; for f in $$(ls /dev/shm | grep '^pxg-' || true); do \
 	  pid=$$((16#$$(echo $$f | cut -d- -f2))); [ -d /proc/$$pid ] || leaks="$$leaks $$f"; \
 	done; if [ -n "$$leaks" ]; then echo "leaked segments:$$leaks"; exit 1; fi; echo "no leaked segments"
+
+# The macOS build (anonymous segments by shm_open + unlink + descriptor passing), checked
+# by clippy for the x86_64-apple-darwin target; said loudly when the target cannot be had.
+check-macos:
+	@if rustup target add x86_64-apple-darwin >/dev/null 2>&1; then \
+	  CARGO_TARGET_DIR=target/macos timeout 900 cargo clippy --target x86_64-apple-darwin --all-targets -- -D warnings \
+	  && echo "macOS build check: passed"; \
+	else echo "NOTE: the macOS build check did not run: rustup could not add the x86_64-apple-darwin target"; fi
 
 # The array battery with named segments (`make test` runs it after the whole suite).
 test-named: $(STAMP)
