@@ -150,7 +150,14 @@ pub(crate) struct Shared {
     /// Some channel or the gateway was reconfigured: decoding must look up the options
     /// (until then every channel has [`LoadOptions::CHANNEL`], and no lock is taken).
     pub(crate) reconfigured: AtomicBool,
+    /// The objects this gateway was last told to FORGET (at most [`FORGOTTEN_KEPT`]): a
+    /// release of one of them may still be on its way, and is no surprise.
+    forgotten: Mutex<std::collections::VecDeque<String>>,
 }
+
+/// How many forgotten objects a gateway remembers, so that releases already under way
+/// when the host dropped an array are accepted quietly.
+const FORGOTTEN_KEPT: usize = 256;
 
 /// What a thread waiting on a channel wants to know.
 pub(crate) enum Want<'a> {
@@ -205,6 +212,7 @@ impl Shared {
             sink,
             descriptors: OnceLock::new(),
             reconfigured: AtomicBool::new(false),
+            forgotten: Mutex::default(),
         })
     }
 
@@ -307,6 +315,13 @@ impl Shared {
     /// reported, when the worker is gone: it has nothing mapped any more. Never waits
     /// for the pipe: a FORGET that does not fit is written when it drains.
     pub(crate) fn forget_segment(&self, name: &str) {
+        {
+            let mut forgotten = crate::output::lock(&self.forgotten);
+            if forgotten.len() == FORGOTTEN_KEPT {
+                forgotten.pop_front();
+            }
+            forgotten.push_back(name.to_string());
+        }
         {
             let st = self.lock();
             if st.closed_by_host || st.child_gone || st.is_broken() {
@@ -642,7 +657,12 @@ impl Shared {
         };
         match parsed {
             Some((name, generation, access)) => {
-                if !crate::lease::release(&name, generation, access, crate::lease::key_of(self)) {
+                // A release under way when the host dropped the array (and sent
+                // FORGET) is expected; one of something never sent is worth a line.
+                let object = name.split_once('@').map_or(name.as_str(), |(o, _)| o);
+                if !crate::lease::release(&name, generation, access, crate::lease::key_of(self))
+                    && !crate::output::lock(&self.forgotten).iter().any(|f| f == object)
+                {
                     self.sink.emit_text(
                         None,
                         Stream::Stderr,

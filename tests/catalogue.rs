@@ -949,6 +949,42 @@ fn enospc_on_creation() {
 // =====================================================================================
 
 #[test]
+fn a_release_under_way_when_the_host_drops_the_array_is_quiet() {
+    let _serial = serial();
+    let lines: Arc<Mutex<Vec<OutputLine>>> = Arc::default();
+    let sink = Arc::clone(&lines);
+    let gw = Gateway::builder(&spec("id=late-release"))
+        .output(OutputMode::Callback(Arc::new(move |l: &OutputLine| {
+            sink.lock().unwrap().push(l.clone())
+        })))
+        .handshake_timeout(T)
+        .spawn()
+        .unwrap();
+    // The worker keeps each array until told, then lets it go (RELEASE) and answers.
+    let ch = gw
+        .remote_exec(
+            "import gc\nfor a in channel:\n    channel.receive()\n    del a\n    gc.collect()\n    channel.send('done')",
+        )
+        .unwrap();
+    for _ in 0..20 {
+        let a = SharedArray::<u8>::zeros(&[4096]).unwrap();
+        ch.send(a.share().unwrap()).unwrap();
+        // Dropped while the worker holds it: FORGET goes out, and the worker's RELEASE
+        // of it is already on its way or follows.
+        drop(a);
+        ch.send(Value::from("go")).unwrap();
+        assert_eq!(ch.receive_timeout(T).unwrap().as_str(), Some("done"));
+    }
+    // Anything the host prints comes before the answer that follows it.
+    let ping = gw.remote_exec("channel.send(1)").unwrap();
+    assert_eq!(ping.receive_timeout(T).unwrap().as_i64(), Some(1));
+    let got = lines.lock().unwrap().clone();
+    assert!(got.is_empty(), "{got:?}");
+    gw.exit(T).unwrap();
+    assert_no_segments();
+}
+
+#[test]
 fn release_of_an_unknown_slot() {
     let _serial = serial();
     let keep = held();
