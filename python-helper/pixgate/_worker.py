@@ -154,6 +154,14 @@ class DescriptorTable:
                     raise LoadError(f"the descriptor socket is broken: {self._broken}")
                 if token <= 0 or token < self._expected:
                     raise LoadError(f"descriptor token {token} is unknown or used already")
+                # The message was sent before the frame that names it, so it is
+                # normally waiting: read it without a select first.
+                try:
+                    if self._read_message(deadline, wait=False):
+                        continue
+                except _Broken as exc:
+                    self._break(str(exc))
+                    continue
                 left = deadline - time.monotonic()
                 if left <= 0 or not select.select([self._fd], [], [], left)[0]:
                     raise LoadError(f"descriptor {token} did not arrive within {limit:g} s")
@@ -164,11 +172,17 @@ class DescriptorTable:
         finally:
             self._lock.release()
 
-    def _read_message(self, deadline: float) -> None:
-        """Read one message (the socket is readable) and file its descriptors."""
+    def _read_message(self, deadline: float, wait: bool = True) -> bool:
+        """Read one message and file its descriptors: the socket is readable, or
+        (``wait`` false) returns False at once when no message has begun."""
         _socket = self._socket
+        flags = self._recv_flags if wait else self._recv_flags | _socket.MSG_DONTWAIT
         try:
-            data, ancillary, flags, _ = self.sock.recvmsg(12, self._ancillary, self._recv_flags)
+            data, ancillary, flags, _ = self.sock.recvmsg(12, self._ancillary, flags)
+        except BlockingIOError:
+            if wait:
+                raise _Broken("reading it failed: no message although readable") from None
+            return False
         except OSError as exc:
             raise _Broken(f"reading it failed: {exc}") from None
         fds = _rights(ancillary)
@@ -217,6 +231,7 @@ class DescriptorTable:
         for i, fd in enumerate(fds):
             self._filed[first + i] = fd
         self._expected = first + count
+        return True
 
     def _break(self, why: str) -> None:
         self._broken = why

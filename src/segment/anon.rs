@@ -278,14 +278,18 @@ impl AnonObject {
     /// A descriptor to pass to a peer: a duplicate for writable access, else one opened
     /// read-only, so that the peer cannot map the object writable.
     pub(crate) fn descriptor(&self, writable: bool) -> std::io::Result<OwnedFd> {
-        if writable || cfg!(not(target_os = "linux")) {
+        if writable {
             return self.fd.try_clone();
         }
-        let path = format!("/proc/self/fd/{}", self.fd.as_raw_fd());
-        std::fs::OpenOptions::new()
-            .read(true)
-            .open(path)
-            .map(OwnedFd::from)
+        #[cfg(target_os = "linux")]
+        {
+            reopen_read_only(self.fd.as_raw_fd())
+        }
+        // No /proc to reopen through (macOS): the peer gets the object's own access.
+        #[cfg(not(target_os = "linux"))]
+        {
+            self.fd.try_clone()
+        }
     }
 
     /// True when `peer` got a descriptor of the object with exactly this access, and so
@@ -311,6 +315,35 @@ impl AnonObject {
             }),
         }
     }
+}
+
+/// Opens descriptor `fd` of this process anew, read-only, through `/proc/self/fd`.
+///
+/// The directory is opened once per process (`O_PATH`) and looked up by the number
+/// alone, which saves resolving `/proc/self` on every share; a forked child, whose
+/// `/proc/self` is another directory, opens its own.
+#[cfg(target_os = "linux")]
+fn reopen_read_only(fd: std::os::fd::RawFd) -> std::io::Result<OwnedFd> {
+    use nix::fcntl::{OFlag, open, openat};
+    use nix::sys::stat::Mode;
+    static DIR: Mutex<Option<(u32, OwnedFd)>> = Mutex::new(None);
+    let pid = std::process::id();
+    let mut dir = lock(&DIR);
+    if dir.as_ref().is_none_or(|(p, _)| *p != pid) {
+        let d = open(
+            "/proc/self/fd",
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        *dir = Some((pid, d));
+    }
+    let (_, d) = dir.as_ref().expect("opened above");
+    Ok(openat(
+        d,
+        fd.to_string().as_str(),
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?)
 }
 
 impl Drop for AnonObject {
