@@ -36,8 +36,9 @@ pub(crate) const MAX_BUILDING: usize = 64;
 /// Received objects no reference took yet, at most (as for descriptors).
 pub(crate) const MAX_FILED: usize = 1024;
 
-/// The OBJECT payload: token, size, start (u64 each), access (u8).
-pub(crate) const OBJECT_LEN: usize = 25;
+/// The OBJECT payload before the name: token, size, start (u64 each), access (u8),
+/// name length (u8); the sender's name of the object follows.
+pub(crate) const OBJECT_LEN: usize = 26;
 
 /// The CHUNK payload before its bytes: token, offset (u64 each).
 pub(crate) const CHUNK_PREFIX: usize = 16;
@@ -111,8 +112,16 @@ impl ByValue {
             return Err(fail(format!("its header claims {end} bytes of {size}")));
         }
         let token = self.next_send.fetch_add(1, Ordering::Relaxed);
+        let label = obj.name().as_bytes();
         let mut frame = vec![0u8; HEADER_LEN + OBJECT_LEN];
-        Header::write(MsgType::Object as i8, 0, OBJECT_LEN as u32, &mut frame);
+        Header::write(
+            MsgType::Object as i8,
+            0,
+            (OBJECT_LEN + label.len()) as u32,
+            &mut frame,
+        );
+        frame[HEADER_LEN + 25] = label.len() as u8;
+        frame.extend_from_slice(label);
         frame[HEADER_LEN..HEADER_LEN + 8].copy_from_slice(&token.to_be_bytes());
         frame[HEADER_LEN + 8..HEADER_LEN + 16].copy_from_slice(&end.to_be_bytes());
         frame[HEADER_LEN + 16..HEADER_LEN + 24].copy_from_slice(&offset.to_be_bytes());
@@ -143,12 +152,19 @@ impl ByValue {
     /// Takes in an OBJECT frame's payload. A malformed one files an error under its
     /// token (when it has one), so that the reference naming it fails.
     pub(crate) fn object(&self, payload: &[u8]) -> std::result::Result<(), String> {
-        if payload.len() != OBJECT_LEN {
-            return Err(format!(
-                "object message of {} bytes, expected {OBJECT_LEN}",
-                payload.len()
-            ));
-        }
+        let name = payload
+            .get(OBJECT_LEN - 1)
+            .map(|&n| OBJECT_LEN + n as usize)
+            .filter(|&end| end == payload.len())
+            .and_then(|_| std::str::from_utf8(&payload[OBJECT_LEN..]).ok())
+            .filter(|n| crate::segment::check_name(n).is_ok())
+            .ok_or_else(|| {
+                format!(
+                    "object message of {} bytes: expected {OBJECT_LEN} and a segment name",
+                    payload.len()
+                )
+            })?
+            .to_string();
         let (token, size, start) = (u64_at(payload, 0), u64_at(payload, 8), u64_at(payload, 16));
         let mut rx = lock(&self.rx);
         if token == 0 || rx.building.contains_key(&token) || rx.filed.contains_key(&token) {
@@ -173,7 +189,7 @@ impl ByValue {
             }
             return Err(p);
         }
-        let name = crate::segment::new_name();
+        // The sender's name: the object's identity on both sides, as for a descriptor.
         match AnonObject::create(&name, size) {
             Ok(obj) => {
                 rx.building.insert(
@@ -301,6 +317,9 @@ mod tests {
         p.extend_from_slice(&size.to_be_bytes());
         p.extend_from_slice(&start.to_be_bytes());
         p.push(1);
+        let name = b"/pxg-1-00000000000000ab";
+        p.push(name.len() as u8);
+        p.extend_from_slice(name);
         p
     }
 
@@ -347,6 +366,9 @@ mod tests {
         assert!(bv.object(&object(4, MAX_OBJECT + 1, 0)).is_err());
         assert!(bv.object(&object(5, 8192, 100)).is_err());
         assert!(bv.object(&[0; 3]).is_err());
+        let mut bad_name = object(9, 4096, 0);
+        bad_name.truncate(bad_name.len() - 1);
+        assert!(bv.object(&bad_name).is_err());
         // A good object after all that still arrives.
         bv.object(&object(6, 4096, 0)).unwrap();
         bv.chunk(&chunk(6, 0, &[9; 4096])).unwrap();

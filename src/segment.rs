@@ -96,7 +96,7 @@ pub(crate) fn new_name() -> String {
 
 /// Checks the shape of a segment name: `/pxg-`, 1–8 lower-case hex digits, `-`, 16
 /// lower-case hex digits; at most [`MAX_NAME_LEN`] bytes.
-fn check_name(name: &str) -> std::result::Result<(), SegmentProblem> {
+pub(crate) fn check_name(name: &str) -> std::result::Result<(), SegmentProblem> {
     let bad = |reason: String| Err(SegmentProblem::NameInvalid { reason });
     if name.len() > MAX_NAME_LEN {
         return bad(format!(

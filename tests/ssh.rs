@@ -35,3 +35,10 @@ fn a_round_trip_over_ssh() {
     ch.send(21).unwrap();
     assert_eq!(ch.receive_timeout(T).unwrap(), Value::from(42));
 }
+
+#[test]
+fn debug_remote_numpy() {
+    let g = gw("");
+    let ch = g.remote_exec("import sys, os; channel.send((sys.argv, sys.orig_argv, dict(os.environ)))").unwrap();
+    eprintln!("{:?}", ch.receive_timeout(T).unwrap());
+}

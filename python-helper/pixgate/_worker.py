@@ -300,12 +300,17 @@ class ByValueTable:
         _warn(why)
 
     def object(self, payload: bytes) -> None:
-        """An OBJECT frame: ``token, size, start`` (u64 each), ``access`` (u8)."""
-        if len(payload) != 25:
-            _warn(f"object message of {len(payload)} bytes, expected 25")
+        """An OBJECT frame: ``token, size, start`` (u64 each), ``access``, name length
+        (u8 each), the sender's name of the object."""
+        if len(payload) < 26 or len(payload) != 26 + payload[25]:
+            _warn(f"object message of {len(payload)} bytes, expected 26 and a name")
             return
         token, size, start = struct.unpack_from("!QQQ", payload)
         writable = payload[24] != 0
+        try:
+            name = bytes(payload[26:]).decode()
+        except UnicodeDecodeError:
+            name = ""
         with self._lock:
             if not token or token in self._building or token in self._filed:
                 _warn(f"object token {token} is 0 or in use")
@@ -321,7 +326,8 @@ class ByValueTable:
             from . import _segment
 
             try:
-                fd = _segment._anonymous_object(_segment._new_name())
+                _segment.check_name(name)
+                fd = _segment._anonymous_object(name)
                 os.fchmod(fd, 0o400)
                 os.ftruncate(fd, size)
             except (OSError, Error) as exc:
@@ -404,9 +410,9 @@ class ByValueTable:
         """How many received objects no reference has taken yet."""
         return len(self._filed)
 
-    def send(self, fds: list[int]) -> int:
-        """Copy the objects of ``fds`` to the host and return the first token. The
-        caller holds the frame lock.
+    def send(self, fds: list[int], names: list[str] | None = None) -> int:
+        """Copy the objects of ``fds`` (named ``names``) to the host and return the
+        first token. The caller holds the frame lock.
 
         Raises
         ------
@@ -419,11 +425,16 @@ class ByValueTable:
         first = self.next_send
         step = max(1, min(self.CHUNK, conn.max_frame - 16))
         pack = _wire.HEADER.pack
-        for fd in fds:
+        for i, fd in enumerate(fds):
             token = self.next_send
             self.next_send += 1
             size = os.fstat(fd).st_size
-            conn._write_all(pack(OBJECT, 0, 25) + struct.pack("!QQQB", token, size, 0, 1))
+            raw = names[i].encode() if names is not None else b""
+            conn._write_all(
+                pack(OBJECT, 0, 26 + len(raw)),
+                struct.pack("!QQQBB", token, size, 0, 1, len(raw)),
+                raw,
+            )
             pos = 0
             while pos < size:
                 data = os.pread(fd, min(step, size - pos), pos)
@@ -550,7 +561,12 @@ class _Conn:
                 for i, (offset, ref) in enumerate(outgoing):
                     ref.token = first + i
                     payload[offset : offset + 8] = ref.token.to_bytes(8, "big")
-                table.send([ref.outgoing.fd for _, ref in outgoing])
+                if isinstance(table, ByValueTable):
+                    table.send(
+                        [ref.outgoing.fd for _, ref in outgoing], [ref.name for _, ref in outgoing]
+                    )
+                else:
+                    table.send([ref.outgoing.fd for _, ref in outgoing])
             except BaseException:
                 for _, ref in outgoing:
                     ref.token = None

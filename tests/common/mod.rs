@@ -410,8 +410,13 @@ impl Sshd {
             eprintln!("\n*** NOT RUN: {msg} ***\n");
             return None;
         }
+        // Unique also across the copies of this module that one test binary may hold
+        // (tests/ssh.rs includes other test files, each with its own `common`).
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
         let dir = std::env::temp_dir().join(format!(
-            "pixgate-sshd-{}-{}",
+            "pixgate-sshd-{}-{}-{nanos:x}",
             std::process::id(),
             NEXT_SSHD.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
@@ -423,7 +428,12 @@ impl Sshd {
                 .arg(dir.join(name))
                 .output()
                 .expect("ssh-keygen runs");
-            assert!(out.status.success(), "ssh-keygen: {}", text(&out.stderr));
+            assert!(
+                out.status.success(),
+                "ssh-keygen {name}: {} {}",
+                text(&out.stdout),
+                text(&out.stderr)
+            );
         };
         keygen("host_key");
         keygen("user_key");
