@@ -202,9 +202,28 @@ pub fn memfd_fds(name: &str) -> Vec<i32> {
 
 /// Serialises tests that create segments: each one checks at its end that this
 /// process's segments are gone, which other tests running at the same time would break.
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+///
+/// Process-wide also when a binary holds several copies of this module (tests/ssh.rs
+/// includes other test files): besides the mutex, an `flock` on a file of this process,
+/// which two descriptors of it contend for like two processes.
+pub fn serial() -> Serial {
+    use std::os::fd::AsRawFd;
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let path = std::env::temp_dir().join(format!("pixgate-serial-{}.lock", std::process::id()));
+    let file = std::fs::File::create(path).expect("serial lock file");
+    // SAFETY: flock on a descriptor this function owns.
+    while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {}
+    Serial {
+        _guard: guard,
+        _file: file,
+    }
+}
+
+/// Held while a test runs alone among those that create segments ([`serial`]).
+pub struct Serial {
+    _guard: std::sync::MutexGuard<'static, ()>,
+    _file: std::fs::File,
 }
 
 /// Fails if /dev/shm holds any pixgate segment whose creator is gone or is a child of
