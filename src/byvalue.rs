@@ -177,9 +177,13 @@ impl ByValue {
                 "object of {size} bytes cannot start its segment at {start}"
             ))
         } else if rx.building.len() >= MAX_BUILDING {
-            Some(format!("more than {MAX_BUILDING} objects on their way at once"))
+            Some(format!(
+                "more than {MAX_BUILDING} objects on their way at once"
+            ))
         } else if rx.filed.len() >= MAX_FILED {
-            Some(format!("more than {MAX_FILED} objects that no reference took"))
+            Some(format!(
+                "more than {MAX_FILED} objects that no reference took"
+            ))
         } else {
             None
         };
@@ -287,7 +291,9 @@ pub(crate) fn chunk_len(max_frame: u32) -> usize {
 }
 
 /// Parses a WRITE_BACK payload: `(key, generation, offset in the data area, bytes)`.
-pub(crate) fn parse_write_back(payload: &[u8]) -> std::result::Result<(&str, u64, u64, &[u8]), String> {
+pub(crate) fn parse_write_back(
+    payload: &[u8],
+) -> std::result::Result<(&str, u64, u64, &[u8]), String> {
     if payload.len() < 18 {
         return Err(format!("write-back message of {} bytes", payload.len()));
     }

@@ -210,13 +210,10 @@ impl Channel {
             let mut copied = Vec::new();
             for (r, obj) in sending.anonymous() {
                 let writable = r.access() != crate::value::Access::Shared;
-                let token = bv.send_object(
-                    &obj,
-                    r.offset(),
-                    writable,
-                    self.shared.max_frame_len,
-                    |f| self.shared.write_frame(f),
-                )?;
+                let token =
+                    bv.send_object(&obj, r.offset(), writable, self.shared.max_frame_len, |f| {
+                        self.shared.write_frame(f)
+                    })?;
                 r.set_token(token);
                 copied.push(r);
             }

@@ -199,7 +199,9 @@ impl Spec {
             }
         }
         if transport.is_none() && !spec.trim().is_empty() {
-            return Err(err("no transport: the spec must contain popen or ssh".into()));
+            return Err(err(
+                "no transport: the spec must contain popen or ssh".into()
+            ));
         }
         if out.ssh_config.is_some() && out.ssh.is_none() {
             return Err(err("ssh_config is for ssh gateways".into()));

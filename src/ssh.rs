@@ -58,8 +58,7 @@ fn py_str(s: &str) -> String {
 /// `s` quoted for a POSIX shell.
 fn shell_quote(s: &str) -> String {
     if !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-/=:,+@%".contains(c))
     {
         return s.to_string();
@@ -190,7 +189,10 @@ mod tests {
     #[test]
     fn python_literals_escape_everything_but_plain_characters() {
         assert_eq!(py_str("a/b c"), "\"a/b c\"");
-        assert_eq!(py_str("x\"'\\\n$`é😀"), "\"x\\x22\\x27\\x5c\\x0a\\x24\\x60\\xe9\\U0001f600\"");
+        assert_eq!(
+            py_str("x\"'\\\n$`é😀"),
+            "\"x\\x22\\x27\\x5c\\x0a\\x24\\x60\\xe9\\U0001f600\""
+        );
     }
 
     #[test]
@@ -203,7 +205,10 @@ mod tests {
 
     #[test]
     fn the_ssh_command_follows_execnet_without_compression() {
-        let spec = Spec::parse("ssh=-p 2222 -i /k root@h//ssh_config=/c//python=python3 -X dev//dont_write_bytecode").unwrap();
+        let spec = Spec::parse(
+            "ssh=-p 2222 -i /k root@h//ssh_config=/c//python=python3 -X dev//dont_write_bytecode",
+        )
+        .unwrap();
         let cmd = ssh_command(&spec);
         let args: Vec<String> = cmd
             .get_args()
@@ -211,10 +216,24 @@ mod tests {
             .collect();
         assert_eq!(
             &args[..10],
-            ["-T", "-o", "BatchMode=yes", "-F", "/c", "-p", "2222", "-i", "/k", "root@h"]
+            [
+                "-T",
+                "-o",
+                "BatchMode=yes",
+                "-F",
+                "/c",
+                "-p",
+                "2222",
+                "-i",
+                "/k",
+                "root@h"
+            ]
         );
         assert!(!args.iter().any(|a| a == "-C"));
         let remote = &args[10];
-        assert!(remote.starts_with("exec python3 -X dev -B -u -c 'import os;"), "{remote}");
+        assert!(
+            remote.starts_with("exec python3 -X dev -B -u -c 'import os;"),
+            "{remote}"
+        );
     }
 }

@@ -31,11 +31,12 @@ fn a_round_trip_over_ssh() {
     }
     let g = gw("");
     assert_eq!(g.transport(), pixgate::segment::Transport::ByValue);
-    let ch = g.remote_exec("channel.send(channel.receive() * 2)").unwrap();
+    let ch = g
+        .remote_exec("channel.send(channel.receive() * 2)")
+        .unwrap();
     ch.send(21).unwrap();
     assert_eq!(ch.receive_timeout(T).unwrap(), Value::from(42));
 }
-
 
 #[test]
 fn the_remote_worker_exits_at_once_when_the_ssh_process_dies() {
@@ -44,7 +45,11 @@ fn the_remote_worker_exits_at_once_when_the_ssh_process_dies() {
     }
     let g = gw("");
     let remote = g.info().pid;
-    assert_ne!(remote, g.pid(), "the handshake names the remote python, not ssh");
+    assert_ne!(
+        remote,
+        g.pid(),
+        "the handshake names the remote python, not ssh"
+    );
     assert!(process_alive(remote));
     // ssh killed (the host's side of the connection gone): the remote sees EOF.
     g.kill().unwrap();
@@ -120,8 +125,16 @@ fn chdir_env_and_nice_reach_the_remote_worker() {
     assert_eq!(items[0].as_str(), Some(dir.to_str().unwrap()));
     assert_eq!(items[1].as_str(), Some("it's \"quoted\" $HOME `x` é"));
     assert_eq!(items[2].as_str(), Some("x=y"));
-    assert_eq!(items[3].as_i64(), Some(3), "niceness relative to the sshd session's");
-    assert_eq!(items[4].as_bool(), Some(false), "read by the worker and removed");
+    assert_eq!(
+        items[3].as_i64(),
+        Some(3),
+        "niceness relative to the sshd session's"
+    );
+    assert_eq!(
+        items[4].as_bool(),
+        Some(false),
+        "read by the worker and removed"
+    );
     assert!(items[5].is_none());
     drop(g);
     let _ = std::fs::remove_dir_all(&dir);
@@ -150,7 +163,11 @@ fn prints_to_the_remote_stdout_cannot_corrupt_the_stream() {
     assert_eq!(ch.receive_timeout(T).unwrap(), Value::from("still in sync"));
     g.exit(T).unwrap();
     let lines = g.take_output();
-    assert!(lines.iter().any(|l| l.text == "attributed" && l.channel.is_some()));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.text == "attributed" && l.channel.is_some())
+    );
     assert!(lines.iter().any(|l| l.text == "from a child"), "{lines:?}");
 }
 
@@ -185,7 +202,10 @@ fn arrays_above_the_frame_limit_cross_in_chunks_both_ways() {
         .unwrap();
     let expected: u64 = (0..n as u64).map(|i| i % 1000).sum();
     ch.send_value(&a.share().unwrap()).unwrap();
-    assert_eq!(ch.receive_timeout(T).unwrap().as_i64(), Some(expected as i64));
+    assert_eq!(
+        ch.receive_timeout(T).unwrap().as_i64(),
+        Some(expected as i64)
+    );
     let until = Instant::now() + T;
     while a.peer_shares() > 0 {
         assert!(Instant::now() < until, "the share never came back");
@@ -195,7 +215,10 @@ fn arrays_above_the_frame_limit_cross_in_chunks_both_ways() {
     // The reference rules hold over ssh: a lent array has no view until it is back,
     // and a reference is sent once.
     ch.send_value(&lend).unwrap();
-    assert!(matches!(ch.send_value(&lend).unwrap_err().kind(), ErrorKind::Reference(_)));
+    assert!(matches!(
+        ch.send_value(&lend).unwrap_err().kind(),
+        ErrorKind::Reference(_)
+    ));
     assert!(a.view_mut().is_err());
     drop(lend);
     assert_eq!(ch.receive_timeout(T).unwrap().as_str(), Some("doubled"));
@@ -205,7 +228,11 @@ fn arrays_above_the_frame_limit_cross_in_chunks_both_ways() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let v = a.view().unwrap();
-    assert!(v.iter().enumerate().all(|(i, &x)| x == 2 * (i % 1000) as u16));
+    assert!(
+        v.iter()
+            .enumerate()
+            .all(|(i, &x)| x == 2 * (i % 1000) as u16)
+    );
     drop(v);
     ch.send_value(&a.into_value().unwrap()).unwrap();
     assert_eq!(ch.receive_timeout(T).unwrap().as_i64(), Some(2 * 287));
@@ -247,7 +274,10 @@ fn malformed_by_value_messages_are_refused_and_the_gateway_goes_on() {
     assert!(a.view().is_ok());
     g.exit(T).unwrap();
     let lines: Vec<String> = g.take_output().into_iter().map(|l| l.text).collect();
-    assert!(lines.iter().any(|l| l.contains("not on its way")), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("not on its way")),
+        "{lines:?}"
+    );
     assert!(lines.iter().any(|l| l.contains("write-back")), "{lines:?}");
     drop(a);
     assert_no_segments();
@@ -272,4 +302,120 @@ fn local_workers_can_take_arrays_by_value_too() {
     drop(g);
     drop(a);
     assert_no_segments();
+}
+
+/// Start-up, round trip and bytes throughput against execnet over the same sshd, in the
+/// same run (BENCHMARKS.md, P9). `cargo test --release --test ssh -- --ignored
+/// --nocapture bench`.
+#[test]
+#[ignore = "a benchmark: run it by name"]
+fn bench_against_execnet_over_the_same_sshd() {
+    assert!(sshd_available());
+    let s = sshd();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    // pixgate: start-up to the first answer.
+    let starts: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            let g = gw("");
+            let ch = g.remote_exec("channel.send(1)").unwrap();
+            ch.receive_timeout(T).unwrap();
+            let e = t.elapsed().as_secs_f64();
+            drop(g);
+            e
+        })
+        .collect();
+    let g = gw("");
+    let ch = g
+        .remote_exec("import numpy as np\nfor x in channel:\n    channel.send(x if type(x) is int else int(x[::4096].sum()))")
+        .unwrap();
+    for _ in 0..200 {
+        ch.send(1).unwrap();
+        ch.receive_timeout(T).unwrap();
+    }
+    let rts: Vec<f64> = (0..2000)
+        .map(|_| {
+            let t = Instant::now();
+            ch.send(1).unwrap();
+            ch.receive_timeout(T).unwrap();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    let mut mbs = Vec::new();
+    for (mib, reps) in [(8usize, 10), (1024, 3)] {
+        let mut a = SharedArray::<u16>::zeros(&[mib << 19]).unwrap();
+        a.view_mut().unwrap().fill(1);
+        let times: Vec<f64> = (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                ch.send_value(&a.share().unwrap()).unwrap();
+                ch.receive_timeout(Duration::from_secs(600)).unwrap();
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        mbs.push((mib, (mib << 20) as f64 / median(times) / 1e6));
+    }
+    drop(ch);
+    drop(g);
+    let script = format!(
+        r#"
+import execnet, time, statistics as st
+spec = "ssh={opts} {user}@127.0.0.1//python={py}"
+starts = []
+for _ in range(5):
+    t = time.perf_counter(); g = execnet.makegateway(spec)
+    c = g.remote_exec("channel.send(1)"); c.receive(); starts.append(time.perf_counter() - t); g.exit()
+g = execnet.makegateway(spec)
+c = g.remote_exec("for x in channel:\n    channel.send(x if type(x) is int else len(x))")
+for _ in range(200): c.send(1); c.receive()
+rts = []
+for _ in range(2000):
+    t = time.perf_counter(); c.send(1); c.receive(); rts.append(time.perf_counter() - t)
+out = [st.median(starts), st.median(rts)]
+for mib, reps in ((8, 10), (1024, 3)):
+    b = bytes(mib << 20); ts = []
+    for _ in range(reps):
+        t = time.perf_counter(); c.send(b); c.receive(); ts.append(time.perf_counter() - t)
+    out.append((mib << 20) / st.median(ts) / 1e6)
+print(*out)
+g.exit()
+"#,
+        opts = s.ssh_options(),
+        user = s.user,
+        py = common::python()
+    );
+    let out = std::process::Command::new(common::python())
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    let ex: Vec<f64> = common::text(&out.stdout)
+        .split_whitespace()
+        .map(|w| w.parse().unwrap())
+        .collect();
+    println!("| measure | pixgate | execnet | ratio |");
+    println!("|---|---|---|---|");
+    println!(
+        "| start-up to first answer | {:.1} ms | {:.1} ms | {:.2}× |",
+        median(starts.clone()) * 1e3,
+        ex[0] * 1e3,
+        ex[0] / median(starts)
+    );
+    println!(
+        "| small round trip | {:.1} µs | {:.1} µs | {:.2}× |",
+        median(rts.clone()) * 1e6,
+        ex[1] * 1e6,
+        ex[1] / median(rts)
+    );
+    for (i, (mib, m)) in mbs.iter().enumerate() {
+        println!(
+            "| {mib} MiB one way | {m:.0} MB/s | {:.0} MB/s | {:.2}× |",
+            ex[2 + i],
+            m / ex[2 + i]
+        );
+    }
 }

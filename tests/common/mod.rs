@@ -508,7 +508,10 @@ impl Sshd {
             if let Ok(Some(status)) = sshd.child.try_wait() {
                 panic!("sshd exited at start: {status}");
             }
-            assert!(Instant::now() < until, "sshd does not listen on port {port}");
+            assert!(
+                Instant::now() < until,
+                "sshd does not listen on port {port}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         Some(sshd)
