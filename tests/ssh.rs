@@ -3,6 +3,10 @@
 //! tests/arrays.rs, whose gateways come from `common::spec`, which points at the test
 //! sshd in this binary), and what is particular to ssh.
 
+// The batteries are whole test files, each with its own `mod common;`: so the module is
+// loaded more than once in this binary, on purpose (tests/common holds across copies).
+#![allow(clippy::duplicate_mod)]
+
 mod common;
 
 #[path = "channels.rs"]
