@@ -283,7 +283,7 @@ mod tests {
             ("popen//frobnicate=1", "unknown key"),
             ("socket=host:8888", "not supported"),
             ("popen//ssh=host", "exclude each other"),
-            ("ssh=-p 22", "destination host"),
+            ("ssh=-v", "destination host"),
             ("ssh=host//transport=named", "by value"),
             ("popen//ssh_config=/x", "for ssh gateways"),
             ("popen//python=", "needs a value"),
