@@ -51,14 +51,14 @@ FUZZ_ARGS := -rss_limit_mb=2048 -timeout=10
 CHAOS_ITERATIONS ?= 100
 SOAK_MESSAGES ?= 1000000
 
-.PHONY: demo test test-named venv pypy execnet-peers build test-rust test-python lint bench clean fuzz fuzz-smoke \
+.PHONY: demo test test-named venv sshd pypy execnet-peers build test-rust test-python lint bench clean fuzz fuzz-smoke \
 	fuzz-corpus chaos soak jython check-macos
 
 demo: $(STAMP)
 	cargo build --release
 	./target/release/pixgate demo
 
-test: $(STAMP) $(PYPY_STAMP) $(STAMP19) jython
+test: $(STAMP) $(PYPY_STAMP) $(STAMP19) jython sshd
 	$(VPY) -m pip install --quiet --no-build-isolation --no-deps ./python-helper
 	cargo build --all-targets
 	timeout $(TEST_TIMEOUT) cargo test --all-targets
@@ -89,6 +89,13 @@ test-named: $(STAMP)
 	PIXGATE_TRANSPORT=named timeout 1200 cargo test $(addprefix --test ,$(NAMED_BATTERY))
 
 venv: $(STAMP)
+
+# OpenSSH's server for tests/ssh.rs, which starts one of its own on 127.0.0.1 (these
+# machines run as root); the client and ssh-keygen come with it.
+sshd:
+	@test -x /usr/sbin/sshd || { (apt-get update -qq || true) && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client; }
+	@test -x /usr/sbin/sshd && echo "sshd: /usr/sbin/sshd"
 
 # pypy3 from Debian's packages when it is missing (these machines run as root), and a
 # venv of it with the Python suite's tools.

@@ -622,7 +622,7 @@ impl<T: Element> SharedArray<T> {
 
     fn place(&self) -> Place {
         match self.seg().transport() {
-            Transport::Anonymous => Place::Anonymous {
+            Transport::Anonymous | Transport::ByValue => Place::Anonymous {
                 offset: self.seg().offset(),
             },
             Transport::Named => Place::Named,

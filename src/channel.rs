@@ -129,6 +129,9 @@ impl Channel {
             return self.send_checked(frame, need_open);
         }
         let peer = self.shared.peer_ref();
+        if self.shared.by_value().is_some() {
+            return self.send_by_value(frame, value, &peer, need_open, encode);
+        }
         let sending = crate::lease::send(value, &peer)?;
         let mut delivered = Vec::new();
         if sending.has_anonymous() {
@@ -169,6 +172,58 @@ impl Channel {
         for (_, obj, writable) in delivered {
             obj.note_delivered(&peer, writable);
         }
+        sending.done();
+        Ok(())
+    }
+
+    /// The by-value transport's send (docs/PROTOCOL.md §4.14): every array reference
+    /// carries a copy of its segment, sent in OBJECT and CHUNK frames under a token
+    /// before the frame that names it. The worker keeps nothing of the host's between
+    /// references, so every reference sends its bytes.
+    fn send_by_value(
+        &self,
+        frame: Vec<u8>,
+        value: &Value,
+        peer: &crate::lease::PeerRef,
+        need_open: bool,
+        encode: impl Fn() -> std::result::Result<Vec<u8>, crate::codec::EncodeError>,
+    ) -> Result<()> {
+        let mut named = None;
+        value.for_each_array(|r| {
+            if r.transport() == crate::segment::Transport::Named {
+                named.get_or_insert_with(|| r.name().to_string());
+            }
+        });
+        if let Some(name) = named {
+            return Err(Error::new(ErrorKind::Reference(format!(
+                "gateway {} shares no memory with this host and copies anonymous segments \
+                 only; array {name} is a named one: make it with Transport::ByValue (or \
+                 Transport::Anonymous)",
+                self.shared.id
+            ))));
+        }
+        let sending = crate::lease::send(value, peer)?;
+        let mut frame = frame;
+        if sending.has_anonymous() {
+            self.check_open(need_open)?;
+            let bv = self.shared.by_value().expect("checked by the caller");
+            let mut copied = Vec::new();
+            for (r, obj) in sending.anonymous() {
+                let writable = r.access() != crate::value::Access::Shared;
+                let token =
+                    bv.send_object(&obj, r.offset(), writable, self.shared.max_frame_len, |f| {
+                        self.shared.write_frame(f)
+                    })?;
+                r.set_token(token);
+                copied.push(r);
+            }
+            let encoded = encode();
+            for r in &copied {
+                r.set_token(0);
+            }
+            frame = encoded?;
+        }
+        self.send_checked(frame, need_open)?;
         sending.done();
         Ok(())
     }

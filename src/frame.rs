@@ -33,6 +33,12 @@ pub(crate) enum MsgType {
     ExecMain = 35,
     Release = 36,
     Forget = 37,
+    /// By value: an object's bytes follow under a token (docs/PROTOCOL.md §4.14).
+    Object = 38,
+    /// By value: bytes of an object announced by OBJECT.
+    Chunk = 39,
+    /// By value: pixels a worker wrote into a lent array, before its RELEASE.
+    WriteBack = 40,
 }
 
 impl MsgType {
@@ -53,6 +59,9 @@ impl MsgType {
             35 => ExecMain,
             36 => Release,
             37 => Forget,
+            38 => Object,
+            39 => Chunk,
+            40 => WriteBack,
             _ => return None,
         })
     }

@@ -71,9 +71,9 @@ pub struct GatewayBuilder {
     handshake_timeout: Duration,
     exit_timeout: Duration,
     output: OutputMode,
-    max_frame_len: u32,
-    spin: Duration,
-    transport: Option<Transport>,
+    pub(crate) max_frame_len: u32,
+    pub(crate) spin: Duration,
+    pub(crate) transport: Option<Transport>,
 }
 
 impl GatewayBuilder {
@@ -196,6 +196,12 @@ impl Gateway {
             .id
             .clone()
             .unwrap_or_else(|| format!("gw{}", NEXT_GATEWAY.fetch_add(1, Ordering::Relaxed)));
+        // Segments left by killed processes: removed on a thread of its own, once per
+        // process; the outcome never affects the start (docs/ARCHITECTURE.md).
+        crate::segment::sweep_once_in_background();
+        if spec.is_ssh() {
+            return crate::ssh::start(b, spec, id);
+        }
         if let Some(dir) = &spec.chdir {
             if !dir.is_dir() {
                 return Err(Error::new(ErrorKind::Spec {
@@ -205,9 +211,6 @@ impl Gateway {
             }
         }
         let python = interpreter(&spec);
-        // Segments left by killed processes: removed on a thread of its own, once per
-        // process; the outcome never affects the start (docs/ARCHITECTURE.md).
-        crate::segment::sweep_once_in_background();
 
         // Protocol pipes. The child's ends are moved to descriptors 3 and 4 in the child;
         // copies at 10 and above keep dup2 from clobbering one with the other.
@@ -240,16 +243,12 @@ impl Gateway {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         // The spec's variables first: pixgate's own must not be overridden by them.
-        for (k, v) in &spec.env {
-            cmd.env(k, v);
+        for (k, v) in worker_env(&spec, &id, &b, wanted) {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
         }
-        cmd.env("PIXGATE_GATEWAY_ID", &id)
-            .env("PIXGATE_MAX_FRAME", b.max_frame_len.to_string())
-            .env("PIXGATE_SPIN_US", b.spin.as_micros().to_string());
-        match spec.helper {
-            HelperSource::Bootstrap => cmd.env("PIXGATE_BOOTSTRAP", "1"),
-            HelperSource::Installed => cmd.env_remove("PIXGATE_BOOTSTRAP"),
-        };
         match sock_child {
             Some(_) => cmd.env("PIXGATE_DESCRIPTORS", "5"),
             None => cmd.env_remove("PIXGATE_DESCRIPTORS"),
@@ -265,60 +264,98 @@ impl Gateway {
         // async-signal-safe functions (setpgid, dup2, nice, prctl, getppid, _exit); it
         // allocates nothing and touches no lock.
         unsafe {
-            cmd.pre_exec(move || child_setup(rfd, wfd, dfd, nice, parent));
+            cmd.pre_exec(move || child_setup(Some((rfd, wfd)), dfd, nice, parent));
         }
         let mut child = spawn_child(cmd).map_err(|e| spawn_error(&python[0], e))?;
         // From here on every early return kills and reaps the child.
-        let mut guard = StartGuard::new(child.id());
+        let guard = StartGuard::new(child.id());
         drop((child_r, child_w, sock_child));
         let pid = child.id();
         let stdout = child.stdout.take().expect("stdout piped");
         let stderr = child.stderr.take().expect("stderr piped");
         drop(child); // reaped by the reaper thread below, by pid
+        let boot = (spec.helper == HelperSource::Bootstrap).then(bootstrap::bundle);
+        Gateway::finish(Started {
+            b,
+            id,
+            pid,
+            guard,
+            from_worker: from_worker_r,
+            to_worker: to_worker_w,
+            stdout: Some(stdout.into()),
+            stderr: stderr.into(),
+            boot,
+            sock_host,
+            by_value: wanted == Transport::ByValue,
+        })
+    }
 
+    /// The part of a start common to local and ssh workers, once the child runs: the
+    /// shared state, the output pumps, the reaper, the bootstrap, the handshake.
+    pub(crate) fn finish(s: Started) -> Result<Gateway> {
+        let Started {
+            b,
+            id,
+            pid,
+            mut guard,
+            from_worker,
+            to_worker,
+            stdout,
+            stderr,
+            boot,
+            sock_host,
+            by_value,
+        } = s;
         let sink = OutputSink::new(id.clone(), b.output.clone());
-        let reader = FrameReader::new(from_worker_r, b.max_frame_len);
+        let reader = FrameReader::new(from_worker, b.max_frame_len);
         let shared = Arc::new(
             Shared::new(
                 id.clone(),
                 pid,
                 reader,
-                to_worker_w,
+                to_worker,
                 b.max_frame_len,
                 sink,
                 b.spin,
             )
             .map_err(|e| Error::io("creating wake-up pipes", e))?,
         );
+        if by_value {
+            shared.set_by_value();
+        }
 
         // The receiver disconnects once both pumps have ended.
         let (pumped_tx, pumped) = mpsc::channel::<()>();
-        let (s, done) = (Arc::clone(&shared), pumped_tx.clone());
-        spawn_thread(format!("pixgate-{id}-stdout"), move || {
-            s.sink.pump(stdout, Stream::Stdout);
-            drop(done);
-        })?;
+        if let Some(stdout) = stdout {
+            let (s, done) = (Arc::clone(&shared), pumped_tx.clone());
+            spawn_thread(format!("pixgate-{id}-stdout"), move || {
+                s.sink.pump(std::fs::File::from(stdout), Stream::Stdout);
+                drop(done);
+            })?;
+        }
         let (s, done) = (Arc::clone(&shared), pumped_tx);
         spawn_thread(format!("pixgate-{id}-stderr"), move || {
-            s.sink.pump(stderr, Stream::Stderr);
+            s.sink.pump(std::fs::File::from(stderr), Stream::Stderr);
             drop(done);
         })?;
         let s = Arc::clone(&shared);
         spawn_thread(format!("pixgate-{id}-reaper"), move || reap(&s, pumped))?;
         guard.reaper_runs(Arc::clone(&shared));
 
-        if spec.helper == HelperSource::Bootstrap {
+        if let Some(boot) = boot {
             // A writer thread, so that a worker that never reads cannot block the host
             // past the handshake deadline; it ends when the pipe breaks.
             let s = Arc::clone(&shared);
             spawn_thread(format!("pixgate-{id}-bootstrap"), move || {
-                let _ = s.write_frame(&bootstrap::bundle());
+                let _ = s.write_frame(&boot);
             })?;
         }
 
         let mut info = handshake(&shared, b.handshake_timeout)?;
+        shared.set_worker_pid(info.pid);
         // Anonymous segments need both sides to pass descriptors; else names.
         info.transport = match sock_host {
+            _ if by_value => Transport::ByValue,
             Some(sock) if info.transport == Transport::Anonymous => {
                 shared.set_descriptors(crate::descriptors::DescriptorSocket::new(sock));
                 Transport::Anonymous
@@ -613,16 +650,67 @@ fn wait_exit(shared: &Shared, deadline: Instant) -> Option<WorkerExit> {
     }
 }
 
+/// A child that runs, and what the rest of its start needs ([`Gateway::finish`]).
+pub(crate) struct Started {
+    pub(crate) b: GatewayBuilder,
+    pub(crate) id: String,
+    /// The local child's pid (the worker, or ssh).
+    pub(crate) pid: u32,
+    pub(crate) guard: StartGuard,
+    pub(crate) from_worker: OwnedFd,
+    pub(crate) to_worker: OwnedFd,
+    /// The worker's raw stdout; None when stdout carries the frames (ssh).
+    pub(crate) stdout: Option<OwnedFd>,
+    pub(crate) stderr: OwnedFd,
+    /// Bytes written to the worker before any frame: the bundle, after the ssh
+    /// bootstrap's own part.
+    pub(crate) boot: Option<Vec<u8>>,
+    pub(crate) sock_host: Option<OwnedFd>,
+    pub(crate) by_value: bool,
+}
+
+/// The worker's environment as pixgate sets it: the spec's variables first, then
+/// pixgate's own, which they cannot override (docs/PROTOCOL.md §2.3). `None` removes
+/// a variable.
+pub(crate) fn worker_env(
+    spec: &Spec,
+    id: &str,
+    b: &GatewayBuilder,
+    transport: Transport,
+) -> Vec<(String, Option<String>)> {
+    let mut env: Vec<(String, Option<String>)> = spec
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), Some(v.clone())))
+        .collect();
+    let mut set = |k: &str, v: Option<String>| env.push((k.to_string(), v));
+    if spec.dont_write_bytecode {
+        set("PIXGATE_NO_CODE_CACHE", Some("1".into()));
+    }
+    set("PIXGATE_GATEWAY_ID", Some(id.to_string()));
+    set("PIXGATE_MAX_FRAME", Some(b.max_frame_len.to_string()));
+    set("PIXGATE_SPIN_US", Some(b.spin.as_micros().to_string()));
+    set(
+        "PIXGATE_BOOTSTRAP",
+        (spec.helper == HelperSource::Bootstrap).then(|| "1".to_string()),
+    );
+    set(
+        "PIXGATE_BY_VALUE",
+        (transport == Transport::ByValue).then(|| "1".to_string()),
+    );
+    env
+}
+
 /// Ends the child of a start that fails after the fork: on every early return from
 /// [`Gateway::start`], the child and its process group get `SIGKILL` and the child is
 /// reaped — by the reaper thread once it runs, else here.
-struct StartGuard {
+pub(crate) struct StartGuard {
     pid: Option<u32>,
     shared: Option<Arc<Shared>>,
 }
 
 impl StartGuard {
-    fn new(pid: u32) -> StartGuard {
+    pub(crate) fn new(pid: u32) -> StartGuard {
         StartGuard {
             pid: Some(pid),
             shared: None,
@@ -673,7 +761,7 @@ fn kill_and_reap(pid: u32) {
 /// when the exec itself failed for the file (missing, not executable, not a program),
 /// else [`ErrorKind::Io`] with the operating system's error (descriptors exhausted, no
 /// memory, a failed set-up step in the child).
-fn spawn_error(path: &str, e: std::io::Error) -> Error {
+pub(crate) fn spawn_error(path: &str, e: std::io::Error) -> Error {
     let not_runnable = matches!(
         e.raw_os_error(),
         Some(
@@ -805,9 +893,8 @@ fn high_dup(fd: &OwnedFd) -> Result<OwnedFd> {
 /// join it, so the host can end them with it; and a stopped worker cannot make the
 /// host's group an orphaned group with a stopped member, which the kernel answers with
 /// SIGHUP to every member, the host included.
-fn child_setup(
-    rfd: i32,
-    wfd: i32,
+pub(crate) fn child_setup(
+    pipes: Option<(i32, i32)>,
     dfd: Option<i32>,
     nice: Option<i32>,
     parent: libc::pid_t,
@@ -818,8 +905,10 @@ fn child_setup(
         if libc::setpgid(0, 0) < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        if libc::dup2(rfd, 3) < 0 || libc::dup2(wfd, 4) < 0 {
-            return Err(std::io::Error::last_os_error());
+        if let Some((rfd, wfd)) = pipes {
+            if libc::dup2(rfd, 3) < 0 || libc::dup2(wfd, 4) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
         }
         if let Some(d) = dfd {
             if libc::dup2(d, 5) < 0 {
@@ -852,7 +941,7 @@ type SpawnJob = Box<dyn FnOnce() + Send>;
 /// Spawns the child from one long-lived thread: Linux's parent-death signal fires when
 /// the *thread* that forked the child exits, so forking from a short-lived user thread
 /// would kill the worker with it.
-fn spawn_child(cmd: Command) -> std::io::Result<std::process::Child> {
+pub(crate) fn spawn_child(cmd: Command) -> std::io::Result<std::process::Child> {
     use std::sync::Mutex;
     // Started by the first spawn; a failure to start it is that spawn's error.
     static SPAWNER: Mutex<Option<mpsc::Sender<SpawnJob>>> = Mutex::new(None);
@@ -883,7 +972,7 @@ fn spawn_child(cmd: Command) -> std::io::Result<std::process::Child> {
         .map_err(|_| std::io::Error::other("spawner thread is gone"))?
 }
 
-fn spawn_thread(name: String, f: impl FnOnce() + Send + 'static) -> Result<()> {
+pub(crate) fn spawn_thread(name: String, f: impl FnOnce() + Send + 'static) -> Result<()> {
     std::thread::Builder::new()
         .name(name)
         .spawn(f)

@@ -147,6 +147,11 @@ pub(crate) struct Shared {
     pub(crate) sink: OutputSink,
     /// With the anonymous transport, set once the handshake agreed on it.
     descriptors: OnceLock<DescriptorSocket>,
+    /// With the by-value transport (no shared memory with the worker), set at start.
+    by_value: OnceLock<crate::byvalue::ByValue>,
+    /// The worker's own pid, as its handshake reports it: the process's pid for a
+    /// local worker, the remote python's for an ssh one (whose `pid` is ssh's).
+    worker_pid: std::sync::atomic::AtomicU32,
     /// Some channel or the gateway was reconfigured: decoding must look up the options
     /// (until then every channel has [`LoadOptions::CHANNEL`], and no lock is taken).
     pub(crate) reconfigured: AtomicBool,
@@ -211,6 +216,8 @@ impl Shared {
             dead_w,
             sink,
             descriptors: OnceLock::new(),
+            by_value: OnceLock::new(),
+            worker_pid: std::sync::atomic::AtomicU32::new(pid),
             reconfigured: AtomicBool::new(false),
             forgotten: Mutex::default(),
         })
@@ -280,8 +287,12 @@ impl Shared {
         })
     }
 
-    /// The descriptor the worker sent under `token` (docs/PROTOCOL.md §2.7).
+    /// The descriptor the worker sent under `token` (docs/PROTOCOL.md §2.7), or of the
+    /// object it sent by value under it (§4.14).
     fn take_descriptor(&self, token: u64) -> std::result::Result<OwnedFd, String> {
+        if let Some(bv) = self.by_value.get() {
+            return bv.take(token);
+        }
         match self.descriptors.get() {
             Some(sock) => sock.take(token, Instant::now() + crate::descriptors::TAKE_TIMEOUT),
             None => Err("this gateway has no descriptor socket (named transport)".to_string()),
@@ -296,6 +307,26 @@ impl Shared {
     /// The descriptor socket, with the anonymous transport.
     pub(crate) fn descriptors(&self) -> Option<&DescriptorSocket> {
         self.descriptors.get()
+    }
+
+    /// Makes the gateway pass arrays by value, once (before the handshake).
+    pub(crate) fn set_by_value(&self) {
+        let _ = self.by_value.set(crate::byvalue::ByValue::new());
+    }
+
+    /// The by-value state, with the by-value transport.
+    pub(crate) fn by_value(&self) -> Option<&crate::byvalue::ByValue> {
+        self.by_value.get()
+    }
+
+    /// Records the worker's own pid from its handshake.
+    pub(crate) fn set_worker_pid(&self, pid: u32) {
+        self.worker_pid.store(pid, Ordering::Relaxed);
+    }
+
+    /// The worker's own pid (see the field).
+    pub(crate) fn worker_pid(&self) -> u32 {
+        self.worker_pid.load(Ordering::Relaxed)
     }
 
     /// The identity the ledger knows this gateway by, for references sent to it.
@@ -546,7 +577,7 @@ impl Shared {
                         if let (Ok(v), true) = (&mut item, arrays) {
                             let taken = crate::lease::receive(
                                 v,
-                                self.pid,
+                                self.worker_pid(),
                                 crate::lease::key_of(self),
                                 |token| self.take_descriptor(token),
                             );
@@ -562,6 +593,10 @@ impl Shared {
                     MsgType::Release => {
                         self.release(&f.payload);
                         Prepared::Released
+                    }
+                    MsgType::Object | MsgType::Chunk | MsgType::WriteBack => {
+                        self.by_value_frame(t, &f.payload);
+                        Prepared::Nothing
                     }
                     MsgType::Reconfigure => {
                         self.reconfigure(f.channel, &f.payload);
@@ -635,6 +670,31 @@ impl Shared {
                 Stream::Stderr,
                 &format!("pixgate: malformed reconfigure message from worker: {problem}"),
             ),
+        }
+    }
+
+    /// OBJECT, CHUNK and WRITE_BACK (docs/PROTOCOL.md §4.14). A malformed one is
+    /// reported on the output sink; for OBJECT and CHUNK the reference naming the
+    /// object fails too, as a protocol error on its channel.
+    fn by_value_frame(&self, t: MsgType, payload: &[u8]) {
+        let Some(bv) = self.by_value.get() else {
+            self.sink.emit_text(
+                None,
+                Stream::Stderr,
+                &format!("pixgate: {t:?} message on a gateway that shares memory; ignored"),
+            );
+            return;
+        };
+        let done = match t {
+            MsgType::Object => bv.object(payload),
+            MsgType::Chunk => bv.chunk(payload),
+            _ => crate::byvalue::parse_write_back(payload).and_then(|(key, g, off, bytes)| {
+                crate::lease::write_back(key, g, crate::lease::key_of(self), off, bytes)
+            }),
+        };
+        if let Err(why) = done {
+            self.sink
+                .emit_text(None, Stream::Stderr, &format!("pixgate: {why}"));
         }
     }
 

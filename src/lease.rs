@@ -85,6 +85,9 @@ pub(crate) struct Entry {
     /// The header's state word, kept to what is out (docs/SEGMENT_FORMAT.md §5), for
     /// `pixgate ls`; None for an array mapped read-only here.
     state: Option<StateWord>,
+    /// Where the data area lies in the object (offset, length): what a by-value
+    /// worker's WRITE_BACK may write, while a lend to it is out.
+    data: (u64, u64),
 }
 
 type Ledger = Mutex<HashMap<String, Arc<Mutex<Entry>>>>;
@@ -131,6 +134,10 @@ fn new_entry(seg: &Segment) -> Arc<Mutex<Entry>> {
         live: true,
         anon: seg.anon().cloned(),
         state: seg.state_word(),
+        data: (
+            seg.offset() + u64::from(seg.fields().header_len),
+            seg.data_len() as u64,
+        ),
     }))
 }
 
@@ -747,6 +754,51 @@ pub(crate) fn release(name: &str, generation: u64, access: Access, from: PeerKey
     };
     go_home(back);
     true
+}
+
+/// Applies a WRITE_BACK from the by-value worker of `from`: `bytes` at `offset` of the
+/// data area of the array filed under `key`, which must be lent to that worker at
+/// `generation` (docs/PROTOCOL.md §4.14). Rust holds no view of a lent array, so writing
+/// its memory now races with nothing of this process.
+///
+/// # Errors
+///
+/// A description of what does not match (unknown array, no such lend, bytes outside
+/// the data area); nothing is written then.
+pub(crate) fn write_back(
+    key: &str,
+    generation: u64,
+    from: PeerKey,
+    offset: u64,
+    bytes: &[u8],
+) -> std::result::Result<(), String> {
+    let entry = find(key).ok_or_else(|| format!("write-back to unknown array {key}"))?;
+    let e = lock(&entry);
+    let lent = e.records.iter().any(|r| {
+        r.access == Access::Lent && r.generation == generation && r.state == State::Sent(from)
+    });
+    if !lent {
+        return Err(format!(
+            "write-back to array {key} at generation {generation}, which is not lent to \
+             this gateway"
+        ));
+    }
+    let (start, len) = e.data;
+    if offset
+        .checked_add(bytes.len() as u64)
+        .is_none_or(|end| end > len)
+    {
+        return Err(format!(
+            "write-back of {} bytes at {offset} runs past the {len} bytes of array {key}",
+            bytes.len()
+        ));
+    }
+    let Some(anon) = &e.anon else {
+        return Err(format!("write-back to array {key}, which is not anonymous"));
+    };
+    let file = anon.file().map_err(|p| p.to_string())?;
+    crate::byvalue::write_at(&file, bytes, start + offset)
+        .map_err(|err| format!("write-back to array {key}: {err}"))
 }
 
 /// The worker of `peer` is gone: everything sent to it is released (a lent array

@@ -21,6 +21,7 @@
 
 mod array;
 mod bootstrap;
+mod byvalue;
 mod channel;
 pub mod codec;
 mod descriptors;
@@ -40,6 +41,7 @@ mod pool;
 pub mod segment;
 mod serde_value;
 mod spec;
+mod ssh;
 mod stream;
 mod value;
 mod writer;

@@ -96,7 +96,7 @@ pub(crate) fn new_name() -> String {
 
 /// Checks the shape of a segment name: `/pxg-`, 1–8 lower-case hex digits, `-`, 16
 /// lower-case hex digits; at most [`MAX_NAME_LEN`] bytes.
-fn check_name(name: &str) -> std::result::Result<(), SegmentProblem> {
+pub(crate) fn check_name(name: &str) -> std::result::Result<(), SegmentProblem> {
     let bad = |reason: String| Err(SegmentProblem::NameInvalid { reason });
     if name.len() > MAX_NAME_LEN {
         return bad(format!(
@@ -132,6 +132,12 @@ pub enum Transport {
     /// user can open by name: for peers that need names (foreign readers, Jython,
     /// debugging). Removed by its owner, or by the sweeper after a crash.
     Named,
+    /// No shared memory with the peer (an ssh gateway, or `transport=by-value`): the
+    /// pixels of every reference are copied over the protocol pipe in chunks, and a
+    /// lent array's are copied back when it is released (docs/PROTOCOL.md §4.14).
+    /// As a kind of segment it means anonymous: arrays made for such a gateway are
+    /// ordinary anonymous segments of this process.
+    ByValue,
 }
 
 impl Transport {
@@ -151,11 +157,12 @@ impl Transport {
         })
     }
 
-    /// `"anonymous"` or `"named"`.
+    /// `"anonymous"`, `"named"` or `"by-value"`.
     pub fn parse(text: &str) -> Option<Transport> {
         match text {
             "anonymous" => Some(Transport::Anonymous),
             "named" => Some(Transport::Named),
+            "by-value" => Some(Transport::ByValue),
             _ => None,
         }
     }
@@ -165,6 +172,7 @@ impl Transport {
         match self {
             Transport::Anonymous => "anonymous",
             Transport::Named => "named",
+            Transport::ByValue => "by-value",
         }
     }
 }
@@ -463,7 +471,7 @@ impl Segment {
         meta: &Meta,
     ) -> Result<Segment> {
         match transport {
-            Transport::Anonymous => Segment::create_anonymous(layout, meta),
+            Transport::Anonymous | Transport::ByValue => Segment::create_anonymous(layout, meta),
             Transport::Named => Segment::create(layout, meta),
         }
     }

@@ -1,4 +1,6 @@
-//! Gateway specs in execnet's syntax: `popen//python=PATH//chdir=DIR//env:NAME=VALUE//id=NAME`.
+//! Gateway specs in execnet's syntax: `popen//python=PATH//chdir=DIR//env:NAME=VALUE//id=NAME`
+//! for a local worker, `ssh=[ssh options] user@host//python=…//chdir=…//env:K=V` for one
+//! on another machine.
 
 use std::path::PathBuf;
 
@@ -22,15 +24,17 @@ pub enum HelperSource {
 ///
 /// | key | meaning |
 /// |---|---|
-/// | `popen` | start a local worker process (the only transport so far) |
-/// | `python=CMD` | interpreter command, split on whitespace (`python=python3 -X dev`) |
+/// | `popen` | start a local worker process |
+/// | `ssh=[OPTIONS] HOST` | start a worker on `HOST` through `ssh` (options split on whitespace, as execnet does; arrays travel by value) |
+/// | `ssh_config=FILE` | ssh client configuration file (`ssh -F FILE`) |
+/// | `python=CMD` | interpreter command, split on whitespace (`python=python3 -X dev`); default `$PIXGATE_PYTHON` or `python3` locally, `python3` over ssh |
 /// | `chdir=DIR` | working directory of the worker |
 /// | `env:NAME=VALUE` | environment variable for the worker (repeatable) |
 /// | `id=NAME` | gateway id, used to prefix output and in errors |
 /// | `nice=N` | niceness increment of the worker |
 /// | `dont_write_bytecode` | run the worker with `-B` |
 /// | `helper=bootstrap\|installed` | where the helper package comes from |
-/// | `transport=anonymous\|named` | how arrays reach the worker (default: [`Transport::from_env`]) |
+/// | `transport=anonymous\|named\|by-value` | how arrays reach the worker (default: [`Transport::from_env`]; always by value over ssh) |
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Spec {
     /// Interpreter command and its arguments; empty means the default interpreter.
@@ -49,6 +53,17 @@ pub struct Spec {
     pub helper: HelperSource,
     /// How arrays reach the worker; None for the process's default.
     pub transport: Option<Transport>,
+    /// For an ssh gateway: the words of `ssh=` (options, then the destination).
+    pub ssh: Option<Vec<String>>,
+    /// For an ssh gateway: the client configuration file (`ssh_config=`, `ssh -F`).
+    pub ssh_config: Option<PathBuf>,
+}
+
+impl Spec {
+    /// True for a worker on another machine, reached through `ssh`.
+    pub fn is_ssh(&self) -> bool {
+        self.ssh.is_some()
+    }
 }
 
 impl Spec {
@@ -57,7 +72,7 @@ impl Spec {
     /// # Errors
     ///
     /// [`ErrorKind::Spec`] for an unknown key, a missing or malformed value, a repeated
-    /// key, or a transport other than `popen`.
+    /// key, a transport other than `popen` and `ssh`, or both of them.
     pub fn parse(spec: &str) -> Result<Spec> {
         let err = |reason: String| {
             Error::new(ErrorKind::Spec {
@@ -66,7 +81,7 @@ impl Spec {
             })
         };
         let mut out = Spec::default();
-        let mut transport = false;
+        let mut transport: Option<&str> = None;
         let mut seen: Vec<&str> = Vec::new();
         for part in spec.split("//") {
             if part.is_empty() {
@@ -104,11 +119,28 @@ impl Spec {
                     if value.is_some() {
                         return Err(err("popen takes no value".into()));
                     }
-                    transport = true;
+                    if transport.replace("popen").is_some() {
+                        return Err(err("popen and ssh exclude each other".into()));
+                    }
                 }
-                "ssh" | "socket" | "vagrant_ssh" => {
+                "ssh" => {
+                    let words: Vec<String> = need(value, key, err)?
+                        .split_whitespace()
+                        .map(str::to_string)
+                        .collect();
+                    match words.last() {
+                        Some(host) if !host.starts_with('-') => {}
+                        _ => return Err(err("ssh= must end with the destination host".into())),
+                    }
+                    if transport.replace("ssh").is_some() {
+                        return Err(err("popen and ssh exclude each other".into()));
+                    }
+                    out.ssh = Some(words);
+                }
+                "ssh_config" => out.ssh_config = Some(PathBuf::from(need(value, key, err)?)),
+                "socket" | "vagrant_ssh" => {
                     return Err(err(format!(
-                        "{key} gateways are not supported; only popen is"
+                        "{key} gateways are not supported; popen and ssh are"
                     )));
                 }
                 "python" => {
@@ -150,7 +182,9 @@ impl Spec {
                 "transport" => {
                     let v = need(value, key, err)?;
                     out.transport = Some(Transport::parse(v).ok_or_else(|| {
-                        err(format!("transport={v:?}: expected anonymous or named"))
+                        err(format!(
+                            "transport={v:?}: expected anonymous, named or by-value"
+                        ))
                     })?);
                 }
                 "execmodel" => match need(value, key, err)? {
@@ -164,8 +198,25 @@ impl Spec {
                 other => return Err(err(format!("unknown key {other:?}"))),
             }
         }
-        if !transport && !spec.trim().is_empty() {
-            return Err(err("no transport: the spec must contain popen".into()));
+        if transport.is_none() && !spec.trim().is_empty() {
+            return Err(err(
+                "no transport: the spec must contain popen or ssh".into()
+            ));
+        }
+        if out.ssh_config.is_some() && out.ssh.is_none() {
+            return Err(err("ssh_config is for ssh gateways".into()));
+        }
+        if out.ssh.is_some() {
+            // No shared memory with another machine: whatever was asked, by value.
+            match out.transport {
+                None | Some(Transport::ByValue) => out.transport = Some(Transport::ByValue),
+                Some(t) => {
+                    return Err(err(format!(
+                        "transport={t} needs shared memory; an ssh gateway passes arrays \
+                         by value"
+                    )));
+                }
+            }
         }
         Ok(out)
     }
@@ -201,6 +252,26 @@ mod tests {
     }
 
     #[test]
+    fn parses_execnets_ssh_form() {
+        let s = Spec::parse(
+            "ssh=-p 2222 -i /k/id  root@127.0.0.1//ssh_config=/k/cfg//python=python3.11//chdir=/srv//env:A=1//nice=5",
+        )
+        .unwrap();
+        assert!(s.is_ssh());
+        assert_eq!(
+            s.ssh.as_deref().unwrap(),
+            ["-p", "2222", "-i", "/k/id", "root@127.0.0.1"]
+        );
+        assert_eq!(s.ssh_config, Some(PathBuf::from("/k/cfg")));
+        assert_eq!(s.python, ["python3.11"]);
+        assert_eq!(s.chdir, Some(PathBuf::from("/srv")));
+        assert_eq!(s.env, [("A".into(), "1".into())]);
+        assert_eq!(s.nice, Some(5));
+        assert_eq!(s.transport, Some(Transport::ByValue));
+        assert_eq!(Spec::parse("ssh=host").unwrap().ssh.unwrap(), ["host"]);
+    }
+
+    #[test]
     fn empty_spec_and_bare_popen_mean_defaults() {
         assert_eq!(Spec::parse("").unwrap(), Spec::default());
         assert_eq!(Spec::parse("popen").unwrap(), Spec::default());
@@ -210,7 +281,11 @@ mod tests {
     fn rejects_bad_specs_with_a_reason() {
         for (spec, needle) in [
             ("popen//frobnicate=1", "unknown key"),
-            ("ssh=host", "not supported"),
+            ("socket=host:8888", "not supported"),
+            ("popen//ssh=host", "exclude each other"),
+            ("ssh=-v", "destination host"),
+            ("ssh=host//transport=named", "by value"),
+            ("popen//ssh_config=/x", "for ssh gateways"),
             ("popen//python=", "needs a value"),
             ("popen//nice=high", "not an integer"),
             ("popen//id=a//id=b", "given twice"),

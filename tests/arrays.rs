@@ -231,12 +231,16 @@ fn a_stack_larger_than_4_gib_crosses_and_is_modified_in_place() {
     let _serial = serial();
     let n: usize = (4 << 30) + 4096 * 3 + 7;
     let gw: Gateway = gateway();
+    // By value over ssh the 4 GiB cross twice (there and back), at ssh's speed.
+    let wait = if common::over_ssh() { 600 } else { 30 };
     let ch = gw
-        .remote_exec("arr = channel.receive(30)\narr[0] = 1\narr[2**32 + 5] = 2\narr[-1] = 3\nchannel.send(arr)")
+        .remote_exec(&format!(
+            "arr = channel.receive({wait})\narr[0] = 1\narr[2**32 + 5] = 2\narr[-1] = 3\nchannel.send(arr)"
+        ))
         .unwrap();
     let mut a = SharedArray::<u8>::zeros(&[n]).unwrap();
     ch.send(a.lend().unwrap()).unwrap();
-    ch.receive_timeout(Duration::from_secs(60)).unwrap();
+    ch.receive_timeout(Duration::from_secs(2 * wait)).unwrap();
     let v = a.view().unwrap();
     assert_eq!((v[0], v[(1 << 32) + 5], v[n - 1], v[12345]), (1, 2, 3, 0));
     drop(v);

@@ -551,7 +551,7 @@ fn killed_worker_leaves_nothing(transport: Transport) {
             assert!(report.swept.iter().any(|s| s.name == mine), "{report:?}");
         }
         // Its memory went with the last process that held it: the worker.
-        Transport::Anonymous => {
+        Transport::Anonymous | Transport::ByValue => {
             assert!(!common::segment_exists(&mine), "{mine} outlived its worker")
         }
     }
@@ -1105,7 +1105,7 @@ for kind, arr in channel:
     // (the reference by name, or by token 0 and the slot's offset in its arena).
     let reference = match old.transport() {
         Transport::Named => format!("_wire.ArrayRef({old_name:?}, {old_generation}, 1)"),
-        Transport::Anonymous => format!(
+        Transport::Anonymous | Transport::ByValue => format!(
             "_wire.DescriptorRef({old_name:?}, 0, {}, {old_generation}, 1)",
             old.offset()
         ),
@@ -1150,7 +1150,9 @@ except Exception as exc:
                 old_generation
             )
         ),
-        Transport::Anonymous => assert!(busy_message(&err).contains("already held"), "{err}"),
+        Transport::Anonymous | Transport::ByValue => {
+            assert!(busy_message(&err).contains("already held"), "{err}")
+        }
     }
     // The slot's current contents are untouched, and it is still usable.
     assert!(b.view().unwrap().iter().all(|&x| x == 5));
@@ -1202,7 +1204,7 @@ fn reference_to_a_segment_the_worker_does_not_own() {
     let err = forged(&nobody, 0, Access::Moved).unwrap_err();
     match transport {
         Transport::Named => assert_eq!(segment_problem(&err), &SegmentProblem::NotFound),
-        Transport::Anonymous => assert!(
+        Transport::Anonymous | Transport::ByValue => assert!(
             reference_message(&err).contains("came without a descriptor"),
             "{err}"
         ),

@@ -32,7 +32,7 @@ fn holders_cell(a: &SharedArray<u16>) -> String {
     let pid = std::process::id();
     match a.transport() {
         Transport::Named => "-".to_string(),
-        Transport::Anonymous => {
+        Transport::Anonymous | Transport::ByValue => {
             let fds: Vec<String> = memfd_fds(a.name())
                 .iter()
                 .map(|fd| format!("{pid}:{fd}"))
@@ -131,7 +131,7 @@ fn ls_json_describes_the_array() {
         let pid = std::process::id();
         let holders: Vec<String> = match transport {
             Transport::Named => Vec::new(),
-            Transport::Anonymous => memfd_fds(a.name())
+            Transport::Anonymous | Transport::ByValue => memfd_fds(a.name())
                 .iter()
                 .map(|fd| format!("{{\"pid\": {pid}, \"fd\": {fd}}}"))
                 .collect(),
@@ -172,7 +172,7 @@ fn inspect_prints_every_header_field_and_the_metadata() {
         let report = with_slash;
         let held_by = match transport {
             Transport::Named => "none".to_string(),
-            Transport::Anonymous => holders_cell(&a).replace(',', ", "),
+            Transport::Anonymous | Transport::ByValue => holders_cell(&a).replace(',', ", "),
         };
         for (label, value) in [
             ("segment", a.name().to_string()),

@@ -99,7 +99,7 @@ fn a_reused_slot_has_a_new_generation_and_refuses_stale_references() {
     // it.)
     let reference = match b.transport() {
         Transport::Named => format!("_wire.ArrayRef({name:?}, {first_gen}, 1)"),
-        Transport::Anonymous => {
+        Transport::Anonymous | Transport::ByValue => {
             format!("_wire.DescriptorRef({name:?}, 0, {first_offset}, {first_gen}, 1)")
         }
     };

@@ -192,7 +192,7 @@ fn a_stale_reference_is_refused_by_a_worker_that_kept_the_mapping() {
     // token 0 for the object the worker maps already.
     let reference = match a.transport() {
         Transport::Named => format!("_wire.ArrayRef({:?}, {old_generation}, 0)", a.name()),
-        Transport::Anonymous => {
+        Transport::Anonymous | Transport::ByValue => {
             format!(
                 "_wire.DescriptorRef({:?}, 0, 0, {old_generation}, 0)",
                 a.name()

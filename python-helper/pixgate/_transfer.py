@@ -56,7 +56,9 @@ class _Held:
     lies in its object; ``anonymous`` says which kind of reference gives it back.
     """
 
-    __slots__ = ("name", "generation", "access", "returned", "key", "offset", "anonymous")
+    __slots__ = (
+        "name", "generation", "access", "returned", "key", "offset", "anonymous", "copy"
+    )
 
     def __init__(
         self,
@@ -74,6 +76,9 @@ class _Held:
         self.key = name if key is None else key
         self.offset = offset
         self.anonymous = anonymous
+        #: By value, for a lend: the segment of this process's copy, whose pixels go
+        #: back to the host before the release (docs/PROTOCOL.md 4.14).
+        self.copy: Segment | None = None
 
     def reference(self) -> _wire.ArrayRef | _wire.DescriptorRef:
         """The reference that gives the array back: as it came, token 0 for an
@@ -144,7 +149,23 @@ _I32 = struct.Struct("!i")
 _TUPLE3 = b"@\x00\x00\x00\x03Q"
 
 
+def _write_back(held: _Held) -> None:
+    """By value: a lent array's pixels go back to the host (WRITE_BACK), once, before
+    its release; then this process's copy is let go."""
+    seg, held.copy = held.copy, None
+    if seg is None:
+        return
+    gw = _worker.current_gateway()
+    table = None if gw is None else gw.conn.descriptors
+    try:
+        if table is not None and getattr(table, "by_value", False):
+            table.write_back(held.key, held.generation, seg.data)
+    except (OSError, Error):
+        pass  # the host is gone
+
+
 def _notify(held: _Held) -> None:
+    _write_back(held)
     gw = _worker.current_gateway()
     if gw is None:
         return
@@ -191,6 +212,12 @@ def _mapped(ref: _wire.ArrayRef, writable: bool, keep: bool) -> Segment:
     if keep:
         _resident[key] = seg
     return seg
+
+
+def _by_value() -> bool:
+    """Whether this worker's gateway passes arrays by value (no shared memory)."""
+    gw = _worker.current_gateway()
+    return gw is not None and getattr(gw.conn.descriptors, "by_value", False)
 
 
 def _split(wire_name: str) -> tuple[str, str | None]:
@@ -324,8 +351,18 @@ def _import_anonymous(ref: _wire.DescriptorRef) -> Any:
             arr = _array.map_array(seg)
             seg.adopt(fd)
             return arr
-        seg, _ = _anonymous_segment(ref, ref.access != _wire.SHARED, keep=True)
+        writable = ref.access != _wire.SHARED
+        if _by_value():
+            # A copy of the host's, made for this reference only: nothing is kept for
+            # the next one (which brings its own copy), and a lend's pixels go back.
+            seg, fd = _anonymous_segment(ref, writable, keep=False)
+            if fd is not None:
+                os.close(fd)
+        else:
+            seg, _ = _anonymous_segment(ref, writable, keep=True)
         held = _Held(ref.name, ref.generation, ref.access, ref.key, ref.offset, True)
+        if writable and _by_value():
+            held.copy = seg
         return _array.map_array(seg, lease=held, on_release=lambda: _send_release(held))
     except LoadError:
         raise
@@ -346,6 +383,7 @@ def _export(obj: object) -> _wire.ArrayRef | _wire.DescriptorRef | None:
             if held.returned:
                 raise DumpError(f"array {seg.key} was already given back to the host")
             held.returned = True
+            _write_back(held)
             return held.reference()
         if seg.anonymous:
             # Moved with its descriptor; an anonymous array moved here without one (the
@@ -427,6 +465,8 @@ def _release_all(item: object, into: list[_Held] | None = None) -> None:
 
 def _send_releases(pending: list[_Held]) -> None:
     """Send the releases in ``pending`` with one write, and empty it."""
+    for h in pending:
+        _write_back(h)
     gw = _worker.current_gateway()
     batch = [(RELEASE, 0, _release_payload(h)) for h in pending]
     pending.clear()

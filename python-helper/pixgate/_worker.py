@@ -18,6 +18,7 @@ __all__ = ["Channel", "serve", "PROTOCOL_VERSION"]
 import _signal
 import os
 import select
+import struct
 import sys
 import threading
 import time
@@ -63,6 +64,9 @@ OUTPUT = 33
 CANCEL = 34
 EXEC_MAIN = 35
 FORGET = 37
+OBJECT = 38
+CHUNK = 39
+WRITE_BACK = 40
 
 _DEFAULT_MAX_FRAME = 256 * 1024 * 1024
 # execnet's gateway and channel default: py2str_as_py3str, not py3str_as_py2str.
@@ -272,6 +276,211 @@ class DescriptorTable:
         return first
 
 
+class ByValueTable:
+    """The by-value transport (docs/PROTOCOL.md 4.14): the worker's stand-in for the
+    descriptor socket on a gateway that shares no memory with the host (ssh).
+
+    Receiving: OBJECT and CHUNK frames, handled in arrival order by :meth:`object` and
+    :meth:`chunk`, fill a new anonymous object of this process; the last chunk seals it
+    and files its descriptor under the token, which :meth:`take` hands to the
+    reference naming it, once. A malformed frame files an error instead, which that
+    reference raises.
+
+    Sending: :meth:`send` copies each object as OBJECT and CHUNK frames; the caller
+    holds the frame lock and writes the frame naming the tokens right after.
+    """
+
+    #: Marks the transport for the array layer (no kept mappings of host objects; a
+    #: lend's pixels go back before its release).
+    by_value = True
+    CHUNK = 1 << 20
+    MAX_OBJECT = 1 << 40
+    MAX_BUILDING = 64
+    MAX_FILED = 1024
+
+    def __init__(self, conn: _Conn | None = None) -> None:
+        self.conn = conn
+        self._lock = threading.Lock()
+        self._building: dict[int, list[int]] = {}  # token -> [fd, size, next, writable]
+        self._filed: dict[int, int | str] = {}
+        #: The token of the next object sent; the frame lock guards it.
+        self.next_send = 1
+
+    def _file_error(self, token: int, why: str) -> None:
+        if token and len(self._filed) < self.MAX_FILED:
+            old = self._filed.get(token)
+            if isinstance(old, int):
+                _close_quietly(old)
+            self._filed[token] = why
+        _warn(why)
+
+    def object(self, payload: bytes) -> None:
+        """An OBJECT frame: ``token, size, start`` (u64 each), ``access``, name length
+        (u8 each), the sender's name of the object."""
+        if len(payload) < 26 or len(payload) != 26 + payload[25]:
+            _warn(f"object message of {len(payload)} bytes, expected 26 and a name")
+            return
+        token, size, start = struct.unpack_from("!QQQ", payload)
+        writable = payload[24] != 0
+        try:
+            name = bytes(payload[26:]).decode()
+        except UnicodeDecodeError:
+            name = ""
+        with self._lock:
+            if not token or token in self._building or token in self._filed:
+                _warn(f"object token {token} is 0 or in use")
+                return
+            if size > self.MAX_OBJECT:
+                return self._file_error(token, f"object of {size} bytes is too large")
+            if start % 4096 or start + 4096 > size:
+                return self._file_error(
+                    token, f"object of {size} bytes cannot start its segment at {start}"
+                )
+            if len(self._building) >= self.MAX_BUILDING or len(self._filed) >= self.MAX_FILED:
+                return self._file_error(token, "too many objects on their way or not taken")
+            from . import _segment
+
+            try:
+                _segment.check_name(name)
+                fd = _segment._anonymous_object(name)
+                os.fchmod(fd, 0o400)
+                os.ftruncate(fd, size)
+            except (OSError, Error) as exc:
+                return self._file_error(token, f"object {token} of {size} bytes: {exc}")
+            self._building[token] = [fd, size, start, writable]
+
+    def chunk(self, payload: bytes | bytearray) -> None:
+        """A CHUNK frame: ``token, offset`` (u64 each), then the bytes at ``offset``."""
+        if len(payload) < 16:
+            _warn(f"chunk message of {len(payload)} bytes")
+            return
+        token, offset = struct.unpack_from("!QQ", payload)
+        with self._lock:
+            b = self._building.get(token)
+            if b is None:
+                _warn(f"chunk for object {token}, which is not on its way")
+                return
+            fd, size, expected, writable = b
+            n = len(payload) - 16
+            why = None
+            if offset != expected:
+                why = f"chunk of object {token} at offset {offset}, expected {expected}"
+            elif n == 0 or offset + n > size:
+                why = f"chunk of {n} bytes at {offset} does not fit object {token} of {size}"
+            else:
+                view = memoryview(payload)[16:]
+                try:
+                    while view:
+                        done = os.pwrite(fd, view, offset)
+                        view, offset = view[done:], offset + done
+                except OSError as exc:
+                    why = f"writing object {token}: {exc}"
+                finally:
+                    view.release()
+            if why is not None:
+                del self._building[token]
+                _close_quietly(fd)
+                return self._file_error(token, why)
+            b[2] = offset
+            if offset == size:
+                del self._building[token]
+                try:
+                    if sys.platform.startswith("linux"):
+                        import fcntl
+
+                        from . import _segment
+
+                        fcntl.fcntl(
+                            fd,
+                            _segment._F_ADD_SEALS,
+                            _segment._F_SEAL_SHRINK | _segment._F_SEAL_GROW | _segment._F_SEAL_SEAL,
+                        )
+                except OSError as exc:
+                    _close_quietly(fd)
+                    return self._file_error(token, f"sealing object {token}: {exc}")
+                self._filed[token] = fd
+
+    def take(self, token: int, timeout: float | None = None) -> int:
+        """The descriptor of the object received under ``token`` (the caller closes it).
+
+        Raises
+        ------
+        LoadError
+            Nothing arrived under the token, it came incomplete or was refused.
+        """
+        with self._lock:
+            got = self._filed.pop(token, None)
+            if isinstance(got, int):
+                return got
+            if got is not None:
+                raise LoadError(f"object {token} was refused: {got}")
+            b = self._building.pop(token, None)
+            if b is not None:
+                _close_quietly(b[0])
+                raise LoadError(f"object {token} is incomplete: its reference came first")
+            raise LoadError(f"no object arrived under token {token}")
+
+    @property
+    def filed(self) -> int:
+        """How many received objects no reference has taken yet."""
+        return len(self._filed)
+
+    def send(self, fds: list[int], names: list[str] | None = None) -> int:
+        """Copy the objects of ``fds`` (named ``names``) to the host and return the
+        first token. The caller holds the frame lock.
+
+        Raises
+        ------
+        OSError
+            The pipe failed (the host is gone).
+        """
+        conn = self.conn
+        if conn is None:  # pragma: no cover - set by serve
+            raise OSError("no connection")
+        first = self.next_send
+        step = max(1, min(self.CHUNK, conn.max_frame - 16))
+        pack = _wire.HEADER.pack
+        for i, fd in enumerate(fds):
+            token = self.next_send
+            self.next_send += 1
+            size = os.fstat(fd).st_size
+            raw = names[i].encode() if names is not None else b""
+            conn._write_all(
+                pack(OBJECT, 0, 26 + len(raw)),
+                struct.pack("!QQQBB", token, size, 0, 1, len(raw)),
+                raw,
+            )
+            pos = 0
+            while pos < size:
+                data = os.pread(fd, min(step, size - pos), pos)
+                if not data:
+                    raise OSError(f"object {token} ended at {pos} of {size} bytes")
+                conn._write_all(pack(CHUNK, 0, 16 + len(data)) + struct.pack("!QQ", token, pos), data)
+                pos += len(data)
+        return first
+
+    def write_back(self, key: str, generation: int, data: memoryview) -> None:
+        """Send the pixels of a lent array back (WRITE_BACK frames), before its release."""
+        conn = self.conn
+        if conn is None:  # pragma: no cover - set by serve
+            return
+        raw = key.encode()
+        prefix_len = 18 + len(raw)
+        step = max(1, min(self.CHUNK, conn.max_frame - prefix_len))
+        pack = _wire.HEADER.pack
+        data = data.cast("B") if data.format != "B" or data.ndim != 1 else data
+        with conn._wlock:
+            pos = 0
+            total = len(data)
+            while pos < total:
+                piece = data[pos : pos + step]
+                head = pack(WRITE_BACK, 0, prefix_len + len(piece)) + struct.pack(
+                    "!QQH", generation, pos, len(raw)
+                )
+                conn._write_all(head + raw, piece)
+                pos += len(piece)
+
+
 class _Broken(Exception):
     """The descriptor socket's message stream cannot be trusted any more."""
 
@@ -367,7 +576,12 @@ class _Conn:
                 for i, (offset, ref) in enumerate(outgoing):
                     ref.token = first + i
                     payload[offset : offset + 8] = ref.token.to_bytes(8, "big")
-                table.send([ref.outgoing.fd for _, ref in outgoing])
+                if isinstance(table, ByValueTable):
+                    table.send(
+                        [ref.outgoing.fd for _, ref in outgoing], [ref.name for _, ref in outgoing]
+                    )
+                else:
+                    table.send([ref.outgoing.fd for _, ref in outgoing])
             except BaseException:
                 for _, ref in outgoing:
                     ref.token = None
@@ -376,6 +590,14 @@ class _Conn:
             for _, ref in outgoing:
                 ref.outgoing.sent()
             self._write_frame(CHANNEL_DATA, channel, payload)
+
+    def _write_all(self, *parts: bytes | bytearray | memoryview) -> None:
+        """Write the parts of one frame; the caller holds the frame lock."""
+        for part in parts:
+            view = memoryview(part)
+            while view:
+                n = os.write(self.wfd, view)
+                view = view[n:]
 
     def send_small(self, frames: list[tuple[int, int, bytes]]) -> None:
         """Send small frames with one write (one wake-up of the host, not one each)."""
@@ -1090,6 +1312,12 @@ class _WorkerGateway:
                 _transfer = sys.modules.get(__package__ + "._transfer")
                 if _transfer is not None:  # else nothing is kept mapped
                     _transfer.forget(name)
+        elif msgtype == OBJECT or msgtype == CHUNK:
+            table = self.conn.descriptors
+            if isinstance(table, ByValueTable):
+                (table.object if msgtype == OBJECT else table.chunk)(payload)
+            else:
+                _warn(f"by-value message type {msgtype} on a gateway that shares memory ignored")
         elif msgtype == GATEWAY_TERMINATE:
             return True
         elif msgtype == STATUS:
@@ -1373,8 +1601,15 @@ def serve(rfd: int = 3, wfd: int = 4) -> None:
     for fd in (rfd, wfd):
         os.set_inheritable(fd, False)
     max_frame = int(os.environ.pop("PIXGATE_MAX_FRAME", _DEFAULT_MAX_FRAME))
-    descriptors = _descriptor_table(os.environ.pop("PIXGATE_DESCRIPTORS", None))
+    descriptors: DescriptorTable | ByValueTable | None = _descriptor_table(
+        os.environ.pop("PIXGATE_DESCRIPTORS", None)
+    )
+    by_value = os.environ.pop("PIXGATE_BY_VALUE", "") == "1"
+    if by_value:
+        descriptors = ByValueTable()
     conn = _Conn(rfd, wfd, max_frame, descriptors)
+    if isinstance(descriptors, ByValueTable):
+        descriptors.conn = conn
     gw = _gateway = _WorkerGateway(conn)
     gw.spin = min(int(os.environ.pop("PIXGATE_SPIN_US", "0") or 0), 10_000) / 1e6
 
@@ -1397,7 +1632,8 @@ def serve(rfd: int = 3, wfd: int = 4) -> None:
         "pid": os.getpid(),
         "executable": sys.executable,
         "implementation": sys.implementation.name,
-        "descriptors": descriptors is not None,
+        "descriptors": descriptors is not None and not by_value,
+        "by_value": by_value,
     }
     conn.send(HANDSHAKE, 0, _wire.dumps_payload(info))
     _wire.set_array_hooks(_first_export, _first_import)

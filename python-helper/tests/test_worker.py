@@ -216,7 +216,7 @@ def test_handshake_reports_versions(host: Host) -> None:
     assert info["descriptors"] is False
     assert list(info) == [
         "protocol", "helper", "helper_source", "python", "numpy", "pid", "executable",
-        "implementation", "descriptors",
+        "implementation", "descriptors", "by_value",
     ]  # fmt: skip
     try:
         import numpy

@@ -72,6 +72,7 @@ impl Why {
             ),
             Transport::Named if wanted == Transport::Named => format!("named: {asked}"),
             Transport::Named => format!("named: {}", self.why_no_descriptors()),
+            Transport::ByValue => format!("by value: pixels copied over the pipe ({asked})"),
         }
     }
 

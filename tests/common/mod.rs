@@ -23,8 +23,12 @@ pub fn python() -> String {
     "python3".to_string()
 }
 
-/// A spec for the test interpreter with extra keys appended.
+/// A spec for the test interpreter with extra keys appended: a local worker, or one
+/// through the test sshd when the batteries run over ssh ([`over_ssh`]).
 pub fn spec(extra: &str) -> String {
+    if over_ssh() {
+        return sshd().spec(extra);
+    }
     let mut s = format!("popen//python={}", python());
     if !extra.is_empty() {
         s.push_str("//");
@@ -198,9 +202,28 @@ pub fn memfd_fds(name: &str) -> Vec<i32> {
 
 /// Serialises tests that create segments: each one checks at its end that this
 /// process's segments are gone, which other tests running at the same time would break.
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+///
+/// Process-wide also when a binary holds several copies of this module (tests/ssh.rs
+/// includes other test files): besides the mutex, an `flock` on a file of this process,
+/// which two descriptors of it contend for like two processes.
+pub fn serial() -> Serial {
+    use std::os::fd::AsRawFd;
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let path = std::env::temp_dir().join(format!("pixgate-serial-{}.lock", std::process::id()));
+    let file = std::fs::File::create(path).expect("serial lock file");
+    // SAFETY: flock on a descriptor this function owns.
+    while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {}
+    Serial {
+        _guard: guard,
+        _file: file,
+    }
+}
+
+/// Held while a test runs alone among those that create segments ([`serial`]).
+pub struct Serial {
+    _guard: std::sync::MutexGuard<'static, ()>,
+    _file: std::fs::File,
 }
 
 /// Fails if /dev/shm holds any pixgate segment whose creator is gone or is a child of
@@ -355,4 +378,210 @@ impl Drop for Tmpfs {
         let _ = std::process::Command::new("umount").arg(&self.0).status();
         let _ = std::fs::remove_dir(&self.0);
     }
+}
+
+/// True when the batteries run over ssh: in the `ssh` test binary (which includes the
+/// channel and array batteries as modules), or with `PIXGATE_TEST_SSH=1`.
+pub fn over_ssh() -> bool {
+    std::env::var("PIXGATE_TEST_SSH").is_ok_and(|v| v == "1")
+        || std::env::current_exe().is_ok_and(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("ssh-"))
+        })
+}
+
+/// Where the OpenSSH server is expected (`make sshd` installs it).
+pub const SSHD: &str = "/usr/sbin/sshd";
+
+/// True when tests that would skip for a missing piece of the environment must fail.
+pub fn strict() -> bool {
+    std::env::var("PIXGATE_TEST_STRICT").is_ok_and(|v| v == "1")
+}
+
+/// An OpenSSH server of the tests' own on 127.0.0.1: generated host and user keys, no
+/// passwords, its files in a temporary directory. Killed when dropped; the one shared
+/// by a test binary ([`sshd`]) ends with the binary (parent-death signal).
+pub struct Sshd {
+    child: std::process::Child,
+    /// The server's directory: keys, configuration, pid file.
+    pub dir: std::path::PathBuf,
+    /// The port it listens on.
+    pub port: u16,
+    /// The user's private key.
+    pub key: std::path::PathBuf,
+    /// The user to log in as (the one running the tests).
+    pub user: String,
+}
+
+impl Sshd {
+    /// Starts a server, or returns None (after a loud note) when sshd is not installed
+    /// outside strict mode; panics naming `make sshd` in strict mode.
+    pub fn start() -> Option<Sshd> {
+        if !Path::new(SSHD).exists() {
+            let msg = format!(
+                "{SSHD} is missing: the ssh gateway tests need OpenSSH's server \
+                 (`make sshd` installs it)"
+            );
+            if strict() {
+                panic!("{msg}");
+            }
+            eprintln!("\n*** NOT RUN: {msg} ***\n");
+            return None;
+        }
+        // Unique also across the copies of this module that one test binary may hold
+        // (tests/ssh.rs includes other test files, each with its own `common`).
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = std::env::temp_dir().join(format!(
+            "pixgate-sshd-{}-{}-{nanos:x}",
+            std::process::id(),
+            NEXT_SSHD.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("sshd directory");
+        let keygen = |name: &str| {
+            let out = std::process::Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(dir.join(name))
+                .output()
+                .expect("ssh-keygen runs");
+            assert!(
+                out.status.success(),
+                "ssh-keygen {name}: {} {}",
+                text(&out.stdout),
+                text(&out.stderr)
+            );
+        };
+        keygen("host_key");
+        keygen("user_key");
+        std::fs::copy(dir.join("user_key.pub"), dir.join("authorized_keys")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let d = dir.display();
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\n\
+             AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nStrictModes no\n\
+             UsePAM no\nPidFile {d}/sshd.pid\nLogLevel ERROR\nMaxStartups 200:30:400\n\
+             MaxSessions 200\nPrintMotd no\nAcceptEnv no\n"
+        );
+        std::fs::write(dir.join("sshd_config"), config).unwrap();
+        // The privilege separation directory, which a fresh installation may lack.
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let child = {
+            use std::os::unix::process::CommandExt;
+            let mut cmd = std::process::Command::new(SSHD);
+            cmd.arg("-D")
+                .arg("-e")
+                .arg("-f")
+                .arg(dir.join("sshd_config"))
+                .stdin(std::process::Stdio::null())
+                .stderr(std::fs::File::create(dir.join("sshd.log")).expect("sshd log"));
+            // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
+                    Ok(())
+                });
+            }
+            cmd.spawn().expect("sshd starts")
+        };
+        let user = std::process::Command::new("id")
+            .arg("-un")
+            .output()
+            .map(|o| text(&o.stdout).trim().to_string())
+            .unwrap_or_else(|_| "root".into());
+        let key = dir.join("user_key");
+        let mut sshd = Sshd {
+            child,
+            dir,
+            port,
+            key,
+            user,
+        };
+        let until = Instant::now() + T;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = sshd.child.try_wait() {
+                panic!("sshd exited at start: {status}");
+            }
+            assert!(
+                Instant::now() < until,
+                "sshd does not listen on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some(sshd)
+    }
+
+    /// The ssh options that reach this server: the key, the port, no host key checks.
+    pub fn ssh_options(&self) -> String {
+        format!(
+            "-p {} -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+             -o LogLevel=ERROR -o BatchMode=yes",
+            self.port,
+            self.key.display()
+        )
+    }
+
+    /// `ssh=OPTIONS user@127.0.0.1//python=TEST PYTHON`, with extra keys appended.
+    pub fn spec(&self, extra: &str) -> String {
+        let mut s = format!(
+            "ssh={} {}@127.0.0.1//python={}",
+            self.ssh_options(),
+            self.user,
+            python()
+        );
+        if !extra.is_empty() {
+            s.push_str("//");
+            s.push_str(extra);
+        }
+        s
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+static NEXT_SSHD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The server shared by the tests of one binary, started on a thread that lives as
+/// long as the binary (its parent-death signal fires when the forking thread ends).
+/// Panics when there is none: callers check [`sshd_available`] first.
+pub fn sshd() -> &'static Sshd {
+    static SHARED: std::sync::OnceLock<Option<Sshd>> = std::sync::OnceLock::new();
+    SHARED
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(Sshd::start());
+                loop {
+                    std::thread::park();
+                }
+            });
+            rx.recv().expect("sshd thread")
+        })
+        .as_ref()
+        .expect("sshd is not installed (`make sshd`)")
+}
+
+/// Whether the shared sshd can run; false (after a loud note) outside strict mode
+/// when it is not installed.
+pub fn sshd_available() -> bool {
+    if Path::new(SSHD).exists() {
+        return true;
+    }
+    if strict() {
+        panic!("{SSHD} is missing: the ssh gateway tests need it (`make sshd` installs it)");
+    }
+    eprintln!("\n*** NOT RUN: {SSHD} is missing (`make sshd` installs it) ***\n");
+    false
 }
