@@ -473,6 +473,7 @@ impl Sshd {
         // The privilege separation directory, which a fresh installation may lack.
         let _ = std::fs::create_dir_all("/run/sshd");
         let child = {
+            #[cfg(target_os = "linux")]
             use std::os::unix::process::CommandExt;
             let mut cmd = std::process::Command::new(SSHD);
             cmd.arg("-D")
@@ -482,6 +483,7 @@ impl Sshd {
                 .stdin(std::process::Stdio::null())
                 .stderr(std::fs::File::create(dir.join("sshd.log")).expect("sshd log"));
             // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
+            #[cfg(target_os = "linux")]
             unsafe {
                 cmd.pre_exec(|| {
                     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
