@@ -33,7 +33,7 @@ pub mod fuzzing;
 mod gateway;
 mod group;
 mod header;
-mod inbox;
+mod connection;
 mod lease;
 mod output;
 mod peer;
