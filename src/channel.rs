@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::codec::{LoadOptions, encode_load_options, encode_payload};
+use crate::connection::{Connection, Want};
 use crate::error::{Error, ErrorKind, Result};
 use crate::frame::{MsgType, build_frame};
-use crate::connection::{Connection, Want};
 use crate::value::Value;
 
 /// Options for [`Gateway::remote_exec_with`](crate::Gateway::remote_exec_with).
