@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::codec::{LoadOptions, encode_load_options, encode_payload};
+use crate::connection::{Connection, Want};
 use crate::error::{Error, ErrorKind, Result};
 use crate::frame::{MsgType, build_frame};
-use crate::inbox::{Shared, Want};
 use crate::value::Value;
 
 /// Options for [`Gateway::remote_exec_with`](crate::Gateway::remote_exec_with).
@@ -54,7 +54,7 @@ impl ExecOptions {
 /// worker went away. Dropping a channel closes the host's sending side; the drop never
 /// waits for the worker (with the pipe full, the close is written once it drains).
 pub struct Channel {
-    shared: Arc<Shared>,
+    shared: Arc<Connection>,
     id: i32,
 }
 
@@ -68,7 +68,7 @@ impl std::fmt::Debug for Channel {
 }
 
 impl Channel {
-    pub(crate) fn new(shared: Arc<Shared>, id: i32) -> Channel {
+    pub(crate) fn new(shared: Arc<Connection>, id: i32) -> Channel {
         Channel { shared, id }
     }
 

@@ -257,7 +257,7 @@ pub enum ErrorKind {
         /// belongs to no segment yet.
         name: String,
         /// What is wrong.
-        problem: crate::segment::SegmentProblem,
+        problem: crate::problem::SegmentProblem,
     },
     /// An operating-system call failed. The error's
     /// [`source`](std::error::Error::source) is the [`std::io::Error`] itself (with its
@@ -380,6 +380,16 @@ impl fmt::Display for WorkerExit {
             }
         }
         Ok(())
+    }
+}
+
+impl crate::problem::SegmentProblem {
+    /// This problem as the crate's error, naming the segment.
+    pub(crate) fn at(self, name: &str) -> Error {
+        Error::new(ErrorKind::Segment {
+            name: name.to_string(),
+            problem: self,
+        })
     }
 }
 

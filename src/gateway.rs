@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use crate::bootstrap;
 use crate::channel::{Channel, ExecOptions};
 use crate::codec::decode_payload;
+use crate::connection::Connection;
 use crate::error::{Error, ErrorKind, Result, WorkerExit};
 use crate::frame::{DEFAULT_MAX_FRAME_LEN, FrameReader, MsgType, build_frame};
-use crate::inbox::Shared;
 use crate::output::{OutputLine, OutputMode, OutputSink, Stream};
 use crate::segment::Transport;
 use crate::spec::{HelperSource, Spec};
@@ -153,7 +153,7 @@ impl GatewayBuilder {
 /// in it and end with the worker. Channels of a dropped gateway report
 /// [`ErrorKind::GatewayClosed`].
 pub struct Gateway {
-    shared: Arc<Shared>,
+    shared: Arc<Connection>,
     info: WorkerInfo,
     exit_timeout: Duration,
 }
@@ -309,7 +309,7 @@ impl Gateway {
         let sink = OutputSink::new(id.clone(), b.output.clone());
         let reader = FrameReader::new(from_worker, b.max_frame_len);
         let shared = Arc::new(
-            Shared::new(
+            Connection::new(
                 id.clone(),
                 pid,
                 reader,
@@ -383,7 +383,7 @@ impl Gateway {
     }
 
     /// The state this gateway's channels share, for arrays made for its worker.
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
+    pub(crate) fn shared(&self) -> &Arc<Connection> {
         &self.shared
     }
 
@@ -456,7 +456,7 @@ impl Gateway {
                 .next_id
                 .checked_add(2)
                 .ok_or_else(|| Error::protocol("channel ids exhausted on this gateway"))?;
-            st.channels.insert(id, crate::inbox::ChanState::new());
+            st.channels.insert(id, crate::connection::ChanState::new());
             id
         };
         let channel = Channel::new(Arc::clone(&self.shared), id);
@@ -563,7 +563,7 @@ fn interpreter(spec: &Spec) -> Vec<String> {
     }
 }
 
-fn handshake(shared: &Shared, timeout: Duration) -> Result<WorkerInfo> {
+fn handshake(shared: &Connection, timeout: Duration) -> Result<WorkerInfo> {
     let pid = shared.pid;
     let deadline = Instant::now() + timeout;
     let bad = |reason: String| Error::new(ErrorKind::Handshake { pid, reason });
@@ -632,7 +632,7 @@ fn handshake(shared: &Shared, timeout: Duration) -> Result<WorkerInfo> {
 }
 
 /// Waits for the reaper to record the exit, until `deadline`.
-fn wait_exit(shared: &Shared, deadline: Instant) -> Option<WorkerExit> {
+fn wait_exit(shared: &Connection, deadline: Instant) -> Option<WorkerExit> {
     let mut st = shared.lock();
     loop {
         if let Some(e) = &st.exit {
@@ -706,7 +706,7 @@ pub(crate) fn worker_env(
 /// reaped — by the reaper thread once it runs, else here.
 pub(crate) struct StartGuard {
     pid: Option<u32>,
-    shared: Option<Arc<Shared>>,
+    shared: Option<Arc<Connection>>,
 }
 
 impl StartGuard {
@@ -718,7 +718,7 @@ impl StartGuard {
     }
 
     /// The reaper thread waits for the child from now on.
-    fn reaper_runs(&mut self, shared: Arc<Shared>) {
+    fn reaper_runs(&mut self, shared: Arc<Connection>) {
         self.shared = Some(shared);
     }
 
@@ -787,7 +787,7 @@ pub(crate) fn spawn_error(path: &str, e: std::io::Error) -> Error {
 
 /// Sends `SIGKILL` to the worker and its process group unless the worker is already
 /// gone, then waits for the reaper.
-fn kill_and_wait(shared: &Shared) -> Option<WorkerExit> {
+fn kill_and_wait(shared: &Connection) -> Option<WorkerExit> {
     {
         let mut st = shared.lock();
         st.closed_by_host = true;
@@ -814,7 +814,7 @@ fn kill_worker(pid: u32) {
 
 /// The reaper thread: waits for the child to exit, ends the rest of its process group,
 /// marks it gone before reaping it, and records the status with the stderr tail.
-fn reap(shared: &Shared, pumped: mpsc::Receiver<()>) {
+fn reap(shared: &Connection, pumped: mpsc::Receiver<()>) {
     use nix::sys::wait::{WaitStatus, waitpid};
     let pid = nix::unistd::Pid::from_raw(shared.pid as i32);
     // Wait without reaping, so that the pid cannot be reused while `kill` may use it.

@@ -46,16 +46,15 @@ use crate::header::{
 mod anon;
 mod describe;
 mod info;
-mod problem;
 mod procfs;
 mod sweep;
 
 pub(crate) use anon::AnonObject;
 
+pub use crate::problem::SegmentProblem;
+use crate::problem::{io, os};
 pub use anon::{AnonymousSupport, probe_anonymous};
 pub use info::{Holder, SegmentInfo, creator_alive, inspect, list, process_start_time};
-pub use problem::SegmentProblem;
-use problem::{io, os};
 pub(crate) use sweep::sweep_once_in_background;
 pub use sweep::{SweepReason, SweepReport, Swept, sweep, sweep_in};
 

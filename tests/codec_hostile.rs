@@ -1,5 +1,5 @@
 //! Hostile bytes against the public `pixgate::loads`: the cases the unit tables in
-//! src/codec.rs leave out, and property tests whose inputs get past the version byte.
+//! src/codec/tests.rs leave out, and property tests whose inputs get past the version byte.
 
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,7 @@ fn sized(op: u8, body: &[u8]) -> Vec<u8> {
     [&[op][..], &be(body.len() as i32), body].concat()
 }
 
-/// Inputs the unit tables in src/codec.rs leave out, each with its error and offset.
+/// Inputs the unit tables in src/codec/tests.rs leave out, each with its error and offset.
 #[rustfmt::skip]
 fn hostile_cases() -> Vec<(Vec<u8>, K, usize)> {
     let list1 = [&b"K"[..], &be(1)].concat();

@@ -10,9 +10,9 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Mutex;
 
-use super::problem::{SegmentProblem, io, os};
 use crate::output::lock;
 use crate::peer::{PeerKey, PeerRef};
+use crate::problem::{SegmentProblem, io, os};
 
 /// One anonymous object, shared by the segments that live in it (one, or a pool
 /// arena's slots). Dropping the last handle closes the descriptor and tells the gateways

@@ -129,8 +129,10 @@ impl State {
     }
 }
 
-/// Everything the gateway handle, its channels and its threads share.
-pub(crate) struct Shared {
+/// The connection to one worker: its pipes and descriptor socket, the state of its
+/// channels, and the reading baton; shared by the gateway handle, its channels and its
+/// threads.
+pub(crate) struct Connection {
     pub(crate) id: String,
     pub(crate) pid: u32,
     pub(crate) max_frame_len: u32,
@@ -172,7 +174,7 @@ pub(crate) enum Want<'a> {
     Released(&'a str, u64),
 }
 
-impl Shared {
+impl Connection {
     pub(crate) fn new(
         id: String,
         pid: u32,
@@ -181,11 +183,11 @@ impl Shared {
         max_frame_len: u32,
         sink: OutputSink,
         spin: Duration,
-    ) -> std::io::Result<Shared> {
+    ) -> std::io::Result<Connection> {
         let (kick_r, kick_w) = nonblocking_pipe()?;
         let (dead_r, dead_w) = nonblocking_pipe()?;
         let writer = Writer::new(id.clone(), writer, dead_r.try_clone()?)?;
-        Ok(Shared {
+        Ok(Connection {
             id,
             pid,
             max_frame_len,
@@ -949,7 +951,7 @@ fn nonblocking_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(crate::descriptors::pipe(true)?)
 }
 
-impl crate::lease::Peer for Shared {
+impl crate::lease::Peer for Connection {
     fn forget(&self, name: &str) {
         self.forget_segment(name);
     }

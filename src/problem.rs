@@ -2,8 +2,10 @@
 
 use nix::errno::Errno;
 
-use crate::error::{Error, ErrorKind};
-use crate::header::{DType, MAGIC};
+use crate::dtype::DType;
+
+/// The first eight bytes of every segment (docs/SEGMENT_FORMAT.md §4).
+pub(crate) const MAGIC: [u8; 8] = *b"PXGSEG\0\0";
 
 /// What is wrong with a segment, or with an operation on one.
 ///
@@ -265,16 +267,6 @@ pub enum SegmentProblem {
     },
 }
 
-impl SegmentProblem {
-    /// This problem as the crate's error, naming the segment.
-    pub(crate) fn at(self, name: &str) -> Error {
-        Error::new(ErrorKind::Segment {
-            name: name.to_string(),
-            problem: self,
-        })
-    }
-}
-
 /// The first few of `items`, comma-separated, and how many more there are.
 fn some(items: &[String]) -> String {
     const SHOWN: usize = 8;
@@ -294,7 +286,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-pub(super) fn os(call: &'static str, errno: Errno) -> SegmentProblem {
+pub(crate) fn os(call: &'static str, errno: Errno) -> SegmentProblem {
     match errno {
         Errno::ENOENT => SegmentProblem::NotFound,
         Errno::EEXIST => SegmentProblem::Exists,
@@ -305,7 +297,7 @@ pub(super) fn os(call: &'static str, errno: Errno) -> SegmentProblem {
     }
 }
 
-pub(super) fn io(call: &'static str, err: std::io::Error) -> SegmentProblem {
+pub(crate) fn io(call: &'static str, err: std::io::Error) -> SegmentProblem {
     match err.raw_os_error() {
         Some(code) => os(call, Errno::from_raw(code)),
         None => SegmentProblem::Os {
