@@ -52,7 +52,7 @@ CHAOS_ITERATIONS ?= 100
 SOAK_MESSAGES ?= 1000000
 
 .PHONY: demo test test-named venv sshd pypy execnet-peers build test-rust test-python lint bench clean fuzz fuzz-smoke \
-	fuzz-corpus chaos soak jython check-macos
+	fuzz-corpus chaos soak jython check-macos bench-ssh
 
 demo: $(STAMP)
 	cargo build --release
@@ -135,6 +135,10 @@ $(STAMP): python-helper/pyproject.toml Makefile
 
 # kill -9 of a host or its worker at random moments (tests/chaos.rs); the host is the
 # chaos_host example, which `cargo build --all-targets` builds.
+# P9: ssh gateways against execnet over a test sshd of its own (BENCHMARKS.md).
+bench-ssh: $(STAMP) sshd
+	timeout 1800 cargo test --release --test ssh -- --ignored --nocapture bench
+
 chaos: $(STAMP)
 	cargo build --all-targets
 	PIXGATE_CHAOS_ITERATIONS=$(CHAOS_ITERATIONS) timeout 3600 \
