@@ -344,6 +344,17 @@ fn wait_for(fd: &OwnedFd, what: PollFlags, deadline: Option<Instant>) -> std::io
 mod tests {
     use super::*;
 
+    /// A sender and a receiver, both ends non-blocking as the host's is.
+    fn sockets() -> (DescriptorSocket, DescriptorSocket) {
+        let (a, b) = pair().unwrap();
+        nix::fcntl::fcntl(
+            b.as_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .unwrap();
+        (DescriptorSocket::new(a), DescriptorSocket::new(b))
+    }
+
     fn pipe_fds(n: usize) -> Vec<(OwnedFd, OwnedFd)> {
         (0..n)
             .map(|_| crate::descriptors::pipe(false).unwrap())
@@ -352,13 +363,7 @@ mod tests {
 
     #[test]
     fn descriptors_arrive_under_their_tokens_in_any_order_of_taking() {
-        let (a, b) = pair().unwrap();
-        nix::fcntl::fcntl(
-            b.as_fd(),
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-        )
-        .unwrap();
-        let (tx, rx) = (DescriptorSocket::new(a), DescriptorSocket::new(b));
+        let (tx, rx) = sockets();
         let pipes = pipe_fds(300);
         let first: Vec<BorrowedFd<'_>> = pipes[..2].iter().map(|(r, _)| r.as_fd()).collect();
         assert_eq!(tx.send(&first, None).unwrap(), 1);
@@ -388,13 +393,7 @@ mod tests {
 
     #[test]
     fn a_peer_cannot_fill_the_descriptor_table_with_unused_descriptors() {
-        let (a, b) = pair().unwrap();
-        nix::fcntl::fcntl(
-            b.as_fd(),
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-        )
-        .unwrap();
-        let (tx, rx) = (DescriptorSocket::new(a), DescriptorSocket::new(b));
+        let (tx, rx) = sockets();
         let (r, _w) = crate::descriptors::pipe(false).unwrap();
         let same: Vec<BorrowedFd<'_>> = (0..MAX_PER_MESSAGE).map(|_| r.as_fd()).collect();
         let mut sent = 0;

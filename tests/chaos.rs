@@ -31,12 +31,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{T, process_alive, serial, spec, wait_gone};
+use common::{process_alive, serial, spec, wait_gone};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -190,21 +190,7 @@ fn start_host(bin: &PathBuf, transport: &str) -> (Child, u32) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start chaos_host");
-    let stdout = host.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = match rx.recv_timeout(T) {
-        Ok(line) => line,
-        Err(_) => {
-            host.kill().ok();
-            host.wait().ok();
-            panic!("chaos_host printed no worker pid within {T:?}");
-        }
-    };
+    let line = common::first_line(&mut host, "chaos_host printed no worker pid");
     let Ok(worker) = line.trim().parse::<u32>() else {
         host.kill().ok();
         let status = host.wait().expect("wait for the host");

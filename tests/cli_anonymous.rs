@@ -339,21 +339,7 @@ fn holder(arrays: usize, slots: usize) -> (Child, u32) {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start anon_holder");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = match rx.recv_timeout(T) {
-        Ok(line) => line,
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("anon_holder said nothing within {T:?}");
-        }
-    };
+    let line = common::first_line(&mut child, "anon_holder said nothing");
     let pid = line
         .strip_prefix("ready ")
         .and_then(|p| p.trim().parse().ok())

@@ -1599,12 +1599,7 @@ def create(
             os.ftruncate(fd, size)
         except OSError as exc:
             raise _os_error(name, exc, f"resize to {size} bytes") from None
-        _reserve(fd, size, name)
-        mm = _map(fd, size, True, name, populate=False)
-        header.version = 0
-        mm[: header.header_len] = encode_header(header)
-        header.version = VERSION
-        _U32.pack_into(mm, _OFF_VERSION, VERSION)  # the version stamp, last
+        mm = _reserve_and_stamp(fd, size, header, name)
         seg = Segment(name, header, _Mapping(mm), True, directory)
         _register_owned(seg)
     except BaseException:
@@ -1682,12 +1677,7 @@ def create_anonymous(
                 os.ftruncate(fd, size)
             except OSError as exc:
                 raise _os_error(name, exc, f"resize to {size} bytes") from None
-        _reserve(fd, size, name)
-        mm = _map(fd, size, True, name, populate=False)
-        header.version = 0
-        mm[: header.header_len] = encode_header(header)
-        header.version = VERSION
-        _U32.pack_into(mm, _OFF_VERSION, VERSION)  # the version stamp, last
+        mm = _reserve_and_stamp(fd, size, header, name)
         if _LINUX:
             import fcntl
 
@@ -1831,6 +1821,18 @@ def at_offset(mapping: _Mapping, size: int, name: str, offset: int, writable: bo
         raise SegmentError(f"segment {name}: closed", "closed", name)
     header = _read_header(mm, size, name, offset)
     return Segment(name, header, mapping, writable, None, offset, anonymous=True)
+
+
+def _reserve_and_stamp(fd: int, size: int, header: Header, name: str) -> mmap.mmap:
+    """Reserve a new segment's ``size`` bytes, map them writable, write ``header`` and
+    stamp its version last (docs/SEGMENT_FORMAT.md §7); the mapping is returned."""
+    _reserve(fd, size, name)
+    mm = _map(fd, size, True, name, populate=False)
+    header.version = 0
+    mm[: header.header_len] = encode_header(header)
+    header.version = VERSION
+    _U32.pack_into(mm, _OFF_VERSION, VERSION)  # the version stamp, last
+    return mm
 
 
 def _map(fd: int, size: int, writable: bool, name: str, populate: bool) -> mmap.mmap:

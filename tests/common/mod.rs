@@ -587,3 +587,25 @@ pub fn sshd_available() -> bool {
     eprintln!("\n*** NOT RUN: {SSHD} is missing (`make sshd` installs it) ***\n");
     false
 }
+
+/// The first line `child` writes on its (piped) stdout, waiting at most [`T`]; past
+/// that, the child is killed and reaped and the test fails, naming `what` it waited for.
+#[allow(dead_code)]
+pub fn first_line(child: &mut std::process::Child, what: &str) -> String {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("the child's stdout is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    match rx.recv_timeout(T) {
+        Ok(line) => line,
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} within {T:?}");
+        }
+    }
+}
