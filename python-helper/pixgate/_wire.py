@@ -1243,38 +1243,13 @@ def _decode(
     )
 
 
-def _array_ref_at(
-    buf: bytes | bytearray | memoryview, pos: int, end: int
-) -> tuple[ArrayRef, int]:
-    """The array reference whose ``U`` opcode is at ``pos``, and where it ends."""
+def _ref_name_at(
+    buf: bytes | bytearray | memoryview, pos: int, end: int, op: int, tail_len: int
+) -> tuple[str, int]:
+    """The name of the array reference whose opcode ``op`` is at ``pos``, and where the
+    ``tail_len`` bytes after the name start (checked to be there)."""
     if end - pos < 5:
-        raise _truncated(85, pos, 4, end)
-    n = _INT4.unpack_from(buf, pos + 1)[0]
-    if not 0 < n <= MAX_ARRAY_NAME:
-        raise LoadError(
-            f"bad array reference at offset {pos}: name of {n} bytes, "
-            f"expected 1 to {MAX_ARRAY_NAME}"
-        )
-    if end - pos < 5 + n + 9:
-        raise _truncated(85, pos, 4 + n + 9, end)
-    try:
-        name = bytes(buf[pos + 5 : pos + 5 + n]).decode("utf-8")
-    except UnicodeDecodeError:
-        raise LoadError(f"bad array reference at offset {pos}: name is not UTF-8") from None
-    generation, access = _ARRAY_TAIL.unpack_from(buf, pos + 5 + n)
-    if access not in _ACCESS_NAMES:
-        raise LoadError(
-            f"bad array reference at offset {pos}: access byte {access}, expected 0, 1 or 2"
-        )
-    return ArrayRef(name, generation, access), pos + 5 + n + 9
-
-
-def _descriptor_ref_at(
-    buf: bytes | bytearray | memoryview, pos: int, end: int
-) -> tuple[DescriptorRef, int]:
-    """The array reference whose ``V`` opcode is at ``pos``, and where it ends."""
-    if end - pos < 5:
-        raise _truncated(86, pos, 4, end)
+        raise _truncated(op, pos, 4, end)
     n = _INT4.unpack_from(buf, pos + 1)[0]
     if not 0 < n <= MAX_ARRAY_NAME:
         raise LoadError(
@@ -1282,22 +1257,44 @@ def _descriptor_ref_at(
             f"expected 1 to {MAX_ARRAY_NAME}"
         )
     tail = pos + 5 + n
-    if end - tail < _DESC_TAIL.size:
-        raise _truncated(86, pos, 4 + n + _DESC_TAIL.size, end)
+    if end - tail < tail_len:
+        raise _truncated(op, pos, 4 + n + tail_len, end)
     try:
         name = bytes(buf[pos + 5 : tail]).decode("utf-8")
     except UnicodeDecodeError:
         raise LoadError(f"bad array reference at offset {pos}: name is not UTF-8") from None
+    return name, tail
+
+
+def _check_access(access: int, pos: int) -> None:
+    if access not in _ACCESS_NAMES:
+        raise LoadError(
+            f"bad array reference at offset {pos}: access byte {access}, expected 0, 1 or 2"
+        )
+
+
+def _array_ref_at(
+    buf: bytes | bytearray | memoryview, pos: int, end: int
+) -> tuple[ArrayRef, int]:
+    """The array reference whose ``U`` opcode is at ``pos``, and where it ends."""
+    name, tail = _ref_name_at(buf, pos, end, 85, _ARRAY_TAIL.size)
+    generation, access = _ARRAY_TAIL.unpack_from(buf, tail)
+    _check_access(access, pos)
+    return ArrayRef(name, generation, access), tail + _ARRAY_TAIL.size
+
+
+def _descriptor_ref_at(
+    buf: bytes | bytearray | memoryview, pos: int, end: int
+) -> tuple[DescriptorRef, int]:
+    """The array reference whose ``V`` opcode is at ``pos``, and where it ends."""
+    name, tail = _ref_name_at(buf, pos, end, 86, _DESC_TAIL.size)
     token, offset, generation, access = _DESC_TAIL.unpack_from(buf, tail)
     if offset % _PAGE:
         raise LoadError(
             f"bad array reference at offset {pos}: segment offset {offset} is not a "
             f"multiple of {_PAGE}"
         )
-    if access not in _ACCESS_NAMES:
-        raise LoadError(
-            f"bad array reference at offset {pos}: access byte {access}, expected 0, 1 or 2"
-        )
+    _check_access(access, pos)
     return DescriptorRef(name, token, offset, generation, access), tail + _DESC_TAIL.size
 
 
