@@ -234,6 +234,52 @@ impl<T: Element> SharedArray<T> {
         })
     }
 
+    /// A new array of the default transport holding a copy of `data`, in C order, with
+    /// the given shape.
+    ///
+    /// ```
+    /// # fn main() -> pixgate::Result<()> {
+    /// let a = pixgate::SharedArray::from_slice(&[1u16, 2, 3, 4, 5, 6], &[2, 3])?;
+    /// assert_eq!(a.view()?[[1, 0]], 4);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument) when the
+    /// shape does not hold exactly `data.len()` elements; otherwise as
+    /// [`SharedArray::zeros`].
+    pub fn from_slice(data: &[T], shape: &[usize]) -> Result<SharedArray<T>> {
+        let count = shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .filter(|&n| n == data.len());
+        if count.is_none() {
+            return Err(crate::Error::new(crate::ErrorKind::InvalidArgument(
+                format!(
+                    "shape {shape:?} does not hold the {} elements given",
+                    data.len()
+                ),
+            )));
+        }
+        let mut out = Self::zeros(shape)?;
+        out.view_mut()?
+            .as_slice_mut()
+            .expect("a new array is C-contiguous")
+            .copy_from_slice(data);
+        Ok(out)
+    }
+
+    /// As [`SharedArray::from_slice`], taking the elements by value (they are copied
+    /// into shared memory either way: a `Vec`'s heap memory cannot be shared).
+    ///
+    /// # Errors
+    ///
+    /// As [`SharedArray::from_slice`].
+    pub fn from_vec(data: Vec<T>, shape: &[usize]) -> Result<SharedArray<T>> {
+        Self::from_slice(&data, shape)
+    }
+
     /// A new array holding a copy of `a` (in C order).
     ///
     /// # Errors

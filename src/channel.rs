@@ -228,9 +228,47 @@ impl Channel {
         Ok(())
     }
 
-    /// Waits until the worker has released the named array of this generation (or
-    /// never held it), reading the pipe meanwhile if no other thread does.
-    pub(crate) fn wait_released(
+    /// Waits until no reference of `array` made at its current generation is out: every
+    /// share or lend of it sent (on any gateway) has been released, or was never taken.
+    /// Meanwhile this thread reads the pipe if no other does, so items for other
+    /// channels are queued as usual.
+    ///
+    /// After it returns `Ok`, [`SharedArray::view_mut`] succeeds again (unless a new
+    /// reference is made).
+    ///
+    /// ```
+    /// # fn main() -> pixgate::Result<()> {
+    /// # let gw = pixgate::Gateway::builder(&format!("popen//python={}",
+    /// #     std::env::var("PIXGATE_PYTHON").unwrap_or_else(|_| "python3".into()))).spawn()?;
+    /// use std::time::Duration;
+    /// let mut a = pixgate::SharedArray::<f32>::zeros(&[4])?;
+    /// let ch = gw.remote_exec("a = channel.receive()\na[:] = 1\ndel a")?;
+    /// ch.send(a.lend()?)?;
+    /// ch.wait_released(&a, Duration::from_secs(10))?;
+    /// assert_eq!(a.view_mut()?.sum(), 4.0);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Timeout`] when `timeout` passes first; the remote code's error when
+    /// it ended holding the array; [`ErrorKind::WorkerDied`] when the worker died.
+    pub fn wait_released<T: crate::Element>(
+        &self,
+        array: &crate::SharedArray<T>,
+        timeout: std::time::Duration,
+    ) -> Result<()> {
+        self.wait_released_key(
+            &array.key(),
+            array.generation(),
+            Some(Instant::now() + timeout),
+        )
+    }
+
+    /// Waits until the worker has released the array filed under `key` at this
+    /// generation (or never held it), reading the pipe meanwhile if no other thread
+    /// does.
+    pub(crate) fn wait_released_key(
         &self,
         name: &str,
         generation: u64,

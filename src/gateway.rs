@@ -74,9 +74,29 @@ pub struct GatewayBuilder {
     pub(crate) max_frame_len: u32,
     pub(crate) spin: Duration,
     pub(crate) transport: Option<Transport>,
+    python: Option<std::path::PathBuf>,
 }
 
 impl GatewayBuilder {
+    /// The interpreter to run, as one path: spaces and other characters are part of
+    /// it (the spec's `python=` is split on whitespace, as execnet splits it, so that it
+    /// can carry flags). Overrides the spec's `python=`.
+    ///
+    /// Without either, a local worker runs `$PIXGATE_PYTHON` if set, else `python3`
+    /// from `PATH`; an ssh worker runs `python3` on the remote machine.
+    ///
+    /// ```no_run
+    /// # fn main() -> pixgate::Result<()> {
+    /// let gw = pixgate::Gateway::builder("popen")
+    ///     .python("/opt/My Tools/venv/bin/python")
+    ///     .spawn()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn python(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.python = Some(path.into());
+        self
+    }
+
     /// How arrays reach the worker (default: the spec's `transport=`, else
     /// [`Transport::from_env`]). With [`Transport::Anonymous`] the gateway gets a
     /// descriptor socket, provided the worker can pass descriptors (CPython 3.9 or later
@@ -187,11 +207,21 @@ impl Gateway {
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             spin: Duration::ZERO,
             transport: None,
+            python: None,
         }
     }
 
     fn start(b: GatewayBuilder) -> Result<Gateway> {
-        let spec = Spec::parse(&b.spec)?;
+        let mut spec = Spec::parse(&b.spec)?;
+        if let Some(path) = &b.python {
+            let Some(path) = path.to_str() else {
+                return Err(Error::new(ErrorKind::Spec {
+                    spec: b.spec.clone(),
+                    reason: format!("interpreter path {} is not UTF-8", path.display()),
+                }));
+            };
+            spec.python = vec![path.to_string()];
+        }
         let id = spec
             .id
             .clone()

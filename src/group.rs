@@ -360,7 +360,7 @@ impl Group {
         let limit = Instant::now() + STOP_GRACE;
         for p in &parts {
             if p.gateway.is_alive() {
-                let _ = p.channel.wait_released(&out_name, out_gen, Some(limit));
+                let _ = p.channel.wait_released_key(&out_name, out_gen, Some(limit));
             }
         }
         while output.is_lent() && Instant::now() < limit {

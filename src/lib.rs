@@ -64,6 +64,9 @@ pub use group::{Group, STOP_GRACE};
 pub use header::{
     DType, FLAG_C_CONTIGUOUS, FLAG_F_CONTIGUOUS, FLAG_POOL_SLOT, Layout, MAX_NDIM, Meta, RawHeader,
 };
+/// The `ndarray` this crate's views are made of, so that users need not match its
+/// version in their own dependencies.
+pub use ndarray;
 pub use output::{
     CAPTURED_LINE_OVERHEAD, MAX_CAPTURED_OUTPUT, MAX_OUTPUT_LINE, OutputCallback, OutputLine,
     OutputMode, Stream,

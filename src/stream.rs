@@ -188,7 +188,8 @@ impl<'c> FrameStream<'c> {
     fn wait_oldest(&mut self) -> Result<()> {
         if let Some((name, generation)) = self.in_flight.front() {
             let deadline = self.timeout.map(|t| Instant::now() + t);
-            self.channel.wait_released(name, *generation, deadline)?;
+            self.channel
+                .wait_released_key(name, *generation, deadline)?;
             self.in_flight.pop_front();
         }
         Ok(())

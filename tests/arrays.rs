@@ -604,3 +604,62 @@ for label, a in cases:
     gw.exit(T).unwrap();
     assert_no_segments();
 }
+
+#[test]
+fn from_slice_and_from_vec_copy_in_c_order_and_check_the_shape() {
+    let _serial = serial();
+    let a = SharedArray::from_slice(&[1u16, 2, 3, 4, 5, 6], &[2, 3]).unwrap();
+    assert_eq!(a.shape(), &[2, 3]);
+    assert_eq!(a.view().unwrap()[[1, 2]], 6);
+    let b = SharedArray::from_vec((0..24).map(f64::from).collect(), &[2, 3, 4]).unwrap();
+    assert_eq!(b.view().unwrap()[[1, 2, 3]], 23.0);
+    let z = SharedArray::<u8>::from_vec(vec![], &[0, 5]).unwrap();
+    assert_eq!(z.shape(), &[0, 5]);
+    for shape in [&[4, 2][..], &[7], &[usize::MAX, 3]] {
+        let err = SharedArray::from_slice(&[1u8, 2, 3, 4, 5, 6, 7, 8, 9], shape).unwrap_err();
+        assert!(matches!(err.kind(), ErrorKind::InvalidArgument(_)), "{err}");
+    }
+    // The worker sees the same elements.
+    let gw = gateway();
+    let ch = gw
+        .remote_exec("a = channel.receive()\nchannel.send(a.tolist())")
+        .unwrap();
+    ch.send(a.share().unwrap()).unwrap();
+    let got = ch.receive_timeout(T).unwrap();
+    assert_eq!(got.to_string(), "[[1, 2, 3], [4, 5, 6]]");
+    drop(ch);
+    gw.exit(T).unwrap();
+    drop((a, b, z));
+    assert_no_segments();
+}
+
+#[test]
+fn wait_released_returns_once_the_worker_lets_go_and_times_out_while_it_holds() {
+    let _serial = serial();
+    let gw = gateway();
+    let mut a = SharedArray::<i32>::zeros(&[8]).unwrap();
+    let ch = gw
+        .remote_exec(
+            "a = channel.receive()\na[:] = 7\nchannel.receive()\ndel a\nchannel.send('gone')",
+        )
+        .unwrap();
+    ch.send(a.lend().unwrap()).unwrap();
+    let t = Instant::now();
+    let err = ch
+        .wait_released(&a, Duration::from_millis(200))
+        .unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Timeout { .. }), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(a.view_mut().is_err(), "still lent");
+    ch.send(Value::from("let go")).unwrap();
+    ch.wait_released(&a, T).unwrap();
+    assert_eq!(a.view_mut().unwrap().sum(), 56);
+    assert_eq!(ch.receive_timeout(T).unwrap().as_str(), Some("gone"));
+    // Never sent: returns at once.
+    let b = SharedArray::<u8>::zeros(&[2]).unwrap();
+    ch.wait_released(&b, Duration::from_millis(1)).unwrap();
+    drop(ch);
+    gw.exit(T).unwrap();
+    drop((a, b));
+    assert_no_segments();
+}

@@ -538,3 +538,34 @@ fn the_bootstrapped_helper_is_compiled_once_into_a_private_cache() {
     );
     let _ = std::fs::remove_dir_all(&base);
 }
+
+#[test]
+fn the_builder_takes_an_interpreter_path_with_spaces_over_the_spec() {
+    let dir = std::env::temp_dir().join(format!("pixgate test {} python", std::process::id()));
+    std::fs::create_dir_all(dir.join("my bin")).unwrap();
+    let link = dir.join("my bin").join("python 3");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(python(), &link).unwrap();
+    // The spec names an interpreter that does not exist: the builder's path wins.
+    let gw = Gateway::builder("popen//python=/nonexistent/python")
+        .python(&link)
+        .handshake_timeout(T)
+        .spawn()
+        .expect("a worker from a path with spaces");
+    let exe = ask(&gw, "import sys\nchannel.send(sys.executable)");
+    assert_eq!(exe.as_str(), Some(link.to_str().unwrap()));
+    gw.exit(T).unwrap();
+    // A path that does not exist is the interpreter that was not found, named whole.
+    let missing = dir.join("no such python");
+    let err = Gateway::builder("popen")
+        .python(&missing)
+        .handshake_timeout(T)
+        .spawn()
+        .unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::InterpreterNotFound { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("no such python"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
