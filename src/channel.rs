@@ -233,7 +233,7 @@ impl Channel {
     /// Meanwhile this thread reads the pipe if no other does, so items for other
     /// channels are queued as usual.
     ///
-    /// After it returns `Ok`, [`SharedArray::view_mut`] succeeds again (unless a new
+    /// After it returns `Ok`, [`SharedArray::view_mut`](crate::SharedArray::view_mut) succeeds again (unless a new
     /// reference is made).
     ///
     /// ```

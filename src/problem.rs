@@ -9,7 +9,7 @@ pub(crate) const MAGIC: [u8; 8] = *b"PXGSEG\0\0";
 
 /// What is wrong with a segment, or with an operation on one.
 ///
-/// Carried by [`ErrorKind::Segment`] together with the
+/// Carried by [`ErrorKind::Segment`](crate::ErrorKind::Segment) together with the
 /// segment's name. The header variants follow the validation order of
 /// `docs/SEGMENT_FORMAT.md`; each check has its own variant.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -43,7 +43,7 @@ pub enum EncodeErrorKind {
     /// Containers nest deeper than the limit.
     #[error("containers nest deeper than the limit of {limit}")]
     TooDeep {
-        /// The limit, [`MAX_DEPTH`].
+        /// The limit, [`MAX_DEPTH`](super::MAX_DEPTH).
         limit: usize,
     },
     /// A dict key or set member is a list, dict or set (or a tuple holding one), which a
@@ -89,7 +89,7 @@ pub enum DecodeErrorKind {
     /// The input has no bytes at all.
     #[error("input is empty")]
     Empty,
-    /// The version byte names no [`FormatVersion`].
+    /// The version byte names no [`FormatVersion`](super::FormatVersion).
     #[error("dump format version {found}, expected 1 or 2")]
     BadVersion {
         /// The version byte found.
@@ -213,7 +213,7 @@ pub enum DecodeErrorKind {
     /// Containers nest deeper than the limit.
     #[error("containers nest deeper than the limit of {limit}")]
     TooDeep {
-        /// The limit, [`MAX_DEPTH`].
+        /// The limit, [`MAX_DEPTH`](super::MAX_DEPTH).
         limit: usize,
     },
     /// A dict key or set member is unhashable in Python (a list, dict or set, or a
