@@ -52,7 +52,7 @@ CHAOS_ITERATIONS ?= 100
 SOAK_MESSAGES ?= 1000000
 
 .PHONY: demo test test-named venv sshd pypy execnet-peers build test-rust test-python lint bench clean fuzz fuzz-smoke \
-	fuzz-corpus chaos soak jython check-macos bench-ssh
+	fuzz-corpus chaos soak jython check-macos bench-ssh msrv
 
 demo: $(STAMP)
 	cargo build --release
@@ -130,7 +130,7 @@ jython:
 $(STAMP): python-helper/pyproject.toml Makefile
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip setuptools wheel
-	$(VPY) -m pip install --quiet numpy pytest hypothesis execnet xarray
+	$(VPY) -m pip install --quiet numpy pytest hypothesis execnet xarray ruff mypy
 	touch $(STAMP)
 
 # kill -9 of a host or its worker at random moments (tests/chaos.rs); the host is the
@@ -180,9 +180,22 @@ fuzz:
 fuzz-corpus: $(STAMP)
 	$(VPY) fuzz/capture_corpus.py
 
-lint:
+# The gates CI runs before the suite (.ci/run): formatting, clippy, rustdoc without
+# warnings, the declared minimum Rust version, ruff and mypy on the helper.
+lint: $(STAMP)
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
+	cd python-helper && $(VPY) -m ruff check . && $(VPY) -m mypy
+	$(MAKE) --no-print-directory msrv
+
+# The rust-version Cargo.toml declares, checked with that toolchain (rustup installs it
+# when missing; said loudly when it cannot).
+MSRV := $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
+msrv:
+	@if rustup toolchain list | grep -q "^$(MSRV)" || rustup toolchain install $(MSRV) --profile minimal >/dev/null 2>&1; then \
+	  CARGO_TARGET_DIR=target/msrv timeout 1200 cargo +$(MSRV) check --all-targets --quiet && echo "minimum Rust $(MSRV): builds"; \
+	else echo "NOTE: the minimum Rust version check did not run: rustup could not install $(MSRV)"; fi
 
 clean:
 	rm -rf $(VENV) $(PYPY_VENV) $(VENV19) $(PY27_LIB) target

@@ -205,7 +205,7 @@ class Header:
     Instances come from :func:`build_header` and :func:`parse_header`.
     """
 
-    __slots__ = (  # noqa: RUF023 - the order of the byte table
+    __slots__ = (
         "version",
         "header_len",
         "data_len",
@@ -1846,7 +1846,8 @@ def _map(fd: int, size: int, writable: bool, name: str, populate: bool) -> mmap.
             # A mapping needs no descriptor: without trackfd=False the mmap object keeps
             # a duplicate of it for as long as it lives (Python before 3.13 always does).
             try:
-                return mmap.mmap(fd, size, flags=flags, prot=prot, trackfd=False)
+                # (typeshed knows trackfd from Python 3.13 only)
+                return mmap.mmap(fd, size, flags=flags, prot=prot, trackfd=False)  # type: ignore[call-arg,unused-ignore]
             except TypeError:  # an interpreter that does not take it
                 _TRACKFD = False
         return mmap.mmap(fd, size, flags=flags, prot=prot)

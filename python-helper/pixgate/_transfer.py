@@ -158,7 +158,7 @@ def _write_back(held: _Held) -> None:
     gw = _worker.current_gateway()
     table = None if gw is None else gw.conn.descriptors
     try:
-        if table is not None and getattr(table, "by_value", False):
+        if isinstance(table, _worker.ByValueTable):
             table.write_back(held.key, held.generation, seg.data)
     except (OSError, Error):
         pass  # the host is gone
@@ -243,6 +243,8 @@ def _take_descriptor(ref: _wire.DescriptorRef) -> int:
             f"array {ref.key}: a reference by descriptor, and this worker has no "
             "descriptor socket"
         )
+    if not ref.token:
+        raise LoadError(f"array {ref.key}: a reference by descriptor without a token")
     return table.take(ref.token)
 
 
@@ -258,6 +260,7 @@ def _anonymous_segment(
     """
     key = (ref.name, writable)
     fd = None
+    obj: Any
     if ref.token:
         fd = _take_descriptor(ref)
         try:
@@ -315,7 +318,7 @@ def _anonymous_segment(
 
 def _import(ref: _wire.ArrayRef | _wire.DescriptorRef) -> Any:
     """Map a received reference as a numpy array."""
-    if type(ref) is _wire.DescriptorRef:
+    if isinstance(ref, _wire.DescriptorRef):
         return _import_anonymous(ref)
     try:
         if ref.access == _wire.MOVED:
@@ -400,10 +403,10 @@ def _export(obj: object) -> _wire.ArrayRef | _wire.DescriptorRef | None:
         copy = _array.shared_copy(obj)
     except (Error, TypeError, ValueError) as exc:
         raise DumpError(f"cannot share an array of {obj.dtype} {obj.shape}: {exc}") from exc
-    found = _array.segment_of(copy)
-    if found is None:  # pragma: no cover - a shared copy is a segment's whole array
+    made = _array.segment_of(copy)
+    if made is None:  # pragma: no cover - a shared copy is a segment's whole array
         raise DumpError(f"cannot share an array of {obj.dtype} {obj.shape}")
-    seg = found[0]
+    seg = made[0]
     if seg.anonymous:
         return seg.move_out()
     seg.disown()

@@ -108,6 +108,7 @@ __all__ = [
 ]
 
 import struct
+
 # `typing` costs ~15 ms to import; annotations are strings here, so only type
 # checkers need it.
 TYPE_CHECKING = False
@@ -213,7 +214,7 @@ class DescriptorRef:
     """
 
     # In the order of the wire.
-    __slots__ = ("name", "token", "offset", "generation", "access", "outgoing")  # noqa: RUF023
+    __slots__ = ("name", "token", "offset", "generation", "access", "outgoing")
     __hash__ = None  # type: ignore[assignment]  # arrays are not hashable in Python
 
     def __init__(
@@ -945,6 +946,7 @@ def loads_payload(data: bytes | bytearray | memoryview) -> Any:
     # And for a frame of a stream: one array reference, then STOP.
     if buf[n - 1] == 0x51:
         first = buf[0]
+        ref: ArrayRef | DescriptorRef
         if first == 0x55 and n >= 15:
             ref, pos = _array_ref_at(buf, 0, n)
         elif first == 0x56 and n >= 31:
@@ -1228,6 +1230,7 @@ def _decode(
         elif op == 66:  # B CHANNEL
             raise LoadError(f"channel references are not supported (opcode 'B' at offset {pos})")
         elif op == 85 or op == 86:  # U ARRAY, V DESCRIPTOR ARRAY
+            ref: ArrayRef | DescriptorRef
             if op == 85:
                 ref, pos = _array_ref_at(buf, pos, end)
             else:

@@ -34,7 +34,8 @@ except ImportError:  # PyPy
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Iterator
+    from collections.abc import Iterator
+    from typing import Any, Callable
 
 from . import _wire
 from ._errors import (
@@ -42,6 +43,7 @@ from ._errors import (
     ChannelClosed,
     DataFormatError,
     DumpError,
+    Error,
     LoadError,
     ProtocolError,
     RemoteError,
@@ -314,7 +316,7 @@ class ByValueTable:
             self._filed[token] = why
         _warn(why)
 
-    def object(self, payload: bytes) -> None:
+    def object(self, payload: bytes | bytearray) -> None:
         """An OBJECT frame: ``token, size, start`` (u64 each), ``access``, name length
         (u8 each), the sender's name of the object."""
         if len(payload) < 26 or len(payload) != 26 + payload[25]:
@@ -360,7 +362,7 @@ class ByValueTable:
             if b is None:
                 _warn(f"chunk for object {token}, which is not on its way")
                 return
-            fd, size, expected, writable = b
+            fd, size, expected, _writable = b
             n = len(payload) - 16
             why = None
             if offset != expected:
@@ -543,7 +545,11 @@ class _Conn:
     the descriptor socket, when the gateway has one."""
 
     def __init__(
-        self, rfd: int, wfd: int, max_frame: int, descriptors: DescriptorTable | None = None
+        self,
+        rfd: int,
+        wfd: int,
+        max_frame: int,
+        descriptors: DescriptorTable | ByValueTable | None = None,
     ) -> None:
         self.rfd = rfd
         self.wfd = wfd
@@ -573,6 +579,8 @@ class _Conn:
                 if table is None:
                     raise DumpError("this gateway has no descriptor socket")
                 first = table.next_send
+                # dumps_payload_fds makes a bytearray whenever references go out.
+                assert isinstance(payload, bytearray)
                 for i, (offset, ref) in enumerate(outgoing):
                     ref.token = first + i
                     payload[offset : offset + 8] = ref.token.to_bytes(8, "big")
@@ -616,6 +624,7 @@ class _Conn:
     def _write_frame(self, msgtype: int, channel: int, payload: bytes | bytearray) -> None:
         """Write one frame; the caller holds the frame lock."""
         head = _wire.HEADER.pack(msgtype, channel, len(payload))
+        chunks: list[bytes | bytearray]
         if len(payload) < 65536:
             chunks = [head + payload]
         else:
@@ -664,7 +673,7 @@ class _Conn:
         length = _wire.HEADER.unpack_from(self._buf, self._pos)[2]
         return avail >= 9 + length
 
-    def read_frame(self) -> tuple[int, int, bytes | None, int] | None:
+    def read_frame(self) -> tuple[int, int, bytes | bytearray | None, int] | None:
         """Return ``(type, channel, payload, length)``; payload None if oversized."""
         if self._pos == len(self._buf):
             # Nothing buffered: one read usually brings exactly one frame.
@@ -758,7 +767,7 @@ class Channel:
         # a RECONFIGURE for this channel.
         self._strconfig: tuple[bool, bool] = gateway.strconfig
         # Decodes an item's payload with that setting.
-        self._load: Callable[[bytes], Any] = gateway.load
+        self._load: Callable[[bytes | bytearray], Any] = gateway.load
         # Called (it must not raise) when a receive on this channel is about to block:
         # a frame loop sends the releases it holds back (see pixgate.frames).
         self._before_wait: Callable[[], None] | None = None
@@ -1062,7 +1071,7 @@ class _WorkerGateway:
         # String handling copied into each new channel (execnet's gateway default;
         # changed by a RECONFIGURE on channel 0).
         self.strconfig: tuple[bool, bool] = _DEFAULT_STRCONFIG
-        self.load: Callable[[bytes], Any] = _wire.loads_payload
+        self.load: Callable[[bytes | bytearray], Any] = _wire.loads_payload
 
     def channel(self, id: int) -> Channel | None:
         # A single dict lookup is atomic; writers hold the lock.
@@ -1254,7 +1263,9 @@ class _WorkerGateway:
                 return
             task()
 
-    def dispatch(self, msgtype: int, chid: int, payload: bytes | None, length: int) -> bool:
+    def dispatch(
+        self, msgtype: int, chid: int, payload: bytes | bytearray | None, length: int
+    ) -> bool:
         """Handle one frame; True means stop serving."""
         if payload is None:
             ch = self.channel(chid)
@@ -1336,7 +1347,7 @@ class _WorkerGateway:
             _warn(f"unknown message type {msgtype} on channel {chid} ignored")
         return False
 
-    def reconfigure(self, chid: int, payload: bytes) -> None:
+    def reconfigure(self, chid: int, payload: bytes | bytearray) -> None:
         """Apply a RECONFIGURE: ``(py2str_as_py3str, py3str_as_py2str)`` for the channels
         created from now on (channel 0) or for one channel held now."""
         try:
@@ -1356,7 +1367,7 @@ class _WorkerGateway:
             if ch is not None:
                 ch._strconfig, ch._load = config, _loader(config)
 
-    def start_exec(self, chid: int, payload: bytes, main: bool) -> None:
+    def start_exec(self, chid: int, payload: bytes | bytearray, main: bool) -> None:
         with self._lock:
             if chid in self._channels:
                 _warn(f"execution request for channel {chid}, which is in use, ignored")
@@ -1383,7 +1394,7 @@ class _WorkerGateway:
             threading.Thread(target=run, name=f"pixgate-exec-{chid}", daemon=True).start()
 
 
-def _loader(config: tuple[bool, bool]) -> Callable[[bytes], Any]:
+def _loader(config: tuple[bool, bool]) -> Callable[[bytes | bytearray], Any]:
     """A function that decodes a channel payload with the string handling ``config``;
     for the default, the codec's own function (no extra call on the hot path)."""
     if config == _DEFAULT_STRCONFIG:

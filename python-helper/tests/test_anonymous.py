@@ -782,3 +782,17 @@ def test_a_message_whose_descriptors_were_cut_breaks_the_socket(dhost: Host) -> 
         assert_keeps_mappings_not_descriptors(dhost, obj.name)  # what came was closed
     finally:
         obj.close()
+
+
+def test_a_by_value_object_with_a_bad_name_is_refused_under_its_token() -> None:
+    # An OBJECT frame whose name is not a pixgate name: refused for the reference that
+    # names its token (a LoadError there), not an exception in the reader.
+    from pixgate import _worker
+    from pixgate._errors import LoadError as _LoadError
+
+    table = _worker.ByValueTable()
+    for token, name in [(1, b"not-a-name"), (2, b"/pxg-zz-1")]:
+        payload = struct.pack("!QQQ", token, 8192, 0) + bytes([1, len(name)]) + name
+        table.object(payload)
+        with pytest.raises(_LoadError, match=f"object {token} was refused"):
+            table.take(token)

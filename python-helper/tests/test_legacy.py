@@ -18,7 +18,7 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-import pixgate_legacy as L  # noqa: E402
+import pixgate_legacy as L
 
 GOLDEN = os.path.join(os.path.dirname(os.path.dirname(HERE)), "tests", "golden")
 PY3 = sys.version_info[0] >= 3
@@ -242,6 +242,7 @@ class AgainstExecnetAndTheMainHelper(unittest.TestCase):
             return
         try:
             import execnet
+
             from pixgate import _wire
         except ImportError:
             if os.environ.get("PIXGATE_TEST_STRICT") == "1":
