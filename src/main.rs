@@ -11,9 +11,11 @@ mod bench;
 mod demo;
 #[path = "cli/doctor.rs"]
 mod doctor;
+#[path = "cli/exec.rs"]
+mod exec;
 #[path = "cli/segments.rs"]
 mod segments;
-use pixgate::{ErrorKind, Gateway};
+use pixgate::Gateway;
 use segments::{aligned, json_string};
 
 #[derive(Parser)]
@@ -89,8 +91,12 @@ enum Command {
         /// Gateway spec (execnet syntax).
         #[arg(long, default_value = "popen//id=exec")]
         spec: String,
-        /// Seconds to wait for each value (0 waits as long as the worker lives).
-        #[arg(long, default_value_t = 0.0)]
+        /// The worker's interpreter, one path (overrides the spec's `python=`).
+        #[arg(long)]
+        python: Option<String>,
+        /// Seconds to wait for each value; past it the worker is killed and the command
+        /// fails (0 waits as long as the worker lives).
+        #[arg(long, default_value_t = 60.0)]
         timeout: f64,
         /// The Python source.
         source: String,
@@ -177,9 +183,10 @@ fn main() -> ExitCode {
         Command::Doctor { spec } => doctor::run(&spec),
         Command::Exec {
             spec,
+            python,
             timeout,
             source,
-        } => exec(&spec, timeout, &source),
+        } => exec::run(&spec, python.as_deref(), timeout, &source),
         Command::Ls { json } => segments::ls(json),
         Command::Inspect { name } => segments::inspect(&name),
         Command::Gc { dry_run, json } => segments::gc(dry_run, json),
@@ -218,27 +225,5 @@ fn round_trip_demo(spec: &str, round_trips: usize) -> pixgate::Result<ExitCode> 
         demo::fmt(pct(0.9))
     );
     println!("worker ended with {}", status.status_text());
-    Ok(ExitCode::SUCCESS)
-}
-
-fn exec(spec: &str, timeout: f64, source: &str) -> pixgate::Result<ExitCode> {
-    let gw = Gateway::spawn(spec)?;
-    let ch = gw.remote_exec(source)?;
-    loop {
-        let item = if timeout > 0.0 {
-            ch.receive_timeout(Duration::from_secs_f64(timeout))
-        } else {
-            ch.receive()
-        };
-        match item {
-            Ok(v) => println!("{v}"),
-            Err(e) if matches!(e.kind(), ErrorKind::ChannelClosed { .. }) => break,
-            Err(e) => {
-                eprintln!("pixgate: {e}");
-                return Ok(ExitCode::FAILURE);
-            }
-        }
-    }
-    gw.exit(Duration::from_secs(5))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -161,6 +161,56 @@ fn exec_prints_values_and_reports_remote_errors() {
 }
 
 #[test]
+fn exec_prints_arrays_with_dtype_shape_and_a_preview_and_never_waits_forever() {
+    let out = run_pixgate(&[
+        "exec",
+        "--spec",
+        &spec(""),
+        "import numpy as np, pixgate\n\
+         a = pixgate.zeros((3, 4), 'uint16'); a[:] = np.arange(12).reshape(3, 4)\n\
+         channel.send({'labels': a, 'n': 3})\n\
+         channel.send(pixgate.asarray(np.linspace(0, 1, 2000, dtype=np.float32)))",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        stdout.starts_with("{'labels': <array #0>, 'n': 3}\n  #0: array(uint16, shape=(3, 4))\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("[8, 9, 10, 11]]"), "{stdout}");
+    // A long axis is elided: the preview stays short.
+    assert!(stdout.contains("array(float32, shape=(2000,))"), "{stdout}");
+    let long = stdout
+        .lines()
+        .find(|l| l.contains("0.999500"))
+        .expect("preview");
+    assert!(long.contains("...") && long.len() < 200, "{long}");
+    // A worker that sends nothing: the default timeout would end it; a short one does.
+    let t = std::time::Instant::now();
+    let out = run_pixgate(&[
+        "exec",
+        "--spec",
+        &spec(""),
+        "--timeout",
+        "0.5",
+        "import time\ntime.sleep(30)",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no value within 0.5 s"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(t.elapsed() < std::time::Duration::from_secs(20));
+    let help = run_pixgate(&["exec", "--help"]);
+    assert!(
+        text(&help.stdout).contains("[default: 60]"),
+        "{}",
+        text(&help.stdout)
+    );
+}
+
+#[test]
 fn a_bad_spec_is_reported_without_a_panic() {
     let out = run_pixgate(&["exec", "--spec", "popen//bogus=1", "pass"]);
     assert_eq!(out.status.code(), Some(1));
