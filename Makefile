@@ -185,6 +185,7 @@ fuzz-corpus: $(STAMP)
 lint: $(STAMP)
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+	cargo clippy --no-default-features --lib -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
 	cd python-helper && $(VPY) -m ruff check . && $(VPY) -m mypy
 	$(MAKE) --no-print-directory msrv
