@@ -843,34 +843,34 @@ import random, sys
 import execnet
 from execnet import gateway_base as gb
 for line in sys.stdin:
-kind, data = line.split()
-raw = bytes.fromhex(data)
-if kind == "v":
-    print(execnet.dumps(execnet.loads(raw)).hex())
-else:
-    print(gb.dumps_internal(gb.loads_internal(raw)).hex())
+    kind, data = line.split()
+    raw = bytes.fromhex(data)
+    if kind == "v":
+        print(execnet.dumps(execnet.loads(raw)).hex())
+    else:
+        print(gb.dumps_internal(gb.loads_internal(raw)).hex())
 rng = random.Random(20261123)
 def gen(depth):
-kinds = ["none", "bool", "int", "big", "float", "complex", "str", "bytes"]
-if depth < 4:
-    kinds += ["list", "tuple", "dict", "set", "frozenset"]
-k = rng.choice(kinds)
-n = rng.randrange(5)
-if k == "none": return None
-if k == "bool": return rng.random() < 0.5
-if k == "int": return rng.randrange(-2**31, 2**31)
-if k == "big": return rng.randrange(2**31, 2**rng.randrange(32, 400))
-if k == "float": return rng.choice([0.0, -0.0, float("inf"), float("nan"), rng.uniform(-1e300, 1e300), rng.random()])
-if k == "complex": return complex(rng.random(), -rng.random())
-if k == "str": return "".join(chr(rng.choice([rng.randrange(32, 127), rng.randrange(128, 0xD800), rng.randrange(0xE000, 0x110000)])) for _ in range(n))
-if k == "bytes": return bytes(rng.randrange(256) for _ in range(n))
-if k == "list": return [gen(depth + 1) for _ in range(n)]
-if k == "tuple": return tuple(gen(depth + 1) for _ in range(n))
-if k == "dict": return {rng.choice([str(i), i]): gen(depth + 1) for i in range(n)}
-if k == "set": return {rng.randrange(-5, 1000) for _ in range(n)}
-return frozenset(str(rng.randrange(1000)) for _ in range(n))
+    kinds = ["none", "bool", "int", "big", "float", "complex", "str", "bytes"]
+    if depth < 4:
+        kinds += ["list", "tuple", "dict", "set", "frozenset"]
+    k = rng.choice(kinds)
+    n = rng.randrange(5)
+    if k == "none": return None
+    if k == "bool": return rng.random() < 0.5
+    if k == "int": return rng.randrange(-2**31, 2**31)
+    if k == "big": return rng.randrange(2**31, 2**rng.randrange(32, 400))
+    if k == "float": return rng.choice([0.0, -0.0, float("inf"), float("nan"), rng.uniform(-1e300, 1e300), rng.random()])
+    if k == "complex": return complex(rng.random(), -rng.random())
+    if k == "str": return "".join(chr(rng.choice([rng.randrange(32, 127), rng.randrange(128, 0xD800), rng.randrange(0xE000, 0x110000)])) for _ in range(n))
+    if k == "bytes": return bytes(rng.randrange(256) for _ in range(n))
+    if k == "list": return [gen(depth + 1) for _ in range(n)]
+    if k == "tuple": return tuple(gen(depth + 1) for _ in range(n))
+    if k == "dict": return {rng.choice([str(i), i]): gen(depth + 1) for i in range(n)}
+    if k == "set": return {rng.randrange(-5, 1000) for _ in range(n)}
+    return frozenset(str(rng.randrange(1000)) for _ in range(n))
 for _ in range(500):
-print("c", execnet.dumps(gen(0)).hex())
+    print("c", execnet.dumps(gen(0)).hex())
 "#;
 
 /// Values that execnet can dump in an order it keeps: no ints below `i32::MIN`, sets
