@@ -84,6 +84,11 @@ _ARRAY_NAMES = frozenset({"asarray", "empty", "full", "is_shared", "meta", "to_x
 _TRANSFER_NAMES = frozenset({"frames", "release"})
 
 
+def __dir__() -> list[str]:
+    # The public API, lazy names included, so that dir() and help() show the array API.
+    return sorted(set(__all__) | {n for n in globals() if n.startswith("__")})
+
+
 def __getattr__(name: str) -> object:
     if name in _ARRAY_NAMES or name in _TRANSFER_NAMES:
         import importlib

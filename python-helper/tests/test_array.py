@@ -715,3 +715,17 @@ def test_every_shape_received_is_mapped_as_it_is() -> None:
             del got
         _transfer.forget(seg.name)
     gc.collect()
+
+
+def test_dir_and_help_list_the_array_api() -> None:
+    import pydoc
+
+    import pixgate
+
+    names = dir(pixgate)
+    for name in ["zeros", "empty", "full", "asarray", "meta", "frames", "release", "Error"]:
+        assert name in names, name
+    assert "TYPE_CHECKING" not in names and "annotations" not in names
+    text = pydoc.render_doc(pixgate, renderer=pydoc.plaintext)
+    for call in ["zeros(", "empty(", "frames(", "release("]:
+        assert call in text, call
