@@ -805,6 +805,35 @@ impl<T: Element> Drop for SharedArray<T> {
     }
 }
 
+/// A moved array inside a value a worker sent becomes an owned `SharedArray` when the
+/// value is converted with [`from_value`](crate::from_value) or
+/// [`Channel::receive_as`](crate::Channel::receive_as): struct fields, `Vec`s and maps of
+/// arrays (a dict of numpy columns) included. The rules of
+/// [`SharedArray::from_value`] apply; an element type other than `T` fails naming the
+/// field. Only pixgate's own `Value` can produce an array: any other serde format
+/// gets an error.
+impl<'de, T: Element> serde::Deserialize<'de> for SharedArray<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct ArrayVisitor<T>(PhantomData<T>);
+
+        impl<T: Element> serde::de::Visitor<'_> for ArrayVisitor<T> {
+            type Value = SharedArray<T>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "an array of {}", T::DTYPE)
+            }
+
+            fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<Self::Value, E> {
+                let v = crate::serde_value::take_array()
+                    .ok_or_else(|| E::custom("a SharedArray comes only from a pixgate Value"))?;
+                SharedArray::from_value(v).map_err(|e| E::custom(e.to_string()))
+            }
+        }
+
+        d.deserialize_newtype_struct(crate::serde_value::ARRAY_MARKER, ArrayVisitor(PhantomData))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::distinct_elements;

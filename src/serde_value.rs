@@ -564,9 +564,17 @@ impl<'de> de::Deserializer<'de> for Des {
 
     fn deserialize_newtype_struct<V: Visitor<'de>>(
         self,
-        _name: &'static str,
+        name: &'static str,
         visitor: V,
     ) -> Result<V::Value, ConvertError> {
+        if name == ARRAY_MARKER {
+            if let Value::Array(_) = self.0 {
+                // Handed over beside serde: the array's visitor takes it back at once.
+                ARRAY_SLOT.with(|slot| *slot.borrow_mut() = Some(self.0));
+                return visitor.visit_unit();
+            }
+            return self.deserialize_any(visitor);
+        }
         visitor.visit_newtype_struct(self)
     }
 
@@ -682,9 +690,15 @@ fn visit_seq<'de, V: Visitor<'de>>(
     items: Vec<Value>,
     visitor: V,
 ) -> Result<V::Value, ConvertError> {
-    let mut seq = de::value::SeqDeserializer::new(items.into_iter().map(Des));
+    let len = items.len();
+    let mut seq = Items {
+        items: items.into_iter(),
+        index: 0,
+    };
     let out = visitor.visit_seq(&mut seq)?;
-    seq.end()?;
+    if seq.items.len() > 0 {
+        return Err(de::Error::invalid_length(len, &"fewer elements"));
+    }
     Ok(out)
 }
 
@@ -692,11 +706,97 @@ fn visit_map<'de, V: Visitor<'de>>(
     entries: Vec<(Value, Value)>,
     visitor: V,
 ) -> Result<V::Value, ConvertError> {
-    let mut map =
-        de::value::MapDeserializer::new(entries.into_iter().map(|(k, v)| (Des(k), Des(v))));
-    let out = visitor.visit_map(&mut map)?;
-    map.end()?;
-    Ok(out)
+    let mut map = Entries {
+        entries: entries.into_iter(),
+        value: None,
+    };
+    visitor.visit_map(&mut map)
+}
+
+/// The items of a sequence; an item that fails names its index (`[2]: …`).
+struct Items {
+    items: std::vec::IntoIter<Value>,
+    index: usize,
+}
+
+impl<'de> de::SeqAccess<'de> for Items {
+    type Error = ConvertError;
+
+    fn next_element_seed<S: DeserializeSeed<'de>>(
+        &mut self,
+        seed: S,
+    ) -> Result<Option<S::Value>, ConvertError> {
+        let Some(item) = self.items.next() else {
+            return Ok(None);
+        };
+        let at = self.index;
+        self.index += 1;
+        seed.deserialize(Des(item))
+            .map(Some)
+            .map_err(|e| ConvertError(format!("[{at}]: {e}")))
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.items.len())
+    }
+}
+
+/// The entries of a dict; a value that fails names its key (`field "frames": …`).
+struct Entries {
+    entries: std::vec::IntoIter<(Value, Value)>,
+    value: Option<(Value, Value)>,
+}
+
+impl<'de> de::MapAccess<'de> for Entries {
+    type Error = ConvertError;
+
+    fn next_key_seed<S: DeserializeSeed<'de>>(
+        &mut self,
+        seed: S,
+    ) -> Result<Option<S::Value>, ConvertError> {
+        let Some((k, v)) = self.entries.next() else {
+            return Ok(None);
+        };
+        let key = seed.deserialize(Des(k.clone()))?;
+        self.value = Some((k, v));
+        Ok(Some(key))
+    }
+
+    fn next_value_seed<S: DeserializeSeed<'de>>(
+        &mut self,
+        seed: S,
+    ) -> Result<S::Value, ConvertError> {
+        let (k, v) = self
+            .value
+            .take()
+            .ok_or_else(|| ConvertError("a dict value was asked for before its key".into()))?;
+        seed.deserialize(Des(v)).map_err(|e| {
+            let key = match &k {
+                Value::Str(s) => format!("{s:?}"),
+                other => other.to_string(),
+            };
+            ConvertError(format!("field {key}: {e}"))
+        })
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.entries.len())
+    }
+}
+
+/// The newtype name under which [`SharedArray`](crate::SharedArray) asks this
+/// deserializer for an array; no other deserializer knows it.
+pub(crate) const ARRAY_MARKER: &str = "$pixgate::SharedArray";
+
+thread_local! {
+    /// The array reference being deserialized, between the deserializer that met it and
+    /// the array's visitor, which takes it at once.
+    static ARRAY_SLOT: std::cell::RefCell<Option<Value>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Takes the array reference the deserializer just handed over.
+pub(crate) fn take_array() -> Option<Value> {
+    ARRAY_SLOT.with(|slot| slot.borrow_mut().take())
 }
 
 struct EnumAccess {

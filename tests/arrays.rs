@@ -663,3 +663,54 @@ fn wait_released_returns_once_the_worker_lets_go_and_times_out_while_it_holds() 
     drop((a, b));
     assert_no_segments();
 }
+
+#[test]
+fn receive_as_takes_structs_vecs_and_dicts_of_arrays_and_names_the_failing_key() {
+    use std::collections::HashMap;
+
+    #[derive(serde::Deserialize)]
+    struct Result {
+        labels: SharedArray<u16>,
+        stats: Vec<SharedArray<f64>>,
+        count: i64,
+    }
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Wrong {
+        labels: SharedArray<f32>,
+    }
+
+    let _serial = serial();
+    let gw = gateway();
+    let ch = gw
+        .remote_exec(
+            "import numpy as np, pixgate\n\
+             def mk(a):\n    s = pixgate.empty(a.shape, a.dtype); s[...] = a; return s\n\
+             channel.send({'labels': mk(np.arange(6, dtype=np.uint16).reshape(2, 3)),\n\
+                           'stats': [mk(np.zeros(3)), mk(np.ones(4))], 'count': 3})\n\
+             channel.send({'x': mk(np.arange(3.0)), 'y': mk(np.full(3, 2.0))})\n\
+             channel.send({'labels': mk(np.zeros(2, np.uint16))})",
+        )
+        .unwrap();
+    let r: Result = ch.receive_as(Some(T)).unwrap();
+    assert_eq!(r.labels.shape(), &[2, 3]);
+    assert_eq!(r.labels.view().unwrap()[[1, 2]], 5);
+    assert_eq!(r.stats.len(), 2);
+    assert_eq!(r.stats[1].view().unwrap().sum(), 4.0);
+    assert_eq!(r.count, 3);
+    let columns: HashMap<String, SharedArray<f64>> = ch.receive_as(Some(T)).unwrap();
+    assert_eq!(columns["y"].view().unwrap().sum(), 6.0);
+    let err = ch.receive_as::<Wrong>(Some(T)).unwrap_err();
+    assert!(matches!(err.kind(), ErrorKind::Convert(_)), "{err}");
+    assert!(err.to_string().contains("field \"labels\""), "{err}");
+    // Any other serde format cannot make a SharedArray.
+    let bad: std::result::Result<SharedArray<u8>, _> =
+        serde::de::Deserialize::deserialize(serde::de::value::UnitDeserializer::<
+            serde::de::value::Error,
+        >::new());
+    assert!(bad.unwrap_err().to_string().contains("pixgate Value"));
+    drop(ch);
+    gw.exit(T).unwrap();
+    drop((r, columns));
+    assert_no_segments();
+}
