@@ -37,6 +37,10 @@ enum Command {
         /// Gateway spec (execnet syntax).
         #[arg(long, default_value = "popen//id=demo")]
         spec: String,
+        /// The worker's interpreter, one path (as `$PIXGATE_PYTHON`: a spec's `python=`
+        /// wins).
+        #[arg(long)]
+        python: Option<String>,
         /// Size of the stack in MiB (at least one 16 z × 2 c × 1024 × 1024 block).
         #[arg(long, default_value_t = 1024)]
         size_mib: usize,
@@ -85,6 +89,10 @@ enum Command {
         /// Gateway spec (execnet syntax).
         #[arg(long, default_value = "popen//id=doctor")]
         spec: String,
+        /// The worker's interpreter, one path (as `$PIXGATE_PYTHON`: a spec's `python=`
+        /// wins).
+        #[arg(long)]
+        python: Option<String>,
     },
     /// Run Python source in a worker and print every value it sends on `channel`.
     Exec {
@@ -141,20 +149,33 @@ enum Command {
     },
 }
 
+/// `--python`: the interpreter every gateway of this command runs unless its spec
+/// names one, through `$PIXGATE_PYTHON`.
+fn use_python(python: Option<&str>) {
+    if let Some(p) = python {
+        // SAFETY: called on the main thread before any gateway or other thread exists.
+        unsafe { std::env::set_var("PIXGATE_PYTHON", p) };
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo {
             spec,
+            python,
             size_mib,
             no_copy,
             round_trips,
-        } => demo::run(&demo::Options {
-            spec: spec.clone(),
-            size_mib,
-            compare_copy: !no_copy,
-        })
-        .and_then(|()| round_trip_demo(&spec, round_trips)),
+        } => {
+            use_python(python.as_deref());
+            demo::run(&demo::Options {
+                spec: spec.clone(),
+                size_mib,
+                compare_copy: !no_copy,
+            })
+            .and_then(|()| round_trip_demo(&spec, round_trips))
+        }
         Command::Bench {
             quick,
             only,
@@ -180,7 +201,10 @@ fn main() -> ExitCode {
             spin: std::time::Duration::from_micros(spin_us),
             backing_dir,
         }),
-        Command::Doctor { spec } => doctor::run(&spec),
+        Command::Doctor { spec, python } => {
+            use_python(python.as_deref());
+            doctor::run(&spec)
+        }
         Command::Exec {
             spec,
             python,

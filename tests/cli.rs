@@ -218,3 +218,41 @@ fn a_bad_spec_is_reported_without_a_panic() {
     assert!(stderr.contains("unknown key \"bogus\""), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn python_flag_chooses_the_interpreter_and_a_missing_numpy_says_how_to_fix_it() {
+    // A fresh venv without numpy, in a directory whose name has a space.
+    let dir = std::env::temp_dir().join(format!("pixgate cli {} venv", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let made = std::process::Command::new(python())
+        .args(["-m", "venv", "--without-pip"])
+        .arg(&dir)
+        .status()
+        .expect("python -m venv");
+    assert!(made.success());
+    let venv_python = dir.join("bin").join("python");
+    let venv_python = venv_python.to_str().unwrap();
+    let fix = "-m pip install numpy";
+
+    let out = run_pixgate(&["doctor", "--python", venv_python]);
+    let stdout = text(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(fix) && stdout.contains("pixgate cli"),
+        "{stdout}"
+    );
+
+    let out = run_pixgate(&["demo", "--python", venv_python, "--size-mib", "32"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains(fix), "{}", text(&out.stderr));
+
+    let out = run_pixgate(&[
+        "exec",
+        "--python",
+        venv_python,
+        "import sys\nchannel.send(sys.prefix)",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("venv"), "{}", text(&out.stdout));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

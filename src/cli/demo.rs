@@ -81,9 +81,11 @@ pub(crate) fn run(o: &Options) -> pixgate::Result<()> {
         fmt(started)
     );
     if gw.info().numpy_version.is_none() {
-        return Err(pixgate::Error::new(pixgate::ErrorKind::Convert(
-            "the demo needs numpy in the worker's interpreter".into(),
-        )));
+        return Err(pixgate::Error::new(pixgate::ErrorKind::Convert(format!(
+            "the demo needs numpy in the worker's interpreter: {} -m pip install numpy \
+                 (or choose another with --python)",
+            gw.info().executable
+        ))));
     }
 
     println!(

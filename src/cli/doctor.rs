@@ -188,7 +188,10 @@ pub(crate) fn run(spec: &str) -> pixgate::Result<ExitCode> {
                     println!("numpy            absent (arrays travel as Java NIO buffers)")
                 }
                 None => {
-                    println!("numpy            absent (needed for arrays: pip install numpy)");
+                    println!(
+                        "numpy            absent (needed for arrays: {} -m pip install numpy)",
+                        i.executable
+                    );
                     ok = false;
                 }
             }
