@@ -168,6 +168,18 @@ class Host:
             assert ch == channel, (t, ch)
             return t, (_wire.loads_payload(payload) if payload else None)
 
+    def next_on_each(self, channels: list[int]) -> dict[int, tuple[int, Any]]:
+        """The next frame (output skipped) on each of ``channels``, in whatever order
+        their threads answer: remote code on two channels runs concurrently."""
+        got: dict[int, tuple[int, Any]] = {}
+        while len(got) < len(channels):
+            t, ch, payload = self.frame()
+            if t == OUTPUT:
+                continue
+            assert ch in channels and ch not in got, (t, ch, got)
+            got[ch] = (t, _wire.loads_payload(payload) if payload else None)
+        return got
+
     def exec(self, channel: int, source: str, main: bool = False) -> None:
         task = _wire.dumps_payload((source, None, None, {}))
         self.send(EXEC_MAIN if main else CHANNEL_EXEC, channel, task)
@@ -512,8 +524,10 @@ def test_reconfigure_of_the_gateway_applies_to_channels_created_after_it(host: H
     for chid in (45, 47):
         host.send(CHANNEL_DATA, chid, STRINGS)
     # The channel that existed keeps the default, as in execnet; the new one has it.
-    assert host.next_on(45) == (CHANNEL_DATA, repr(STRINGS_AS[True, False]))
-    assert host.next_on(47) == (CHANNEL_DATA, repr(STRINGS_AS[False, True]))
+    assert host.next_on_each([45, 47]) == {
+        45: (CHANNEL_DATA, repr(STRINGS_AS[True, False])),
+        47: (CHANNEL_DATA, repr(STRINGS_AS[False, True])),
+    }
     # Exec requests load with execnet's fixed defaults: the source (an N) stayed a str,
     # or channel 47 would have ended with a bad exec request.
 
