@@ -30,9 +30,12 @@ from __future__ import annotations
 
 __all__ = ["FORGET", "RELEASE", "forget", "frames", "install", "release"]
 
+import gc
 import os
 import struct
 import sys
+import threading
+import time
 
 from . import _array, _segment, _wire, _worker
 from ._errors import DumpError, Error, LoadError, ReleaseError
@@ -48,6 +51,72 @@ RELEASE = 36
 FORGET = 37
 
 
+class _Collector:
+    """Collects garbage while leases are out, on an interpreter without reference
+    counting (PyPy).
+
+    There an array the remote code drops goes only when the garbage collector runs,
+    and with it the lease that gives the host its array back: an idle worker would keep
+    a lent array from the host for ever. While any lease is out, a daemon thread runs
+    the collector: ``FIRST`` seconds after a lease is made or one came back, then at
+    doubling intervals up to ``LAST`` seconds. CPython frees an array when its last
+    reference goes, and never starts the thread.
+    """
+
+    FIRST = 0.01
+    LAST = 1.0
+
+    def __init__(self) -> None:
+        self.out = 0
+        self._cond = threading.Condition()
+        self._started = False
+        self._active = sys.implementation.name != "cpython"
+
+    def leased(self) -> None:
+        """A lease was made."""
+        if not self._active:
+            return
+        with self._cond:
+            self.out += 1
+            if not self._started:
+                self._started = True
+                threading.Thread(target=self._run, name="pixgate-collector", daemon=True).start()
+            self._cond.notify()
+
+    def returned(self) -> None:
+        """A lease came back (released, sent back, or its array was collected)."""
+        if not self._active:
+            return
+        with self._cond:
+            self.out -= 1
+            self._cond.notify()
+
+    def _run(self) -> None:
+        delay = self.FIRST
+        due = time.monotonic() + delay
+        seen = 0
+        while True:
+            with self._cond:
+                while self.out == 0:
+                    self._cond.wait()
+                    delay = self.FIRST
+                    due = time.monotonic() + delay
+                if self.out != seen:  # activity: collect soon again
+                    seen = self.out
+                    delay = self.FIRST
+                    due = min(due, time.monotonic() + delay)
+                left = due - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+            gc.collect()
+            delay = min(delay * 2, self.LAST)
+            due = time.monotonic() + delay
+
+
+_collector = _Collector()
+
+
 class _Held:
     """One shared or lent reference from the host, mapped here: the lease of its array.
 
@@ -57,7 +126,7 @@ class _Held:
     """
 
     __slots__ = (
-        "name", "generation", "access", "returned", "key", "offset", "anonymous", "copy"
+        "name", "generation", "access", "_returned", "key", "offset", "anonymous", "copy"
     )
 
     def __init__(
@@ -72,13 +141,25 @@ class _Held:
         self.name = name
         self.generation = generation
         self.access = access
-        self.returned = False
+        self._returned = False
+        _collector.leased()
         self.key = name if key is None else key
         self.offset = offset
         self.anonymous = anonymous
         #: By value, for a lend: the segment of this process's copy, whose pixels go
         #: back to the host before the release (docs/PROTOCOL.md 4.14).
         self.copy: Segment | None = None
+
+    @property
+    def returned(self) -> bool:
+        """Whether the array went back to the host (released or sent back)."""
+        return self._returned
+
+    @returned.setter
+    def returned(self, value: bool) -> None:
+        if value and not self._returned:
+            _collector.returned()
+        self._returned = value
 
     def reference(self) -> _wire.ArrayRef | _wire.DescriptorRef:
         """The reference that gives the array back: as it came, token 0 for an

@@ -3,7 +3,6 @@ and ownership, metadata, and the public functions."""
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import our_segments
+from conftest import collect, our_segments
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -138,7 +137,7 @@ def test_every_dtype_and_layout_reads_back_in_another_process(dtype: str) -> Non
     for arr, (_, _, _, values) in zip(arrays, expected):
         np.testing.assert_array_equal(arr, values)  # the reader changed nothing
     del segs, arrays
-    gc.collect()
+    collect()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -213,7 +212,7 @@ def test_views_match_a_naive_byte_offset_oracle(dtype: str, axes: list[tuple[int
         assert arr[index].tobytes() == raw
     assert arr.shape == shape and arr.strides == strides
     del arr, data, seg
-    gc.collect()
+    collect()
 
 
 # ---------------------------------------------------------------------------------------
@@ -258,19 +257,19 @@ def test_the_array_keeps_its_mapping_alive() -> None:
     assert seg.closed and reader.closed
     assert mapped(seg.name)  # the arrays still use the mapping
     del seg, reader
-    gc.collect()
+    collect()
     # The owner's segment object is alive through its array, so nothing was unlinked.
     assert len(our_segments()) == 1
     np.testing.assert_array_equal(view, np.arange(10, 20))
     arr[15] = -1
     assert view[5] == -1
     del arr
-    gc.collect()
+    collect()
     # The segment is unlinked; the reader's mapping of it stays valid.
     assert our_segments() == []
     np.testing.assert_array_equal(view[:5], np.arange(10, 15))
     del view
-    gc.collect()
+    collect()
 
 
 def mapped(name: str) -> bool:
@@ -297,14 +296,14 @@ def test_a_closed_segment_is_unmapped_when_its_last_array_goes() -> None:
     view[...] = 7
     assert int(view.sum()) == 3500
     del view
-    gc.collect()
+    collect()
     # No array is left: the mapping is gone (the segment itself stays until its owner,
     # the segment object, goes).
     assert not mapped(seg.name)
     assert our_segments() == [seg.name[1:]]
     seg.close()  # again: nothing happens
     del seg
-    gc.collect()
+    collect()
 
 
 def test_closing_an_unused_segment_unmaps_it() -> None:
@@ -351,13 +350,13 @@ def test_a_view_keeps_the_segment_and_its_ownership() -> None:
     arr[...] = np.arange(10)
     view = arr[2:5]
     del arr
-    gc.collect()
+    collect()
     assert len(our_segments()) == 1
     seg, whole = _array.segment_of(view)
     assert seg.owned and not whole
     np.testing.assert_array_equal(view, [2, 3, 4])
     del view, seg
-    gc.collect()
+    collect()
     assert our_segments() == []
     assert _array._anchors == {}
 
@@ -371,7 +370,7 @@ def test_an_owned_array_is_unlinked_when_collected() -> None:
     name = _array.segment_of(arr)[0].name
     assert os.path.exists("/dev/shm" + name)
     del arr
-    gc.collect()
+    collect()
     assert not os.path.exists("/dev/shm" + name)
 
 
@@ -381,7 +380,7 @@ def test_a_disowned_array_is_kept() -> None:
     name = seg.name
     assert not seg.owned and name not in _segment.owned_names()
     del arr, seg
-    gc.collect()
+    collect()
     assert os.path.exists("/dev/shm" + name)
     received = _array.map_array(_segment.open(name))
     np.testing.assert_array_equal(received, [7, 7])
@@ -529,7 +528,7 @@ def test_to_xarray() -> None:
     plain = pixgate.to_xarray(np.zeros((2, 2)))
     assert plain.dims == ("dim_0", "dim_1") and plain.attrs == {}
     del da, arr
-    gc.collect()
+    collect()
 
 
 # ---------------------------------------------------------------------------------------
@@ -714,7 +713,7 @@ def test_every_shape_received_is_mapped_as_it_is() -> None:
             np.testing.assert_array_equal(got, owner)
             del got
         _transfer.forget(seg.name)
-    gc.collect()
+    collect()
 
 
 def test_dir_and_help_list_the_array_api() -> None:

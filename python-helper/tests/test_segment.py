@@ -4,7 +4,6 @@ Rust side, property tests), segment creation and validation on open, and ownersh
 from __future__ import annotations
 
 import errno
-import gc
 import json
 import math
 import mmap
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import collect
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -719,7 +719,7 @@ def test_segments_in_a_directory() -> None:
         del other
         seg_name = seg.name
         del seg
-        gc.collect()
+        collect()
         assert not os.path.exists(os.path.join(directory, seg_name[1:]))
 
 
@@ -750,7 +750,7 @@ def small_tmpfs() -> Iterator[str]:
     try:
         yield directory
     finally:
-        gc.collect()
+        collect()
         if subprocess.run(["umount", directory], check=False, timeout=TIMEOUT).returncode:
             subprocess.run(["umount", "-l", directory], check=True, timeout=TIMEOUT)
         os.rmdir(directory)
@@ -775,7 +775,7 @@ def test_an_owned_segment_is_unlinked_when_its_object_is_freed() -> None:
     path = shm_path(seg)
     assert seg.name in _segment.owned_names()
     del seg
-    gc.collect()
+    collect()
     assert not os.path.exists(path)
 
 
@@ -785,13 +785,13 @@ def test_a_disowned_segment_is_kept() -> None:
     seg.disown()
     assert not seg.owned and name not in _segment.owned_names()
     del seg
-    gc.collect()
+    collect()
     assert os.path.exists(shm_path(name))
     adopted = _segment.open(name)
     adopted.adopt()
     assert adopted.owned
     del adopted
-    gc.collect()
+    collect()
     assert not os.path.exists(shm_path(name))
 
 
@@ -813,7 +813,7 @@ def test_opened_segments_are_not_owned() -> None:
     seg = _segment.create("|u1", (1,))
     other = _segment.open(seg.name)
     del other
-    gc.collect()
+    collect()
     assert os.path.exists(shm_path(seg))
     seg.unlink()
     with pytest.raises(SegmentError) as info:
@@ -874,7 +874,7 @@ seg = _segment.create("|u1", (1,))
 pid = os.fork()
 if pid == 0:
     del seg
-    gc.collect()
+    collect()
     sys.exit(0)
 os.waitpid(pid, 0)
 print(os.path.exists("/dev/shm" + seg.name), flush=True)
@@ -987,11 +987,11 @@ def test_dropped_segment_objects_end_their_use_of_the_mapping() -> None:
             struct.pack_into("<I", mm, 56, header.flags | _segment.FLAG_POOL_SLOT)
             seg.bump_generation()
             reader = reader.reread()
-            gc.collect()
+            collect()
             assert (reader.dtype, reader.shape) == (dtype, shape)
             assert mapping.uses == 1
         del reader
-        gc.collect()
+        collect()
         assert mapping.uses == 0 and mapping.mm is None  # the last object went: unmapped
     finally:
         seg.unlink()
@@ -1070,7 +1070,7 @@ def test_an_anonymous_segment_is_a_sealed_memfd_with_no_name_in_dev_shm() -> Non
     finally:
         seg.close()
     del seg
-    gc.collect()
+    collect()
     assert memfd_links(name) == 0 and mapped(name) == [], "it goes with its last holder"
 
 
@@ -1103,7 +1103,7 @@ def test_an_adopted_anonymous_segment_keeps_the_descriptor_it_came_with() -> Non
     fd = os.dup(made.descriptor)
     made.close()
     del made
-    gc.collect()
+    collect()
     seg = _segment.at_offset(mapping, size, name, 0, True)
     assert not seg.owned and seg.descriptor is None
     seg.adopt(fd)
@@ -1111,7 +1111,7 @@ def test_an_adopted_anonymous_segment_keeps_the_descriptor_it_came_with() -> Non
     assert (seg.owner_pid, seg.state) == (os.getpid(), _segment.STATE_OWNED)
     seg.close()
     del seg
-    gc.collect()
+    collect()
     assert memfd_links(name) == 0 and mapped(name) == []
 
 
