@@ -13,10 +13,12 @@ mod demo;
 mod doctor;
 #[path = "cli/exec.rs"]
 mod exec;
+#[path = "cli/json.rs"]
+mod json;
 #[path = "cli/segments.rs"]
 mod segments;
 use pixgate::Gateway;
-use segments::{aligned, json_string};
+use segments::aligned;
 
 #[derive(Parser)]
 #[command(
