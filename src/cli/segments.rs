@@ -10,7 +10,10 @@ use serde::Serialize;
 /// `pixgate ls`: one line, or one JSON object, per pixgate segment of this user: the
 /// named ones in /dev/shm and the anonymous ones its processes hold or map, by key.
 pub(crate) fn ls(json: bool) -> pixgate::Result<ExitCode> {
+    let progress =
+        crate::progress::spinner("listing segments: /dev/shm, then the processes in /proc");
     let mut segments = segment::list();
+    progress.finish_and_clear();
     segments.sort_by(|a, b| a.key.cmp(&b.key));
     if json {
         let rows: Vec<SegmentJson<'_>> = segments.iter().map(SegmentJson::of).collect();
@@ -243,7 +246,10 @@ impl<'a> SegmentJson<'a> {
 /// `pixgate gc`: sweeps /dev/shm and prints each segment removed (or, with `dry_run`,
 /// that would be removed) with its reason, then the count.
 pub(crate) fn gc(dry_run: bool, json: bool) -> pixgate::Result<ExitCode> {
-    let report = segment::sweep(dry_run)?;
+    let progress = crate::progress::spinner("sweeping /dev/shm");
+    let report = segment::sweep(dry_run);
+    progress.finish_and_clear();
+    let report = report?;
     if json {
         emit(&format!("{}\n", sweep_json(&report, dry_run)))?;
     } else {
@@ -332,8 +338,11 @@ struct SweptJson<'a> {
 /// when the segment fails validation, after printing what could be read.
 pub(crate) fn inspect(name: &str) -> pixgate::Result<ExitCode> {
     let name = segment_name(name);
+    let progress = crate::progress::spinner(format!("looking for {name}"));
     // Validates the name before any system call, and reports a missing segment.
-    let info = segment::inspect(&name)?;
+    let info = segment::inspect(&name);
+    progress.finish_and_clear();
+    let info = info?;
     emit(&inspect_report(&info))?;
     match &info.problem {
         None => Ok(ExitCode::SUCCESS),
