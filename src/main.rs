@@ -1,7 +1,6 @@
 //! The `pixgate` command line: `demo`, `bench`, `doctor`, `exec`, `ls`, `inspect`, `gc`.
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 
@@ -13,10 +12,13 @@ mod demo;
 mod doctor;
 #[path = "cli/exec.rs"]
 mod exec;
+#[path = "cli/json.rs"]
+mod json;
+#[path = "cli/progress.rs"]
+mod progress;
 #[path = "cli/segments.rs"]
 mod segments;
-use pixgate::Gateway;
-use segments::{aligned, json_string};
+use segments::aligned;
 
 #[derive(Parser)]
 #[command(
@@ -170,11 +172,12 @@ fn main() -> ExitCode {
         } => {
             use_python(python.as_deref());
             demo::run(&demo::Options {
-                spec: spec.clone(),
+                spec,
                 size_mib,
                 compare_copy: !no_copy,
+                round_trips,
             })
-            .and_then(|()| round_trip_demo(&spec, round_trips))
+            .map(|()| ExitCode::SUCCESS)
         }
         Command::Bench {
             quick,
@@ -222,32 +225,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Times small-value round trips on a fresh gateway.
-fn round_trip_demo(spec: &str, round_trips: usize) -> pixgate::Result<ExitCode> {
-    let timeout = Duration::from_secs(30);
-    let gw = Gateway::spawn(spec)?;
-    let echo = gw.remote_exec("for x in channel:\n    channel.send(x)")?;
-    let mut samples = Vec::with_capacity(round_trips);
-    for i in 0..round_trips.max(1) {
-        let t = Instant::now();
-        echo.send(i as i64)?;
-        echo.receive_timeout(timeout)?;
-        samples.push(t.elapsed());
-    }
-    echo.close()?;
-    samples.sort();
-    let pct = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize];
-    let status = gw.exit(Duration::from_secs(5))?;
-    println!();
-    println!(
-        "small-value round trip, median of {}: {} (p10 {}, p90 {})",
-        samples.len(),
-        demo::fmt(pct(0.5)),
-        demo::fmt(pct(0.1)),
-        demo::fmt(pct(0.9))
-    );
-    println!("worker ended with {}", status.status_text());
-    Ok(ExitCode::SUCCESS)
 }

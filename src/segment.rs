@@ -6,12 +6,12 @@
 //! creates, opens, validates, inspects and removes them; typed views over the data
 //! belong to the layers above.
 //!
-//! The public part is the inspection API behind `pixgate ls` and `pixgate inspect`:
-//! [`list`], [`inspect`], [`SegmentInfo`] and [`Holder`] (named segments from
+//! The public part is the inspection API, which `pixgate ls` and `pixgate inspect`
+//! print: [`list`], [`inspect`], [`SegmentInfo`] and [`Holder`] (named segments from
 //! `/dev/shm`, anonymous ones from the descriptors and mappings in `/proc`), the
-//! liveness helpers [`process_start_time`] and [`creator_alive`], the check behind
-//! `pixgate doctor`'s memfd line ([`probe_anonymous`]), and [`SegmentProblem`], the
-//! reason carried by
+//! liveness helpers [`process_start_time`] and [`creator_alive`], [`probe_anonymous`]
+//! (whether the anonymous transport works here; `pixgate doctor`'s memfd line), and
+//! [`SegmentProblem`], the reason carried by
 //! [`ErrorKind::Segment`](crate::ErrorKind::Segment); and the sweeper behind
 //! `pixgate gc` and the sweep at gateway start: [`sweep`], [`sweep_in`], [`Swept`],
 //! [`SweepReason`], [`SweepReport`].

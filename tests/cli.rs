@@ -15,6 +15,18 @@ fn line_of<'a>(stdout: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key:?} line in:\n{stdout}"))
 }
 
+/// Piped, as here, a command draws no progress bar: no carriage return or escape
+/// sequence in its output.
+fn assert_no_progress(out: &std::process::Output) {
+    for stream in [&out.stdout, &out.stderr] {
+        let stream = text(stream);
+        assert!(
+            !stream.contains('\r') && !stream.contains('\u{1b}'),
+            "{stream:?}"
+        );
+    }
+}
+
 #[test]
 fn doctor_reports_interpreter_numpy_shm_and_huge_pages() {
     let out = run_pixgate(&["doctor", "--spec", &spec("")]);
@@ -127,6 +139,7 @@ fn demo_runs_the_stack_job_both_ways_and_prints_its_timings() {
     ]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert_no_progress(&out);
     for needle in [
         "1×16×2×1024×1024 (t z c y x) uint16 stack: 64 MiB",
         "move data (stack there, results back)",
@@ -150,6 +163,7 @@ fn exec_prints_values_and_reports_remote_errors() {
     ]);
     assert!(out.status.success());
     assert_eq!(text(&out.stdout), "[1, 'two', (3.0, None)]\n");
+    assert_eq!(text(&out.stderr), "");
 
     let out = run_pixgate(&["exec", "--spec", &spec(""), "1 / 0"]);
     assert!(!out.status.success());

@@ -43,6 +43,8 @@ pub(crate) struct Options {
     pub spec: String,
     pub size_mib: usize,
     pub compare_copy: bool,
+    /// Small-value round trips to time at the end.
+    pub round_trips: usize,
 }
 
 /// The results as they arrived: arrays that moved, or decoded copies.
@@ -60,6 +62,8 @@ struct Run {
     total: Duration,
 }
 
+/// Runs the demo, with a progress bar over its steps on a terminal: starting the
+/// worker, making the stack, each exchange, the round trips.
 pub(crate) fn run(o: &Options) -> pixgate::Result<()> {
     // T, Z, C, Y, X with 2 channels of 1024×1024 planes; T grows to reach the size.
     let (z, c, y, x) = (16usize, 2usize, 1024usize, 1024usize);
@@ -68,18 +72,23 @@ pub(crate) fn run(o: &Options) -> pixgate::Result<()> {
     let shape = [t, z, c, y, x];
     let bytes = shape.iter().product::<usize>() * 2;
 
+    let progress = crate::progress::bar(4 + u64::from(o.compare_copy));
+    let say = |text: String| progress.suspend(|| println!("{text}"));
+
+    progress.set_message("starting the worker");
     let t0 = Instant::now();
     let gw = Gateway::builder(&o.spec)
         .max_frame_len(i32::MAX as u32)
+        .output(crate::progress::worker_output(&progress))
         .spawn()?;
     let started = t0.elapsed();
-    println!(
+    say(format!(
         "gateway {}: Python {}, numpy {}, started in {}",
         gw.id(),
         gw.info().python_version,
         gw.info().numpy_version.as_deref().unwrap_or("absent"),
         fmt(started)
-    );
+    ));
     if gw.info().numpy_version.is_none() {
         return Err(pixgate::Error::new(pixgate::ErrorKind::Convert(format!(
             "the demo needs numpy in the worker's interpreter: {} -m pip install numpy \
@@ -87,8 +96,9 @@ pub(crate) fn run(o: &Options) -> pixgate::Result<()> {
             gw.info().executable
         ))));
     }
+    progress.inc(1);
 
-    println!(
+    say(format!(
         "making a {}×{}×{}×{}×{} (t z c y x) uint16 stack: {}",
         t,
         z,
@@ -96,7 +106,8 @@ pub(crate) fn run(o: &Options) -> pixgate::Result<()> {
         y,
         x,
         human(bytes)
-    );
+    ));
+    progress.set_message(format!("making the {} stack", human(bytes)));
     let t1 = Instant::now();
     let mut stack = SharedArray::<u16>::zeros(&shape)?;
     let allocated = t1.elapsed();
@@ -111,11 +122,17 @@ pub(crate) fn run(o: &Options) -> pixgate::Result<()> {
     let t2 = Instant::now();
     fill(&mut stack)?;
     let filled = t2.elapsed();
+    progress.inc(1);
 
     let ch = gw.remote_exec(WORKER)?;
+    progress.set_message("sharing the stack with the worker");
     let shared = exchange(&ch, &mut stack, false)?;
+    progress.inc(1);
     let copied = if o.compare_copy {
-        Some(exchange(&ch, &mut stack, true)?)
+        progress.set_message("copying the stack through the pipe");
+        let copied = exchange(&ch, &mut stack, true)?;
+        progress.inc(1);
+        Some(copied)
     } else {
         None
     };
@@ -123,14 +140,13 @@ pub(crate) fn run(o: &Options) -> pixgate::Result<()> {
     ch.wait_close(Some(TIMEOUT))?;
     gw.exit(Duration::from_secs(10))?;
 
-    println!();
-    println!(
-        "{:<38} {:>16} {:>16}",
+    let mut table = format!(
+        "\n{:<38} {:>16} {:>16}\n",
         "step", "shared memory", "copying bytes"
     );
-    let row = |name: &str, a: Duration, b: Option<Duration>| {
+    let mut row = |name: &str, a: Duration, b: Option<Duration>| {
         let b = b.map(fmt).unwrap_or_else(|| "-".into());
-        println!("{name:<38} {:>16} {b:>16}", fmt(a));
+        table.push_str(&format!("{name:<38} {:>16} {b:>16}\n", fmt(a)));
     };
     row("allocate the stack (reserve pages)", allocated, None);
     row("fill it (first touch of every page)", filled, None);
@@ -155,15 +171,54 @@ pub(crate) fn run(o: &Options) -> pixgate::Result<()> {
         copied.as_ref().map(|r| r.total),
     );
     if let Some(c) = &copied {
-        println!(
-            "\nsharing instead of copying: the exchange is {:.1}× faster; moving the data for {} takes {} instead of {}",
+        table.push_str(&format!(
+            "\nsharing instead of copying: the exchange is {:.1}× faster; moving the data for {} takes {} instead of {}\n",
             c.total.as_secs_f64() / shared.total.as_secs_f64(),
             human(bytes),
             fmt(shared.handoff),
             fmt(c.handoff)
-        );
+        ));
     }
+    progress.suspend(|| print!("{table}"));
+
+    progress.set_message(format!("{} small-value round trips", o.round_trips.max(1)));
+    let trips = round_trips(&o.spec, o.round_trips, &progress)?;
+    progress.finish_and_clear();
+    print!("{trips}");
     Ok(())
+}
+
+/// Times small-value round trips on a fresh gateway; the lines reporting them.
+fn round_trips(
+    spec: &str,
+    round_trips: usize,
+    progress: &indicatif::ProgressBar,
+) -> pixgate::Result<String> {
+    let timeout = Duration::from_secs(30);
+    let gw = Gateway::builder(spec)
+        .output(crate::progress::worker_output(progress))
+        .spawn()?;
+    let echo = gw.remote_exec("for x in channel:\n    channel.send(x)")?;
+    let mut samples = Vec::with_capacity(round_trips);
+    for i in 0..round_trips.max(1) {
+        let t = Instant::now();
+        echo.send(i as i64)?;
+        echo.receive_timeout(timeout)?;
+        samples.push(t.elapsed());
+    }
+    echo.close()?;
+    samples.sort();
+    let pct = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize];
+    let status = gw.exit(Duration::from_secs(5))?;
+    progress.inc(1);
+    Ok(format!(
+        "\nsmall-value round trip, median of {}: {} (p10 {}, p90 {})\nworker ended with {}\n",
+        samples.len(),
+        fmt(pct(0.5)),
+        fmt(pct(0.1)),
+        fmt(pct(0.9)),
+        status.status_text()
+    ))
 }
 
 /// A deterministic pattern whose maxima are easy to check: value = (t·Z + z)·3 + c + y + x
@@ -265,7 +320,7 @@ fn exchange(
 }
 
 /// A duration in µs, ms or s, whichever reads best.
-pub(crate) fn fmt(d: Duration) -> String {
+fn fmt(d: Duration) -> String {
     let us = d.as_secs_f64() * 1e6;
     if us < 1000.0 {
         format!("{us:.1} µs")

@@ -177,7 +177,12 @@ fn descriptors_text() -> String {
 
 pub(crate) fn run(spec: &str) -> pixgate::Result<ExitCode> {
     let mut ok = true;
-    match Gateway::spawn(spec) {
+    let progress = crate::progress::spinner(format!("starting a worker of {spec}"));
+    let spawned = Gateway::builder(spec)
+        .output(crate::progress::worker_output(&progress))
+        .spawn();
+    progress.finish_and_clear();
+    match spawned {
         Ok(gw) => {
             let i = gw.info();
             println!("interpreter      {}", i.executable);
@@ -195,11 +200,13 @@ pub(crate) fn run(spec: &str) -> pixgate::Result<ExitCode> {
                     ok = false;
                 }
             }
+            let progress = crate::progress::spinner("asking the worker about its platform");
             let probe = gw.remote_exec(WORKER_PROBE)?;
             let worker = match probe.receive_timeout(Duration::from_secs(10)) {
                 Ok(v) => Worker::from_value(&v, &i.python_version),
                 Err(_) => None,
             };
+            progress.finish_and_clear();
             if let Some(w) = &worker {
                 println!("platform         {} (64-bit: {})", w.platform, w.bits64);
             }

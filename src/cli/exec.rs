@@ -8,29 +8,42 @@ use pixgate::{Element, ErrorKind, Gateway, SharedArray, Value};
 
 /// Runs `source` in a worker of `spec` (with `python` as its interpreter when given)
 /// and prints every value it sends until the channel closes. Each value is awaited at
-/// most `timeout` seconds (0: as long as the worker lives).
+/// most `timeout` seconds (0: as long as the worker lives). On a terminal a spinner on
+/// stderr says what it waits for.
 pub(crate) fn run(
     spec: &str,
     python: Option<&str>,
     timeout: f64,
     source: &str,
 ) -> pixgate::Result<ExitCode> {
-    let mut builder = Gateway::builder(spec);
+    let progress = crate::progress::spinner("starting the worker");
+    let mut builder = Gateway::builder(spec).output(crate::progress::worker_output(&progress));
     if let Some(p) = python {
         builder = builder.python(p);
     }
     let gw = builder.spawn()?;
     let ch = gw.remote_exec(source)?;
+    let waiting = if timeout > 0.0 {
+        format!("waiting for a value from the worker (at most {timeout} s each, --timeout)")
+    } else {
+        "waiting for a value from the worker (as long as it lives, --timeout 0)".to_string()
+    };
     loop {
+        progress.set_message(waiting.clone());
+        progress.reset_elapsed();
         let item = if timeout > 0.0 {
             ch.receive_timeout(Duration::from_secs_f64(timeout))
         } else {
             ch.receive()
         };
         match item {
-            Ok(v) => println!("{}", render(v)),
+            Ok(v) => {
+                let text = render(v);
+                progress.suspend(|| println!("{text}"));
+            }
             Err(e) if matches!(e.kind(), ErrorKind::ChannelClosed { .. }) => break,
             Err(e) => {
+                progress.finish_and_clear();
                 if matches!(e.kind(), ErrorKind::Timeout { .. }) {
                     eprintln!(
                         "pixgate: no value within {timeout} s (--timeout; 0 waits as long \
@@ -44,7 +57,9 @@ pub(crate) fn run(
             }
         }
     }
+    progress.set_message("waiting for the worker to exit");
     gw.exit(Duration::from_secs(5))?;
+    progress.finish_and_clear();
     Ok(ExitCode::SUCCESS)
 }
 

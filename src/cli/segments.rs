@@ -1,18 +1,23 @@
 //! `pixgate ls`, `pixgate inspect` and `pixgate gc`: what the segment layer finds and
-//! sweeps, as tables, reports and hand-written JSON.
+//! sweeps, as tables, reports and JSON.
 
 use std::process::ExitCode;
 
 use pixgate::Value;
 use pixgate::segment::{self, SegmentInfo, SweepReport};
+use serde::Serialize;
 
 /// `pixgate ls`: one line, or one JSON object, per pixgate segment of this user: the
 /// named ones in /dev/shm and the anonymous ones its processes hold or map, by key.
 pub(crate) fn ls(json: bool) -> pixgate::Result<ExitCode> {
+    let progress =
+        crate::progress::spinner("listing segments: /dev/shm, then the processes in /proc");
     let mut segments = segment::list();
+    progress.finish_and_clear();
     segments.sort_by(|a, b| a.key.cmp(&b.key));
     if json {
-        emit(&format!("{}\n", segments_json(&segments)))?;
+        let rows: Vec<SegmentJson<'_>> = segments.iter().map(SegmentJson::of).collect();
+        emit(&format!("{}\n", segments_json(&rows)))?;
     } else if segments.is_empty() {
         emit("no pixgate segments\n")?;
     } else {
@@ -174,101 +179,77 @@ fn one_line(text: &str) -> String {
         .collect()
 }
 
-/// `ls --json`: an array of objects, one per segment; unknown fields are `null`.
-fn segments_json(segments: &[SegmentInfo]) -> String {
-    if segments.is_empty() {
-        return "[]".to_string();
-    }
-    let objects: Vec<String> = segments.iter().map(segment_json).collect();
-    format!("[\n  {}\n]", objects.join(",\n  "))
+/// `ls --json`: an array of objects, one per segment and one a line; unknown fields are
+/// `null`.
+fn segments_json(segments: &[SegmentJson<'_>]) -> String {
+    crate::json::to_string(segments, 1)
 }
 
-fn segment_json(s: &SegmentInfo) -> String {
-    let null = || "null".to_string();
-    let number = |n: Option<u64>| n.map_or_else(null, |n| n.to_string());
-    let strings = |v: &[String]| {
-        let items: Vec<String> = v.iter().map(|s| json_string(s)).collect();
-        format!("[{}]", items.join(", "))
-    };
-    let holders: Vec<String> = s
-        .holders
-        .iter()
-        .map(|h| format!("{{\"pid\": {}, \"fd\": {}}}", h.pid, h.fd))
-        .collect();
-    let mapped_by: Vec<String> = s.mapped_by.iter().map(u32::to_string).collect();
-    let fields = [
-        ("name", json_string(&s.name)),
-        ("key", json_string(&s.key)),
-        ("transport", json_string(s.transport.as_str())),
-        ("offset", s.offset.to_string()),
-        ("holders", format!("[{}]", holders.join(", "))),
-        ("mapped_by", format!("[{}]", mapped_by.join(", "))),
-        ("creator_pid", number(s.creator_pid.map(u64::from))),
-        (
-            "creator_alive",
-            s.creator_alive.map_or_else(null, |a| a.to_string()),
-        ),
-        ("owner_pid", number(s.owner_pid.map(u64::from))),
-        (
-            "dtype",
-            s.dtype.map_or_else(null, |d| json_string(d.typestr())),
-        ),
-        (
-            "shape",
-            s.shape.as_deref().map_or_else(null, |shape| {
-                let axes: Vec<String> = shape.iter().map(usize::to_string).collect();
-                format!("[{}]", axes.join(", "))
-            }),
-        ),
-        ("size", s.size.to_string()),
-        (
-            "state",
-            s.state.map_or_else(null, |v| json_string(&state_name(v))),
-        ),
-        ("generation", number(s.generation)),
-        (
-            "dims",
-            s.meta
-                .as_ref()
-                .and_then(|m| m.dims.as_deref())
-                .map_or_else(null, strings),
-        ),
-        (
-            "problem",
-            s.problem.as_deref().map_or_else(null, json_string),
-        ),
-    ];
-    let members: Vec<String> = fields
-        .iter()
-        .map(|(key, value)| format!("\"{key}\": {value}"))
-        .collect();
-    format!("{{{}}}", members.join(", "))
+/// One segment in `ls --json`.
+#[derive(Debug, Serialize)]
+struct SegmentJson<'a> {
+    name: &'a str,
+    key: &'a str,
+    transport: &'static str,
+    offset: u64,
+    holders: Vec<HolderJson>,
+    mapped_by: &'a [u32],
+    creator_pid: Option<u32>,
+    creator_alive: Option<bool>,
+    owner_pid: Option<u32>,
+    dtype: Option<&'static str>,
+    shape: Option<&'a [usize]>,
+    size: u64,
+    state: Option<String>,
+    generation: Option<u64>,
+    dims: Option<&'a [String]>,
+    problem: Option<&'a str>,
 }
 
-/// A JSON string literal (RFC 8259 §7): quotes, backslashes and control characters
-/// escaped.
-pub(crate) fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
+/// A process holding a descriptor: `{"pid": 1234, "fd": 5}`.
+#[derive(Debug, Serialize)]
+struct HolderJson {
+    pid: u32,
+    fd: i32,
+}
+
+impl<'a> SegmentJson<'a> {
+    fn of(s: &'a SegmentInfo) -> SegmentJson<'a> {
+        SegmentJson {
+            name: &s.name,
+            key: &s.key,
+            transport: s.transport.as_str(),
+            offset: s.offset,
+            holders: s
+                .holders
+                .iter()
+                .map(|h| HolderJson {
+                    pid: h.pid,
+                    fd: h.fd,
+                })
+                .collect(),
+            mapped_by: &s.mapped_by,
+            creator_pid: s.creator_pid,
+            creator_alive: s.creator_alive,
+            owner_pid: s.owner_pid,
+            dtype: s.dtype.map(|d| d.typestr()),
+            shape: s.shape.as_deref(),
+            size: s.size,
+            state: s.state.map(state_name),
+            generation: s.generation,
+            dims: s.meta.as_ref().and_then(|m| m.dims.as_deref()),
+            problem: s.problem.as_deref(),
         }
     }
-    out.push('"');
-    out
 }
 
 /// `pixgate gc`: sweeps /dev/shm and prints each segment removed (or, with `dry_run`,
 /// that would be removed) with its reason, then the count.
 pub(crate) fn gc(dry_run: bool, json: bool) -> pixgate::Result<ExitCode> {
-    let report = segment::sweep(dry_run)?;
+    let progress = crate::progress::spinner("sweeping /dev/shm");
+    let report = segment::sweep(dry_run);
+    progress.finish_and_clear();
+    let report = report?;
     if json {
         emit(&format!("{}\n", sweep_json(&report, dry_run)))?;
     } else {
@@ -313,48 +294,55 @@ fn sweep_table(report: &SweepReport, dry_run: bool) -> String {
 }
 
 /// `gc --json`: `dry_run`, `count`, `bytes`, one object per segment (`name`, `size`,
-/// `reason` as a code, `message`), and the messages of segments that failed.
+/// `reason` as a code, `message`) a line, and the messages of segments that failed.
 fn sweep_json(report: &SweepReport, dry_run: bool) -> String {
-    let segments: Vec<String> = report
-        .swept
-        .iter()
-        .map(|s| {
-            format!(
-                "{{\"name\": {}, \"size\": {}, \"reason\": {}, \"message\": {}}}",
-                json_string(&s.name),
-                s.size,
-                json_string(s.reason.code()),
-                json_string(&s.reason.to_string())
-            )
-        })
-        .collect();
-    let failed: Vec<String> = report
-        .failed
-        .iter()
-        .map(|e| json_string(&e.to_string()))
-        .collect();
-    let list = |items: &[String]| {
-        if items.is_empty() {
-            "[]".to_string()
-        } else {
-            format!("[\n    {}\n  ]", items.join(",\n    "))
-        }
+    let json = SweepJson {
+        dry_run,
+        count: report.swept.len(),
+        bytes: report.swept.iter().map(|s| s.size).sum(),
+        segments: report
+            .swept
+            .iter()
+            .map(|s| SweptJson {
+                name: &s.name,
+                size: s.size,
+                reason: s.reason.code(),
+                message: s.reason.to_string(),
+            })
+            .collect(),
+        failed: report.failed.iter().map(ToString::to_string).collect(),
     };
-    format!(
-        "{{\n  \"dry_run\": {dry_run},\n  \"count\": {},\n  \"bytes\": {},\n  \"segments\": {},\n  \"failed\": {}\n}}",
-        report.swept.len(),
-        report.swept.iter().map(|s| s.size).sum::<u64>(),
-        list(&segments),
-        list(&failed)
-    )
+    crate::json::to_string(&json, 2)
+}
+
+/// `gc --json`.
+#[derive(Debug, Serialize)]
+struct SweepJson<'a> {
+    dry_run: bool,
+    count: usize,
+    bytes: u64,
+    segments: Vec<SweptJson<'a>>,
+    failed: Vec<String>,
+}
+
+/// One segment in `gc --json`.
+#[derive(Debug, Serialize)]
+struct SweptJson<'a> {
+    name: &'a str,
+    size: u64,
+    reason: &'static str,
+    message: String,
 }
 
 /// `pixgate inspect NAME`: the whole header and the metadata of one segment. Exits 1
 /// when the segment fails validation, after printing what could be read.
 pub(crate) fn inspect(name: &str) -> pixgate::Result<ExitCode> {
     let name = segment_name(name);
+    let progress = crate::progress::spinner(format!("looking for {name}"));
     // Validates the name before any system call, and reports a missing segment.
-    let info = segment::inspect(&name)?;
+    let info = segment::inspect(&name);
+    progress.finish_and_clear();
+    let info = info?;
     emit(&inspect_report(&info))?;
     match &info.problem {
         None => Ok(ExitCode::SUCCESS),
@@ -603,18 +591,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn json_strings_escape_quotes_backslashes_and_control_characters() {
-        for (text, json) in [
-            ("", r#""""#),
-            ("plain /pxg-1-00", r#""plain /pxg-1-00""#),
-            ("say \"hi\"", r#""say \"hi\"""#),
-            (r"a\b", r#""a\\b""#),
-            ("line\nbreak\ttab\r", r#""line\nbreak\ttab\r""#),
-            ("\u{0}\u{1f}\u{7f}", "\"\\u0000\\u001f\u{7f}\""),
-            ("µm ×", "\"µm ×\""),
-        ] {
-            assert_eq!(json_string(text), json, "{text:?}");
-        }
+    fn ls_json_keeps_any_name_intact_and_unknown_fields_null() {
+        let odd = "say \"hi\" \\ back\\slash\nline\tbreak\r\u{0}\u{1f}\u{7f} µm ×";
+        let dims = [odd.to_string(), "y".to_string()];
+        let row = |key: &'static str, known: bool| SegmentJson {
+            name: odd,
+            key,
+            transport: "anonymous",
+            offset: 0,
+            holders: vec![HolderJson { pid: 7, fd: 5 }],
+            mapped_by: &[7, 9],
+            creator_pid: known.then_some(7),
+            creator_alive: known.then_some(true),
+            owner_pid: known.then_some(7),
+            dtype: known.then_some("<u2"),
+            shape: known.then_some(&[3, 4][..]),
+            size: 8192,
+            state: known.then(|| state_name(segment::STATE_LENT)),
+            generation: known.then_some(2),
+            dims: known.then_some(&dims[..]),
+            problem: (!known).then_some(odd),
+        };
+        let text = segments_json(&[row("/pxg-7-00@0", true), row("/pxg-7-00@1000", false)]);
+        // One object a line, between the brackets.
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert_eq!((lines[0], lines[3]), ("[", "]"));
+        let parsed: serde_json::Value = serde_json::from_str(&text).expect(&text);
+        let expected = serde_json::json!([
+            {
+                "name": odd, "key": "/pxg-7-00@0", "transport": "anonymous", "offset": 0,
+                "holders": [{"pid": 7, "fd": 5}], "mapped_by": [7, 9],
+                "creator_pid": 7, "creator_alive": true, "owner_pid": 7, "dtype": "<u2",
+                "shape": [3, 4], "size": 8192, "state": "lent", "generation": 2,
+                "dims": [odd, "y"], "problem": null
+            },
+            {
+                "name": odd, "key": "/pxg-7-00@1000", "transport": "anonymous", "offset": 0,
+                "holders": [{"pid": 7, "fd": 5}], "mapped_by": [7, 9],
+                "creator_pid": null, "creator_alive": null, "owner_pid": null, "dtype": null,
+                "shape": null, "size": 8192, "state": null, "generation": null,
+                "dims": null, "problem": odd
+            }
+        ]);
+        assert_eq!(parsed, expected);
+        assert_eq!(segments_json(&[]), "[]");
     }
 
     #[test]

@@ -97,10 +97,12 @@ pub struct AnonymousSupport {
     pub noexec_seal: bool,
 }
 
-/// Makes one anonymous object of a page as a segment would be made
-/// (docs/SEGMENT_FORMAT.md §3.2: `memfd_create`, mode 0400, size, seals) and checks that
-/// the seals hold: `ftruncate` is refused and the size stays. The object goes before
-/// this returns. This is `pixgate doctor`'s memfd check.
+/// Whether arrays of the anonymous transport ([`Transport::Anonymous`](super::Transport))
+/// can be made on this system, and how they are protected: makes one anonymous object
+/// of a page as a segment would be made (docs/SEGMENT_FORMAT.md §3.2: `memfd_create`,
+/// mode 0400, size, seals) and checks that the seals hold: `ftruncate` is refused and
+/// the size stays. The object goes before this returns. A program can call it before
+/// it chooses a transport; `pixgate doctor` prints it as its memfd line.
 ///
 /// # Errors
 ///
@@ -351,6 +353,28 @@ impl Drop for AnonObject {
         let delivered = std::mem::take(&mut *lock(&self.delivered));
         for peer in delivered.iter().filter_map(|d| d.peer.upgrade()) {
             peer.forget(&self.name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_reports_sealed_memfds_on_linux_and_leaves_nothing_behind() {
+        let support = probe_anonymous().expect("probe");
+        assert_eq!(support.memfd, cfg!(target_os = "linux"));
+        assert!(support.memfd || !support.noexec_seal, "{support:?}");
+        assert_eq!(probe_anonymous().expect("probe again"), support);
+        #[cfg(target_os = "linux")]
+        {
+            let left: Vec<_> = std::fs::read_dir("/proc/self/fd")
+                .expect("/proc/self/fd")
+                .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|link| link.to_string_lossy().starts_with("/memfd:pxg-probe"))
+                .collect();
+            assert!(left.is_empty(), "probe objects still open: {left:?}");
         }
     }
 }

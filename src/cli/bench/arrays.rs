@@ -261,7 +261,7 @@ pub(crate) fn double_in_place(b: &mut Bench) -> Result<(), BenchError> {
             Row::new(
                 p,
                 format!("execnet bytes there and back, {}", label(bytes)),
-                &peers::json_list(&out, "times")?,
+                &peers::json_line::<peers::Exchanges>(&out)?.times,
             )
             .note("benches/peer_execnet_arrays.py"),
         );

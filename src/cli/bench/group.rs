@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use pixgate::{Gateway, Group, OutputMode, SharedArray};
+use pixgate::{Gateway, Group, SharedArray};
 
 use super::report::{Row, Target};
 use super::{Bench, BenchError, Scenario, TIMEOUT};
@@ -30,7 +30,7 @@ pub(crate) fn group(b: &mut Bench) -> Result<(), BenchError> {
         b.step(format!("P6 group of {n}"));
         let builder =
             Gateway::builder(&format!("popen//python={}//id=bench-p6x{n}", b.opts.python))
-                .output(OutputMode::Stderr)
+                .output(b.worker_output())
                 .handshake_timeout(Duration::from_secs(60));
         let g = Group::with_builder(&builder, n)?;
         let mut out = SharedArray::<f64>::zeros(&[planes, side])?;

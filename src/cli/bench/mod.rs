@@ -34,7 +34,7 @@ use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use pixgate::{ErrorKind, Gateway, OutputMode};
 
 use report::Report;
@@ -190,12 +190,17 @@ impl Bench<'_> {
         self.progress.set_message(what.into());
     }
 
+    /// Where the workers' output goes: stderr, around the progress bar.
+    pub(crate) fn worker_output(&self) -> OutputMode {
+        crate::progress::worker_output(&self.progress)
+    }
+
     /// A gateway on the benchmark's interpreter.
     pub(crate) fn gateway(&self, id: &str) -> Result<Gateway, BenchError> {
         Ok(
             Gateway::builder(&format!("popen//python={}//id={id}", self.opts.python))
                 .spin(self.opts.spin)
-                .output(OutputMode::Stderr)
+                .output(self.worker_output())
                 .handshake_timeout(Duration::from_secs(60))
                 .exit_timeout(Duration::from_secs(20))
                 .spawn()?,
@@ -211,7 +216,7 @@ impl Bench<'_> {
         Ok(
             Gateway::builder(&format!("popen//python={}//id={id}", self.opts.python))
                 .spin(self.opts.spin)
-                .output(OutputMode::Stderr)
+                .output(self.worker_output())
                 .handshake_timeout(Duration::from_secs(60))
                 .exit_timeout(Duration::from_secs(20))
                 .transport(transport)
@@ -285,13 +290,7 @@ pub(crate) fn run(opts: &Options) -> pixgate::Result<ExitCode> {
         .into_iter()
         .filter(|s| opts.only.is_empty() || opts.only.contains(s))
         .collect();
-    let progress = ProgressBar::new(selected.len() as u64);
-    if let Ok(style) =
-        ProgressStyle::with_template("{spinner} {elapsed:>4} [{bar:28}] {pos}/{len} {wide_msg}")
-    {
-        progress.set_style(style.progress_chars("=> "));
-    }
-    progress.enable_steady_tick(Duration::from_millis(200));
+    let progress = crate::progress::bar(selected.len() as u64);
     let room = room();
     let max_bytes = opts.max_size.unwrap_or(8 * GIB).min(room);
     let mut b = Bench {

@@ -6,6 +6,9 @@ use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
 use super::BenchError;
 
 /// execnet's small-value round trip and start-up (`benches/peer_execnet.py`).
@@ -83,19 +86,24 @@ pub(crate) fn floats(text: &str) -> Result<Vec<f64>, BenchError> {
     }
 }
 
-/// The numbers of the list under `"key": [...]` in a line of JSON.
-pub(crate) fn json_list(text: &str, key: &str) -> Result<Vec<f64>, BenchError> {
-    let list = text
-        .split(&format!("\"{key}\": ["))
-        .nth(1)
-        .and_then(|rest| rest.split(']').next());
-    match list {
-        Some(l) => floats(&l.replace(',', " ")),
-        None => Err(BenchError::Peer {
-            what: "peer output".into(),
-            reason: format!("no {key:?} list in {:?}", truncate(text)),
-        }),
-    }
+/// The last non-empty line of a peer's output, read as JSON into `T` (the fields it
+/// names; any others are ignored).
+pub(crate) fn json_line<T: DeserializeOwned>(text: &str) -> Result<T, BenchError> {
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default();
+    serde_json::from_str(line).map_err(|e| BenchError::Peer {
+        what: "peer output".into(),
+        reason: format!("{e} in {:?}", truncate(text)),
+    })
+}
+
+/// What `benches/peer_execnet_arrays.py` prints: the seconds of each timed exchange.
+#[derive(Debug, Deserialize, PartialEq)]
+pub(crate) struct Exchanges {
+    pub times: Vec<f64>,
 }
 
 fn truncate(text: &str) -> String {
@@ -140,8 +148,16 @@ mod tests {
         assert_eq!(floats("0.5 1e-3\n").unwrap(), vec![0.5, 1e-3]);
         assert!(floats("").is_err());
         assert!(floats("0.5 nope").is_err());
-        let line = r#"{"mib": 8, "times": [0.25, 0.5], "median": 0.375}"#;
-        assert_eq!(json_list(line, "times").unwrap(), vec![0.25, 0.5]);
-        assert!(json_list(line, "other").is_err());
+        let line = r#"{"mib": 8, "times": [0.25, 0.5], "median": 0.375, "checked": true}"#;
+        let exchanges = |text: &str| json_line::<Exchanges>(text).map(|e| e.times);
+        assert_eq!(exchanges(line).unwrap(), vec![0.25, 0.5]);
+        assert_eq!(
+            exchanges(&format!("a warning\n{line}\n\n")).unwrap(),
+            [0.25, 0.5]
+        );
+        for bad in ["", r#"{"mib": 8}"#, r#"{"times": [0.25, "x"]}"#, "0.25 0.5"] {
+            let err = exchanges(bad).unwrap_err().to_string();
+            assert!(err.starts_with("peer output: "), "{bad:?}: {err}");
+        }
     }
 }

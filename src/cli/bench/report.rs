@@ -1,5 +1,7 @@
 //! The results of a run, as a table, as JSON, and as the chart.
 
+use serde::Serialize;
+
 use super::stats::Summary;
 use super::svg::{self, Axis, Panel, Series};
 use super::{Options, Scenario, label};
@@ -186,56 +188,49 @@ impl Report {
         out
     }
 
-    /// The results as one JSON object (seconds for times).
+    /// The results as one JSON object (seconds for times), a row or ratio a line.
     pub(crate) fn json(&self, opts: &Options) -> String {
-        let s = crate::json_string;
-        let rows: Vec<String> = self
+        let rows = self
             .rows
             .iter()
-            .map(|r| {
-                let (m, p10, p90, n) = r.summary.map_or(
-                    ("null".into(), "null".into(), "null".into(), 0),
-                    |x| (float(x.median), float(x.p10), float(x.p90), x.n),
-                );
-                format!(
-                    "{{\"scenario\": {}, \"case\": {}, \"median_s\": {m}, \"p10_s\": {p10}, \"p90_s\": {p90}, \"n\": {n}, \"note\": {}}}",
-                    s(r.scenario.id()),
-                    s(&r.case),
-                    s(&r.note)
-                )
+            .map(|r| RowJson {
+                scenario: r.scenario.id(),
+                case: &r.case,
+                median_s: r.summary.map(|x| x.median),
+                p10_s: r.summary.map(|x| x.p10),
+                p90_s: r.summary.map(|x| x.p90),
+                n: r.summary.map_or(0, |x| x.n),
+                note: &r.note,
             })
             .collect();
-        let ratios: Vec<String> = self
+        let ratios = self
             .ratios
             .iter()
             .map(|r| {
-                let (op, t) = match r.target {
+                let (op, value) = match r.target {
                     Target::AtMost(t) => ("<=", t),
                     Target::AtLeast(t) => (">=", t),
                 };
-                format!(
-                    "{{\"scenario\": {}, \"name\": {}, \"value\": {}, \"unit\": {}, \"target\": {{\"op\": {}, \"value\": {}}}, \"met\": {}}}",
-                    s(r.scenario.id()),
-                    s(&r.name),
-                    r.value.map_or_else(|| "null".into(), float),
-                    s(if r.unit == "µs" { "us" } else { "ratio" }),
-                    s(op),
-                    float(t),
-                    r.met().map_or_else(|| "null".into(), |m| m.to_string())
-                )
+                RatioJson {
+                    scenario: r.scenario.id(),
+                    name: &r.name,
+                    value: r.value,
+                    unit: if r.unit == "µs" { "us" } else { "ratio" },
+                    target: TargetJson { op, value },
+                    met: r.met(),
+                }
             })
             .collect();
-        let strings = |v: &[String]| v.iter().map(|x| s(x)).collect::<Vec<_>>().join(", ");
-        format!(
-            "{{\n  \"quick\": {},\n  \"python\": {},\n  \"svg\": {},\n  \"rows\": [\n    {}\n  ],\n  \"ratios\": [\n    {}\n  ],\n  \"notes\": [{}],\n  \"failures\": [{}]\n}}",
-            opts.quick,
-            s(&opts.python),
-            s(&opts.svg.display().to_string()),
-            rows.join(",\n    "),
-            ratios.join(",\n    "),
-            strings(&self.notes),
-            strings(&self.failures)
-        )
+        let json = ReportJson {
+            quick: opts.quick,
+            python: &opts.python,
+            svg: opts.svg.display().to_string(),
+            rows,
+            ratios,
+            notes: &self.notes,
+            failures: &self.failures,
+        };
+        crate::json::to_string(&json, 2)
     }
 
     /// The chart: P2's latency against size, P5's frame rate against frame size.
@@ -327,11 +322,108 @@ fn number(v: f64, unit: &str) -> String {
     }
 }
 
-/// A JSON number; `null` when not finite.
-fn float(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v:e}")
-    } else {
-        "null".into()
+/// `bench --json`. Numbers that are not finite are written as `null`.
+#[derive(Debug, Serialize)]
+struct ReportJson<'a> {
+    quick: bool,
+    python: &'a str,
+    svg: String,
+    rows: Vec<RowJson<'a>>,
+    ratios: Vec<RatioJson<'a>>,
+    notes: &'a [String],
+    failures: &'a [String],
+}
+
+/// One row in `bench --json`: seconds, `null` when nothing was measured.
+#[derive(Debug, Serialize)]
+struct RowJson<'a> {
+    scenario: &'static str,
+    case: &'a str,
+    median_s: Option<f64>,
+    p10_s: Option<f64>,
+    p90_s: Option<f64>,
+    n: usize,
+    note: &'a str,
+}
+
+/// One ratio in `bench --json`; `value` and `met` are `null` when not measured.
+#[derive(Debug, Serialize)]
+struct RatioJson<'a> {
+    scenario: &'static str,
+    name: &'a str,
+    value: Option<f64>,
+    /// `us` or `ratio`.
+    unit: &'static str,
+    target: TargetJson,
+    met: Option<bool>,
+}
+
+/// `{"op": "<=", "value": 1.05}`.
+#[derive(Debug, Serialize)]
+struct TargetJson {
+    op: &'static str,
+    value: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_has_every_row_and_ratio_a_line_with_null_for_what_was_not_measured() {
+        let opts = Options {
+            quick: true,
+            only: Vec::new(),
+            svg: "out \"x\".svg".into(),
+            json: true,
+            python: r"C:\python".into(),
+            max_size: None,
+            spin: std::time::Duration::ZERO,
+            backing_dir: None,
+        };
+        let mut report = Report::default();
+        let samples: Vec<f64> = (1..=11).map(f64::from).collect();
+        report.row(Row::new(Scenario::P1, "echo", &samples).note("a\tnote"));
+        report.row(Row::new(Scenario::P6, "nothing", &[]));
+        report.ratio(Scenario::P1, "a ÷ b", Some(1.5), "×", Target::AtMost(2.0));
+        report.ratio(
+            Scenario::P2,
+            "gap",
+            Some(f64::NAN),
+            "µs",
+            Target::AtLeast(3.0),
+        );
+        report.note("skipped \"x\"");
+        report.fail(Scenario::P3, "boom\ntraceback".into());
+
+        let text = report.json(&opts);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.contains(&"  \"rows\": ["), "{text}");
+        assert_eq!(
+            lines.iter().filter(|l| l.starts_with("    {")).count(),
+            4,
+            "a line per row and per ratio:\n{text}"
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&text).expect(&text);
+        let expected = serde_json::json!({
+            "quick": true,
+            "python": r"C:\python",
+            "svg": "out \"x\".svg",
+            "rows": [
+                {"scenario": "P1", "case": "echo", "median_s": 6.0, "p10_s": 2.0,
+                 "p90_s": 10.0, "n": 11, "note": "a\tnote"},
+                {"scenario": "P6", "case": "nothing", "median_s": null, "p10_s": null,
+                 "p90_s": null, "n": 0, "note": ""}
+            ],
+            "ratios": [
+                {"scenario": "P1", "name": "a ÷ b", "value": 1.5, "unit": "ratio",
+                 "target": {"op": "<=", "value": 2.0}, "met": true},
+                {"scenario": "P2", "name": "gap", "value": null, "unit": "us",
+                 "target": {"op": ">=", "value": 3.0}, "met": null}
+            ],
+            "notes": ["skipped \"x\""],
+            "failures": ["P3 failed: boom (…)"]
+        });
+        assert_eq!(parsed, expected);
     }
 }
