@@ -106,7 +106,7 @@ enum Command {
         python: Option<String>,
         /// Seconds to wait for each value; past it the worker is killed and the command
         /// fails (0 waits as long as the worker lives).
-        #[arg(long, default_value_t = 60.0)]
+        #[arg(long, default_value_t = 60.0, value_parser = parse_timeout)]
         timeout: f64,
         /// The Python source.
         source: String,
@@ -225,4 +225,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `exec --timeout`: seconds, 0 for no limit; a negative, non-finite or absurdly large
+/// value (past a year) is refused by clap with this message, never a panic.
+fn parse_timeout(text: &str) -> Result<f64, String> {
+    const MAX: f64 = 365.0 * 24.0 * 3600.0;
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !value.is_finite() || !(0.0..=MAX).contains(&value) {
+        return Err(format!(
+            "{text:?}: give seconds from 0 (no limit) to {MAX} (a year)"
+        ));
+    }
+    Ok(value)
 }

@@ -225,6 +225,18 @@ fn exec_prints_arrays_with_dtype_shape_and_a_preview_and_never_waits_forever() {
 }
 
 #[test]
+fn a_bad_exec_timeout_is_refused_without_a_panic() {
+    for bad in ["inf", "NaN", "-1", "1e300", "soon"] {
+        let flag = format!("--timeout={bad}");
+        let out = run_pixgate(&["exec", &flag, "pass"]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains("--timeout"), "{bad}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{bad}: {stderr}");
+    }
+}
+
+#[test]
 fn a_bad_spec_is_reported_without_a_panic() {
     let out = run_pixgate(&["exec", "--spec", "popen//bogus=1", "pass"]);
     assert_eq!(out.status.code(), Some(1));
