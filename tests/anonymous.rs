@@ -324,9 +324,24 @@ fn a_hundred_thousand_frames_cross_under_a_low_descriptor_limit() {
             Some(16 * i64::from(i))
         );
     }
+    // Without reference counting (PyPy) the mapping of an array the worker dropped
+    // keeps its descriptor (Python before 3.13 holds one per mmap) until the collector
+    // runs; the helper collects when they pass a quarter of the limit. That is the bound
+    // there; CPython frees at once.
+    let lazy = if gw.info().interpreter().starts_with("cpython") {
+        0
+    } else {
+        64 / 4
+    };
     let after = (fds_of(std::process::id()), fds_of(gw.pid()));
+    println!(
+        "descriptors after 5000 one-off arrays: host {}, worker {} (bound {} + {lazy})",
+        after.0,
+        after.1,
+        seen.1 + 1
+    );
     assert!(
-        after.0 <= seen.0 + 1 && after.1 <= seen.1 + 1,
+        after.0 <= seen.0 + 1 && after.1 <= seen.1 + 1 + lazy,
         "{seen:?} → {after:?}"
     );
     drop(stream);

@@ -314,11 +314,15 @@ del arr
     );
     match &t[1] {
         Value::Str(msg) => {
+            // xarray needs pandas, which has no build for PyPy: there its absence is
+            // expected, and said; anywhere else strict mode wants it.
+            let interpreter = gw.info().interpreter();
             assert!(
-                std::env::var_os("PIXGATE_TEST_STRICT").is_none(),
+                std::env::var_os("PIXGATE_TEST_STRICT").is_none()
+                    || interpreter.to_lowercase().contains("pypy"),
                 "xarray missing: {msg}"
             );
-            eprintln!("skipped the xarray part: {msg}");
+            eprintln!("arrays: the xarray part NOT RUN on {interpreter}: {msg}");
         }
         xr => {
             let xr = xr.as_seq().unwrap();

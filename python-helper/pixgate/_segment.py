@@ -96,6 +96,7 @@ __all__ = [
     "unlink",
 ]
 
+import errno
 import mmap
 import os
 import struct
@@ -1835,7 +1836,63 @@ def _reserve_and_stamp(fd: int, size: int, header: Header, name: str) -> mmap.mm
     return mm
 
 
+# Without reference counting (PyPy, which has no trackfd either) the mmap objects of
+# arrays already dropped keep their duplicate descriptors until the collector runs,
+# which knows nothing of descriptors. Every few mappings the open descriptors are
+# counted; past a quarter of the limit the collector runs, before the process runs out.
+_LAZY_FDS = sys.implementation.name != "cpython" and not _TRACKFD and _LINUX
+_CHECK_EVERY = 8
+_maps_made = 0
+_fd_budget = 0
+
+
+def _relieve_descriptors() -> None:
+    global _maps_made, _fd_budget
+    _maps_made += 1
+    if _maps_made % _CHECK_EVERY:
+        return
+    if not _fd_budget:
+        try:
+            import resource
+
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        except (ImportError, OSError, ValueError):
+            soft = 1024
+        _fd_budget = max(8, (soft if 0 < soft < 1 << 20 else 1 << 20) // 4)
+    try:
+        held = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return
+    if held >= _fd_budget:
+        import gc
+
+        for _ in range(4):
+            gc.collect()
+
+
 def _map(fd: int, size: int, writable: bool, name: str, populate: bool) -> mmap.mmap:
+    if _LAZY_FDS:
+        _relieve_descriptors()
+    return _map_retrying(fd, size, writable, name, populate)
+
+
+def _map_retrying(fd: int, size: int, writable: bool, name: str, populate: bool) -> mmap.mmap:
+    try:
+        return _map_once(fd, size, writable, name, populate)
+    except SegmentError as exc:
+        # Before Python 3.13 each mmap object holds a duplicate of its descriptor;
+        # without reference counting (PyPy) the mappings of arrays already dropped
+        # may hold them still. Collect them once, and try again.
+        if exc.errno not in (errno.EMFILE, errno.ENFILE) or sys.implementation.name == "cpython":
+            raise
+        import gc
+
+        for _ in range(4):
+            gc.collect()
+        return _map_once(fd, size, writable, name, populate)
+
+
+def _map_once(fd: int, size: int, writable: bool, name: str, populate: bool) -> mmap.mmap:
     # Populating a mapping of pages that exist (a segment another process filled) costs
     # a quarter of faulting them in one by one; on a new segment it only moves the cost.
     flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)

@@ -28,7 +28,7 @@ in docs/PROTOCOL.md, the segment in docs/SEGMENT_FORMAT.md.
 
 from __future__ import annotations
 
-__all__ = ["FORGET", "RELEASE", "forget", "frames", "install", "release"]
+__all__ = ["FORGET", "RELEASE", "forget", "frames", "install", "release", "settle"]
 
 import gc
 import os
@@ -57,7 +57,8 @@ class _Collector:
 
     There an array the remote code drops goes only when the garbage collector runs,
     and with it the lease that gives the host its array back: an idle worker would keep
-    a lent array from the host for ever. While any lease is out, a daemon thread runs
+    a lent array from the host for ever (and the mapping of a segment moved to or
+    from the host, whose memory nothing else frees). While any is out, a daemon thread runs
     the collector: ``FIRST`` seconds after a lease is made or one came back, then at
     doubling intervals up to ``LAST`` seconds. CPython frees an array when its last
     reference goes, and never starts the thread.
@@ -70,11 +71,12 @@ class _Collector:
         self.out = 0
         self._cond = threading.Condition()
         self._started = False
-        self._active = sys.implementation.name != "cpython"
+        #: Whether this interpreter needs it (no reference counting).
+        self.active = sys.implementation.name != "cpython"
 
     def leased(self) -> None:
         """A lease was made."""
-        if not self._active:
+        if not self.active:
             return
         with self._cond:
             self.out += 1
@@ -83,9 +85,21 @@ class _Collector:
                 threading.Thread(target=self._run, name="pixgate-collector", daemon=True).start()
             self._cond.notify()
 
+    def watch(self, seg: Segment) -> None:
+        """``seg`` moved to or from the host: its mapping here, which lasts as long as
+        the arrays over it, counts as out until the segment is collected (the host
+        waits for the memory of a moved segment to be let go; the collector knows
+        nothing of mapped memory and would not run for it)."""
+        if not self.active:
+            return
+        import weakref
+
+        self.leased()
+        weakref.finalize(seg, self.returned)
+
     def returned(self) -> None:
         """A lease came back (released, sent back, or its array was collected)."""
-        if not self._active:
+        if not self.active:
             return
         with self._cond:
             self.out -= 1
@@ -115,6 +129,19 @@ class _Collector:
 
 
 _collector = _Collector()
+
+
+def settle() -> None:
+    """Collect garbage now if leases are out on an interpreter without reference
+    counting, so that what was dropped goes back before what this process sends next
+    (the worker calls it when remote code ends, before its channel closes). A few
+    passes: on PyPy each finalizer of a numpy array's chain frees the next link."""
+    if not _collector.active:
+        return
+    for _ in range(4):
+        if not _collector.out:
+            return
+        gc.collect()
 
 
 class _Held:
@@ -246,14 +273,22 @@ def _write_back(held: _Held) -> None:
 
 
 def _notify(held: _Held) -> None:
-    _write_back(held)
+    """Give ``held`` back: its pixels first (by value), then RELEASE. From a weakref
+    callback this may run inside a frame write of this very thread: then it runs once
+    that frame is written (the frame lock's ``soon``)."""
     gw = _worker.current_gateway()
     if gw is None:
+        _write_back(held)
         return
-    try:
-        gw.conn.send(RELEASE, 0, _release_payload(held))
-    except (OSError, Error):
-        pass  # the host is gone; nothing to release to
+
+    def give_back() -> None:
+        _write_back(held)
+        try:
+            gw.conn.send(RELEASE, 0, _release_payload(held))
+        except (OSError, Error):
+            pass  # the host is gone; nothing to release to
+
+    gw.conn.frame_lock.soon(give_back)
 
 
 def forget(name: str) -> None:
@@ -409,6 +444,7 @@ def _import(ref: _wire.ArrayRef | _wire.DescriptorRef) -> Any:
             seg = _mapped(ref, True, keep=False)
             arr = _array.map_array(seg)
             seg.adopt()
+            _collector.watch(seg)
             return arr
         seg = _mapped(ref, ref.access != _wire.SHARED, keep=True)
         held = _Held(ref.name, ref.generation, ref.access)
@@ -434,6 +470,7 @@ def _import_anonymous(ref: _wire.DescriptorRef) -> Any:
                 _drop(_resident.pop((ref.name, True), None))
             arr = _array.map_array(seg)
             seg.adopt(fd)
+            _collector.watch(seg)
             return arr
         writable = ref.access != _wire.SHARED
         if _by_value():
@@ -473,7 +510,9 @@ def _export(obj: object) -> _wire.ArrayRef | _wire.DescriptorRef | None:
             # Moved with its descriptor; an anonymous array moved here without one (the
             # host knew this worker mapped the object already) is copied instead.
             if seg.descriptor is not None:
-                return seg.move_out()
+                ref = seg.move_out()
+                _collector.watch(seg)
+                return ref
         elif seg.owned:
             seg.disown()
             return _wire.ArrayRef(seg.name, seg.generation, _wire.MOVED)
@@ -489,7 +528,9 @@ def _export(obj: object) -> _wire.ArrayRef | _wire.DescriptorRef | None:
         raise DumpError(f"cannot share an array of {obj.dtype} {obj.shape}")
     seg = made[0]
     if seg.anonymous:
-        return seg.move_out()
+        moved = seg.move_out()
+        _collector.watch(seg)
+        return moved
     seg.disown()
     return _wire.ArrayRef(seg.name, seg.generation, _wire.MOVED)
 

@@ -540,6 +540,43 @@ def _descriptor_table(value: str | None) -> DescriptorTable | None:
     return None
 
 
+class _FrameLock:
+    """The lock of the frame stream, knowing which thread holds it.
+
+    A weakref callback or a finalizer runs inside whatever allocation set it off (PyPy's
+    collector runs at any, CPython's cyclic collector too), also in a thread writing a
+    frame. What such a callback sends must neither wait for the lock its own thread
+    holds (a deadlock) nor write into the frame being written: :meth:`soon` runs it
+    right after the lock is let go, in the same thread.
+    """
+
+    __slots__ = ("_lock", "_owner", "_deferred")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner = 0
+        self._deferred: list[Callable[[], object]] = []
+
+    def __enter__(self) -> _FrameLock:
+        self._lock.acquire()
+        self._owner = threading.get_ident()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        todo, self._deferred = self._deferred, []
+        self._owner = 0
+        self._lock.release()
+        for fn in todo:
+            fn()
+
+    def soon(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` now, or when this thread lets go of the lock if it holds it."""
+        if self._owner == threading.get_ident():
+            self._deferred.append(fn)
+        else:
+            fn()
+
+
 class _Conn:
     """The two protocol pipes: framed writes under a lock, buffered framed reads; and
     the descriptor socket, when the gateway has one."""
@@ -555,9 +592,14 @@ class _Conn:
         self.wfd = wfd
         self.max_frame = max_frame
         self.descriptors = descriptors
-        self._wlock = threading.Lock()
+        self._wlock = _FrameLock()
         self._buf = bytearray()
         self._pos = 0
+
+    @property
+    def frame_lock(self) -> _FrameLock:
+        """The lock a frame is written under (callbacks send through its ``soon``)."""
+        return self._wlock
 
     def send_item(
         self,
@@ -1414,8 +1456,10 @@ def _execute(
     filename = file_name or f"<remote exec {ch.id}>"
     _register_source(filename, source)
     _tls.channel = ch
+    failure: tuple[str, str, str] | None = None
+    namespace: dict[str, Any] | None = None
     try:
-        namespace: dict[str, Any] = {"channel": ch, "__name__": "__channelexec__"}
+        namespace = {"channel": ch, "__name__": "__channelexec__"}
         code = compile(source + "\n", filename, "exec")
         exec(code, namespace)
         if call_name:
@@ -1424,14 +1468,22 @@ def _execute(
         pass
     except BaseException as exc:  # noqa: BLE001 - reported to the host
         _tls.channel = None
-        tb = _format_exception(exc)
-        _report_error(ch, type(exc).__name__, str(exc), tb)
-        ch._finish()
-        return
+        failure = (type(exc).__name__, str(exc), _format_exception(exc))
     finally:
         _tls.channel = None
         _forget_source(filename)
         ch._flush_output()
+    # What the remote code left goes before its channel closes: on CPython at once;
+    # without reference counting (PyPy) the array layer runs the collector, so that the
+    # releases of arrays it held come before the close there too.
+    del namespace
+    _transfer = sys.modules.get(__package__ + "._transfer")
+    if _transfer is not None:
+        _transfer.settle()
+    if failure is not None:
+        _report_error(ch, *failure)
+        ch._finish()
+        return
     try:
         ch.close()
     except OSError:
