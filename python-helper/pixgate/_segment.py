@@ -448,7 +448,7 @@ def build_header(
     """
     dtype = check_dtype(dtype)
     itemsize = DTYPES[dtype]
-    shape_t = _int_tuple(shape, "shape")
+    shape_t = int_tuple(shape, "shape")
     ndim = len(shape_t)
     if ndim > MAX_NDIM:
         raise LayoutError(f"ndim {ndim}, expected at most {MAX_NDIM}")
@@ -458,7 +458,7 @@ def build_header(
     if strides is None:
         strides_t = _c_strides(shape_t, itemsize)
     else:
-        strides_t = _int_tuple(strides, "strides")
+        strides_t = int_tuple(strides, "strides")
         if len(strides_t) != ndim:
             raise LayoutError(f"{len(strides_t)} strides for shape {shape_t}, expected {ndim}")
         for s in strides_t:
@@ -498,7 +498,7 @@ def build_header(
     )
 
 
-def _int_tuple(values: object, what: str) -> tuple[int, ...]:
+def int_tuple(values: object, what: str) -> tuple[int, ...]:
     """``values`` (an int or an iterable of ints) as a tuple of ints, or LayoutError."""
     import operator
 
@@ -995,7 +995,7 @@ def _ensure_exit_hooks() -> None:
     gw = _worker.current_gateway()
     if gw is not None and _hooked_gateway is not gw:
         # The worker ends with os._exit (also when the host dies), which skips atexit.
-        gw._cleanup.append(_unlink_owned)
+        gw.on_exit(_unlink_owned)
         _hooked_gateway = gw
 
 
@@ -1059,7 +1059,7 @@ def owned_names() -> list[str]:
 # Segments
 
 
-class _Mapping:
+class SegmentMapping:
     """One mmap of a segment and the count of its uses.
 
     Every open :class:`Segment` over the mmap is one use until it is closed or
@@ -1125,7 +1125,7 @@ class Segment:
     the segment object and every array made from it are gone, or on :meth:`unlink`.
 
     The mapping is shared by the segment object and the arrays made from it (see
-    :class:`_Mapping`): :meth:`close` ends the object's use of it, and the mapping is
+    :class:`SegmentMapping`): :meth:`close` ends the object's use of it, and the mapping is
     unmapped once no open segment object and no array uses it.
     """
 
@@ -1150,7 +1150,7 @@ class Segment:
         self,
         name: str,
         header: Header,
-        mapping: _Mapping,
+        mapping: SegmentMapping,
         writable: bool,
         directory: str | None = None,
         base: int = 0,
@@ -1521,7 +1521,7 @@ class Segment:
         if self._end_use.detach() is not None:
             self._mapping.release()
 
-    def _use(self) -> Callable[[], None]:
+    def begin_use(self) -> Callable[[], None]:
         """Count one more use of the mapping (an array made over :attr:`data`) and
         return the function that ends it.
 
@@ -1600,7 +1600,7 @@ def create(
         except OSError as exc:
             raise _os_error(name, exc, f"resize to {size} bytes") from None
         mm = _reserve_and_stamp(fd, size, header, name)
-        seg = Segment(name, header, _Mapping(mm), True, directory)
+        seg = Segment(name, header, SegmentMapping(mm), True, directory)
         _register_owned(seg)
     except BaseException:
         if mm is not None:
@@ -1661,7 +1661,7 @@ def create_anonymous(
     header = build_header(dtype, shape, strides, meta)
     size = -(-(header.header_len + header.data_len) // PAGE) * PAGE
     name = _new_name()
-    fd = _anonymous_object(name)
+    fd = anonymous_object(name)
     mm = None
     try:
         if _LINUX:
@@ -1678,14 +1678,11 @@ def create_anonymous(
             except OSError as exc:
                 raise _os_error(name, exc, f"resize to {size} bytes") from None
         mm = _reserve_and_stamp(fd, size, header, name)
-        if _LINUX:
-            import fcntl
-
-            try:
-                fcntl.fcntl(fd, _F_ADD_SEALS, _F_SEAL_SHRINK | _F_SEAL_GROW | _F_SEAL_SEAL)
-            except OSError as exc:
-                raise _os_error(name, exc, "sealing the anonymous object") from None
-        seg = Segment(name, header, _Mapping(mm), True, None, 0, anonymous=True)
+        try:
+            seal(fd)
+        except OSError as exc:
+            raise _os_error(name, exc, "sealing the anonymous object") from None
+        seg = Segment(name, header, SegmentMapping(mm), True, None, 0, anonymous=True)
     except BaseException:
         if mm is not None:
             mm.close()
@@ -1695,8 +1692,15 @@ def create_anonymous(
     return seg
 
 
-def _anonymous_object(name: str) -> int:
-    """A new anonymous object's descriptor (close-on-exec), not yet sized."""
+def anonymous_object(name: str) -> int:
+    """A new anonymous object's descriptor (close-on-exec), not yet sized.
+
+    Raises
+    ------
+    SegmentError
+        With problem ``"descriptors"`` when this process or the system has no
+        descriptor left, else the problem of the failed call.
+    """
     import errno
 
     try:
@@ -1724,7 +1728,22 @@ def _anonymous_object(name: str) -> int:
         raise _os_error(name, exc, "create") from None
 
 
-def map_descriptor(fd: int, name: str, offset: int, writable: bool) -> tuple[_Mapping, int]:
+def seal(fd: int) -> None:
+    """Seal the anonymous object ``fd`` at its size: against shrinking, growing and
+    further seals (Linux; elsewhere objects cannot be sealed and this does nothing).
+
+    Raises
+    ------
+    OSError
+        The system refused.
+    """
+    if _LINUX:
+        import fcntl
+
+        fcntl.fcntl(fd, _F_ADD_SEALS, _F_SEAL_SHRINK | _F_SEAL_GROW | _F_SEAL_SEAL)
+
+
+def map_descriptor(fd: int, name: str, offset: int, writable: bool) -> tuple[SegmentMapping, int]:
     """Validate a descriptor a peer sent for the segment at ``offset`` of the anonymous
     object ``name`` (docs/SEGMENT_FORMAT.md 8, step 0) and map the whole object.
 
@@ -1744,7 +1763,7 @@ def map_descriptor(fd: int, name: str, offset: int, writable: bool) -> tuple[_Ma
 
     Returns
     -------
-    mapping : _Mapping
+    mapping : SegmentMapping
         The mapping of the whole object, with no use counted yet.
     size : int
         The object's size.
@@ -1798,10 +1817,10 @@ def map_descriptor(fd: int, name: str, offset: int, writable: bool) -> tuple[_Ma
             "offset",
             name,
         )
-    return _Mapping(_map(fd, size, writable, name, populate=False)), size
+    return SegmentMapping(_map(fd, size, writable, name, populate=False)), size
 
 
-def at_offset(mapping: _Mapping, size: int, name: str, offset: int, writable: bool) -> Segment:
+def at_offset(mapping: SegmentMapping, size: int, name: str, offset: int, writable: bool) -> Segment:
     """The segment whose header is at ``offset`` of a mapped anonymous object, after
     validating that header as for any segment (the segment may use the ``size -
     offset`` bytes from there).
@@ -1940,7 +1959,7 @@ def open(
     except BaseException:
         mm.close()
         raise
-    return Segment(name, header, _Mapping(mm), writable, directory)
+    return Segment(name, header, SegmentMapping(mm), writable, directory)
 
 
 def _check_stat(st: os.stat_result, name: str) -> int:

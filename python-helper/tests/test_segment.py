@@ -852,11 +852,13 @@ def test_a_worker_unlinks_what_it_owns_in_its_cleanup_hooks() -> None:
 import os
 from pixgate import _segment, _worker
 class FakeGateway:
-    _cleanup = []
+    hooks = []
+    def on_exit(self, hook):
+        self.hooks.append(hook)
 _worker._gateway = gw = FakeGateway()
 seg = _segment.create("|u1", (1,))
 print(seg.name, flush=True)
-for hook in reversed(gw._cleanup):
+for hook in reversed(gw.hooks):
     hook()
 os._exit(0)
 """
