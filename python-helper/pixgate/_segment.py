@@ -51,7 +51,8 @@ problem            check
 ``extent``         the bytes the shape and strides reach lie inside data_len
 ``flags``          the contiguity flags match the shape and strides
 ``meta``           the metadata block decodes (and holds no array reference)
-``meta_types``     to a dict whose known keys have the documented types and lengths
+``meta_types``     to a dict with str keys, none repeated (nor in ``attrs``), whose known
+                   keys have the documented types and lengths
 =================  ====================================================================
 
 The checks are those of the Rust reader, in the same order, so that both accept the
@@ -731,10 +732,10 @@ def parse_header(
     if problem:
         raise _bad(name, "meta", f"metadata of {meta_len} bytes {problem}")
     try:
-        value = _wire.loads(meta_bytes)
+        value, repeats = _wire.loads_noting_repeats(meta_bytes)
     except LoadError as exc:
         raise _bad(name, "meta", f"metadata of {meta_len} bytes does not decode: {exc}") from None
-    meta = _read_meta(value, ndim, name)
+    meta = _read_meta(value, ndim, name, repeats)
 
     return Header(
         version=version,
@@ -768,22 +769,31 @@ def _typestr(raw: bytes) -> str | None:
         return None
 
 
-def _read_meta(value: object, ndim: int, name: str) -> dict[str, Any]:
+def _read_meta(
+    value: object, ndim: int, name: str, repeats: list[tuple[dict[Any, Any], Any]]
+) -> dict[str, Any]:
     """The known keys of a decoded metadata block, checked and in contract order.
 
     Tolerant where it costs nothing, as the Rust reader is: a known key whose value is
     None counts as absent, lists may be tuples, ``scale`` entries may be ints, unknown
-    keys are ignored.
+    keys are ignored. A key that repeats in the dict or in ``attrs`` is refused
+    (``repeats`` as :func:`pixgate._wire.loads_noting_repeats` gives them).
     """
 
     def bad(message: str) -> HeaderError:
         return _bad(name, "meta_types", f"metadata {message}")
+
+    def repeated(d: object) -> object | None:
+        return next((key for container, key in repeats if container is d), None)
 
     if not isinstance(value, dict):
         raise bad(f"is a {type(value).__name__}, expected a dict")
     for key in value:
         if not isinstance(key, str):
             raise bad(f"has a {type(key).__name__} key, expected str")
+    key = repeated(value)
+    if key is not None:
+        raise bad(f"repeats the key {key!r}")
     meta: dict[str, Any] = {}
     for key in META_KEYS:
         item = value.get(key)
@@ -799,6 +809,9 @@ def _read_meta(value: object, ndim: int, name: str) -> dict[str, Any]:
             for k in item:
                 if not isinstance(k, str):
                     raise bad(f"attrs has a {type(k).__name__} key, expected str")
+            k = repeated(item)
+            if k is not None:
+                raise bad(f"attrs repeats the key {k!r}")
             meta[key] = item
         else:
             if not isinstance(item, (list, tuple)):

@@ -604,6 +604,20 @@ CORRUPTIONS = [
         "meta",
     ),
     ("meta with an unknown opcode", _set_meta(None, b"\x02J" + b"V" + b"Q"), "meta"),
+    (
+        "meta repeating a key",
+        _set_meta(None, bytes.fromhex("024a53000000016e5300000001615053000000016e5300000001625051")),
+        "meta_types",
+    ),
+    (
+        "meta attrs repeating a key",
+        _set_meta(
+            None,
+            bytes.fromhex("024a530000000561747472734a53000000016b4600000001505300000001")
+            + bytes.fromhex("6b4600000002505051"),
+        ),
+        "meta_types",
+    ),
     ("meta attrs a list", _set_meta({"attrs": []}), "meta_types"),
     ("meta attrs with int keys", _set_meta({"attrs": {1: 2}}), "meta_types"),
 ]
