@@ -544,14 +544,15 @@ def _too_deep(pos):
 _CONTAINERS = (list, dict, tuple, set, frozenset)
 
 
-def _decode(buf, pos, versioned, on_ref):
+def _decode(buf, pos, versioned, on_ref, repeats=None):
     """Run the stack machine over the bytearray ``buf`` from ``pos`` to its STOP.
 
     ``pending`` maps the id of each list that ``K`` announced and ``P`` has not filled
     to its announced length; ``depths`` the id of each container nested deeper than 1
     to its depth. Entries leave with their container, so every id belongs to an object
     on the stack. ``on_ref`` turns array references into objects (channel payloads);
-    None leaves them as :class:`ArrayRef`.
+    None leaves them as :class:`ArrayRef`. ``repeats``, when given, receives ``(dict,
+    key)`` for every SETITEM that sets a key its dict has.
     """
     end = len(buf)
     stack = []
@@ -604,6 +605,8 @@ def _decode(buf, pos, versioned, on_ref):
                 if type(key) in _CONTAINERS:
                     depth = max(depth, depths.pop(id(key), 1) + 1)
                 try:
+                    if repeats is not None and key in container:
+                        repeats.append((container, key))
                     container[key] = value
                 except (TypeError, RuntimeError):
                     raise LoadError(
@@ -1871,10 +1874,11 @@ def parse_header(data, file_size, name="<bytes>", version=None):
         def no_refs(ref):
             raise LoadError("holds an array reference")
 
-        value = _decode(block, 1, True, no_refs)
+        repeats = []
+        value = _decode(block, 1, True, no_refs, repeats)
     except LoadError as exc:
         raise _bad(name, "meta", "metadata of %d bytes does not decode: %s" % (meta_len, exc))
-    meta = _read_meta(value, ndim, name)
+    meta = _read_meta(value, ndim, name, repeats)
     return Header(
         version=version, header_len=header_len, data_len=data_len, nbytes=nbytes,
         dtype=text, itemsize=itemsize, ndim=ndim, flags=flags, creator_pid=creator_pid,
@@ -1883,16 +1887,22 @@ def parse_header(data, file_size, name="<bytes>", version=None):
     )
 
 
-def _read_meta(value, ndim, name):
+def _read_meta(value, ndim, name, repeats):
     def bad(message):
         return _bad(name, "meta_types", "metadata " + message)
+
+    def check_keys(d, what):
+        for key in d:
+            if not isinstance(key, strs):
+                raise bad("%s a %s key, expected str" % (what, type(key).__name__))
+        for container, key in repeats:
+            if container is d:
+                raise bad("%s the key %r more than once" % (what, key))
 
     strs = (text_type, binary_type)
     if not isinstance(value, dict):
         raise bad("is a %s, expected a dict" % type(value).__name__)
-    for key in value:
-        if not isinstance(key, strs):
-            raise bad("has a %s key, expected str" % type(key).__name__)
+    check_keys(value, "has")
     meta = {}
     for key in META_KEYS:
         item = value.get(key)
@@ -1906,6 +1916,7 @@ def _read_meta(value, ndim, name):
         elif key == "attrs":
             if not isinstance(item, dict):
                 raise bad("attrs is a %s, expected a dict" % type(item).__name__)
+            check_keys(item, "attrs has")
         else:
             if not isinstance(item, (list, tuple)):
                 raise bad("%s is a %s, expected a list" % (key, type(item).__name__))

@@ -167,6 +167,9 @@ mod serde_value;
 mod spec;
 mod ssh;
 mod stream;
+/// The views `tests/spec_tables.rs` checks `spec/` against; not part of the API.
+#[doc(hidden)]
+pub mod tables;
 mod value;
 mod writer;
 

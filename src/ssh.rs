@@ -35,7 +35,18 @@ fn ssh_program() -> String {
 /// that the remote shell's quoting is one pair of `'`). It moves the protocol to
 /// descriptors 3 and 4, sends the remote's stdout to its stderr, reads a length (ten
 /// decimal digits) and that many bytes of Python from descriptor 3, and runs them.
-pub(crate) const BOOT: &str = r#"import os;exec("def r(n):\n b=bytes()\n while len(b)<n:\n  c=os.read(3,n-len(b))\n  if not c:os._exit(70)\n  b+=c\n return b");os.dup2(0,3);os.dup2(1,4);os.dup2(2,1);exec(r(int(r(10))))"#;
+/// Kept in `python-helper/bootstrap/ssh_boot.py`, whose line ends with the file's only
+/// newline; the newline is not sent.
+pub(crate) const BOOT: &str =
+    include_str!("../python-helper/bootstrap/ssh_boot.py").trim_ascii_end();
+
+/// The second stage's program (`python-helper/bootstrap/ssh_stage_two.py`): each marker
+/// line of [`STAGE_TWO_MARKERS`] is replaced by what [`stage_two`] puts there.
+const STAGE_TWO: &str = include_str!("../python-helper/bootstrap/ssh_stage_two.py");
+
+/// The marker lines of [`STAGE_TWO`], whole lines with their newline: the environment's
+/// `(name, value)` entries, `os.chdir(…)` and `os.nice(…)` (each line, or nothing).
+const STAGE_TWO_MARKERS: [&str; 3] = ["    # @env@\n", "# @chdir@\n", "# @nice@\n"];
 
 /// `s` as a Python 3 string literal that holds only ASCII letters, digits and escapes.
 fn py_str(s: &str) -> String {
@@ -69,24 +80,28 @@ fn shell_quote(s: &str) -> String {
 /// The second stage of the bootstrap, sent on the pipe after [`BOOT`] starts: stdin on
 /// /dev/null, the environment, chdir, nice, then the local worker's loader.
 fn stage_two(spec: &Spec, env: &[(String, Option<String>)]) -> String {
-    let mut p = String::from(
-        "import os\n_n = os.open(os.devnull, os.O_RDONLY)\nif _n != 0:\n    os.dup2(_n, 0)\n    os.close(_n)\n",
-    );
-    p.push_str("for _k, _v in [\n");
+    let mut entries = String::new();
     for (k, v) in env {
         let v = v.as_deref().map_or_else(|| "None".to_string(), py_str);
-        p.push_str(&format!("    ({}, {v}),\n", py_str(k)));
+        entries.push_str(&format!("    ({}, {v}),\n", py_str(k)));
     }
-    p.push_str(
-        "]:\n    if _v is None:\n        os.environ.pop(_k, None)\n    else:\n        os.environ[_k] = _v\n",
-    );
-    if let Some(dir) = &spec.chdir {
-        p.push_str(&format!("os.chdir({})\n", py_str(&dir.to_string_lossy())));
+    let chdir = spec.chdir.as_ref().map_or_else(String::new, |dir| {
+        format!("os.chdir({})\n", py_str(&dir.to_string_lossy()))
+    });
+    let nice = spec
+        .nice
+        .map_or_else(String::new, |n| format!("os.nice({n})\n"));
+    let mut p = String::with_capacity(STAGE_TWO.len() + entries.len() + bootstrap::LOADER.len());
+    let mut rest = STAGE_TWO;
+    for (marker, text) in STAGE_TWO_MARKERS.iter().zip([&entries, &chdir, &nice]) {
+        let (head, tail) = rest
+            .split_once(marker)
+            .expect("the stage two template holds its markers in order");
+        p.push_str(head);
+        p.push_str(text);
+        rest = tail;
     }
-    if let Some(n) = spec.nice {
-        p.push_str(&format!("os.nice({n})\n"));
-    }
-    p.push_str("del _n, _k, _v\n");
+    p.push_str(rest);
     p.push_str(bootstrap::LOADER);
     p
 }
@@ -184,6 +199,47 @@ mod tests {
     fn the_bootstrap_is_one_line_without_single_quotes() {
         assert!(!BOOT.contains('\n') && !BOOT.contains('\''));
         assert!(BOOT.len() < 240, "{} bytes", BOOT.len());
+    }
+
+    #[test]
+    fn the_bootstrap_file_is_that_line_and_its_newline() {
+        let file = include_str!("../python-helper/bootstrap/ssh_boot.py");
+        assert_eq!(file, format!("{BOOT}\n"));
+        crate::bootstrap::tests::assert_compiles(BOOT, "ssh_boot.py");
+    }
+
+    #[test]
+    fn the_stage_two_template_holds_each_marker_once_as_a_line() {
+        for marker in STAGE_TWO_MARKERS {
+            assert_eq!(STAGE_TWO.matches(marker).count(), 1, "{marker:?}");
+            assert!(STAGE_TWO.contains(&format!("\n{marker}")), "{marker:?}");
+        }
+        assert!(STAGE_TWO.ends_with("del _n, _k, _v\n"));
+    }
+
+    #[test]
+    fn stage_two_fills_the_template_then_appends_the_loader() {
+        let spec = Spec::parse("ssh=h//chdir=/tmp/a b//nice=5").unwrap();
+        let env = [
+            ("K".to_string(), Some("v'x".to_string())),
+            ("GONE".into(), None),
+        ];
+        let p = stage_two(&spec, &env);
+        assert!(!p.contains("# @"), "{p}");
+        let program = p.strip_suffix(bootstrap::LOADER).unwrap();
+        assert!(program.starts_with("import os\n_n = os.open(os.devnull, os.O_RDONLY)\n"));
+        assert!(
+            program.contains(
+                "for _k, _v in [\n    (\"K\", \"v\\x27x\"),\n    (\"GONE\", None),\n]:\n"
+            )
+        );
+        assert!(program.ends_with(
+            "os.environ[_k] = _v\nos.chdir(\"/tmp/a b\")\nos.nice(5)\ndel _n, _k, _v\n"
+        ));
+        crate::bootstrap::tests::assert_compiles(&p, "stage two");
+        // Without chdir and nice their markers leave nothing.
+        let plain = stage_two(&Spec::parse("ssh=h").unwrap(), &env);
+        assert!(plain.contains("os.environ[_k] = _v\ndel _n, _k, _v\nimport os, sys\n"));
     }
 
     #[test]

@@ -1116,7 +1116,7 @@ for kind, arr in channel:
 from pixgate import _transfer, _wire
 _transfer.install()
 try:
-    _transfer._import({reference})
+    _transfer.import_reference({reference})
 except Exception as exc:
     channel.send((type(exc).__name__, str(exc)))
 "#

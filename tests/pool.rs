@@ -106,7 +106,7 @@ fn a_reused_slot_has_a_new_generation_and_refuses_stale_references() {
     let stale = gw
         .remote_exec(&format!(
             "from pixgate import _transfer, _wire\n_transfer.install()\n\
-             _transfer._import({reference})"
+             _transfer.import_reference({reference})"
         ))
         .unwrap();
     let err = stale.receive_timeout(T).unwrap_err();

@@ -202,7 +202,7 @@ fn a_stale_reference_is_refused_by_a_worker_that_kept_the_mapping() {
     let other = gw
         .remote_exec(&format!(
             "from pixgate import _transfer, _wire\n_transfer.install()\n\
-             _transfer._import({reference})"
+             _transfer.import_reference({reference})"
         ))
         .unwrap();
     let err = other.receive_timeout(T).unwrap_err();

@@ -12,7 +12,7 @@ The data of a segment's array is a view of an *anchor*, ``np.frombuffer(segment.
 (``data`` is a memoryview of the mapping's data area), which every numpy view of the
 array has as its base. Each anchor counts as a use of the mapping from the moment it is
 made until it is garbage-collected (a weakref callback ends the use), and the mapping is
-unmapped only when no use is left (:class:`pixgate._segment._Mapping`): so the mapping
+unmapped only when no use is left (:class:`pixgate._segment.SegmentMapping`): so the mapping
 stays mapped as long as the array or any view of it exists, whatever happens to the
 :class:`~pixgate._segment.Segment` object and on any interpreter (CPython refuses
 ``mmap.close()`` while buffers are exported, PyPy does not; nothing relies on either).
@@ -118,7 +118,7 @@ def map_array(
     key = id(anchor)
     # The anchor is a use of the mapping until it is collected: the mapping is never
     # closed under it, whatever the interpreter lets mmap.close() do.
-    end_use = segment._use()
+    end_use = segment.begin_use()
 
     def gone(ref: object, key: int = key) -> None:
         entry = _anchors.get(key)
@@ -292,7 +292,7 @@ def empty(
         numpy is not installed.
     """
     typestr = _typestr(dtype)
-    shape_t = _segment._int_tuple(shape, "shape")
+    shape_t = _segment.int_tuple(shape, "shape")
     create = _segment.create_anonymous if _anonymous() else _segment.create
     seg = create(typestr, shape_t, None, _merge_meta(len(shape_t), dims, meta))
     return map_array(seg)

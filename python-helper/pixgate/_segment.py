@@ -51,7 +51,8 @@ problem            check
 ``extent``         the bytes the shape and strides reach lie inside data_len
 ``flags``          the contiguity flags match the shape and strides
 ``meta``           the metadata block decodes (and holds no array reference)
-``meta_types``     to a dict whose known keys have the documented types and lengths
+``meta_types``     to a dict with str keys, none repeated (nor in ``attrs``), whose known
+                   keys have the documented types and lengths
 =================  ====================================================================
 
 The checks are those of the Rust reader, in the same order, so that both accept the
@@ -449,7 +450,7 @@ def build_header(
     """
     dtype = check_dtype(dtype)
     itemsize = DTYPES[dtype]
-    shape_t = _int_tuple(shape, "shape")
+    shape_t = int_tuple(shape, "shape")
     ndim = len(shape_t)
     if ndim > MAX_NDIM:
         raise LayoutError(f"ndim {ndim}, expected at most {MAX_NDIM}")
@@ -459,7 +460,7 @@ def build_header(
     if strides is None:
         strides_t = _c_strides(shape_t, itemsize)
     else:
-        strides_t = _int_tuple(strides, "strides")
+        strides_t = int_tuple(strides, "strides")
         if len(strides_t) != ndim:
             raise LayoutError(f"{len(strides_t)} strides for shape {shape_t}, expected {ndim}")
         for s in strides_t:
@@ -499,7 +500,7 @@ def build_header(
     )
 
 
-def _int_tuple(values: object, what: str) -> tuple[int, ...]:
+def int_tuple(values: object, what: str) -> tuple[int, ...]:
     """``values`` (an int or an iterable of ints) as a tuple of ints, or LayoutError."""
     import operator
 
@@ -732,10 +733,10 @@ def parse_header(
     if problem:
         raise _bad(name, "meta", f"metadata of {meta_len} bytes {problem}")
     try:
-        value = _wire.loads(meta_bytes)
+        value, repeats = _wire.loads_noting_repeats(meta_bytes)
     except LoadError as exc:
         raise _bad(name, "meta", f"metadata of {meta_len} bytes does not decode: {exc}") from None
-    meta = _read_meta(value, ndim, name)
+    meta = _read_meta(value, ndim, name, repeats)
 
     return Header(
         version=version,
@@ -769,22 +770,31 @@ def _typestr(raw: bytes) -> str | None:
         return None
 
 
-def _read_meta(value: object, ndim: int, name: str) -> dict[str, Any]:
+def _read_meta(
+    value: object, ndim: int, name: str, repeats: list[tuple[dict[Any, Any], Any]]
+) -> dict[str, Any]:
     """The known keys of a decoded metadata block, checked and in contract order.
 
     Tolerant where it costs nothing, as the Rust reader is: a known key whose value is
     None counts as absent, lists may be tuples, ``scale`` entries may be ints, unknown
-    keys are ignored.
+    keys are ignored. A key that repeats in the dict or in ``attrs`` is refused
+    (``repeats`` as :func:`pixgate._wire.loads_noting_repeats` gives them).
     """
 
     def bad(message: str) -> HeaderError:
         return _bad(name, "meta_types", f"metadata {message}")
+
+    def repeated(d: object) -> object | None:
+        return next((key for container, key in repeats if container is d), None)
 
     if not isinstance(value, dict):
         raise bad(f"is a {type(value).__name__}, expected a dict")
     for key in value:
         if not isinstance(key, str):
             raise bad(f"has a {type(key).__name__} key, expected str")
+    key = repeated(value)
+    if key is not None:
+        raise bad(f"repeats the key {key!r}")
     meta: dict[str, Any] = {}
     for key in META_KEYS:
         item = value.get(key)
@@ -800,6 +810,9 @@ def _read_meta(value: object, ndim: int, name: str) -> dict[str, Any]:
             for k in item:
                 if not isinstance(k, str):
                     raise bad(f"attrs has a {type(k).__name__} key, expected str")
+            k = repeated(item)
+            if k is not None:
+                raise bad(f"attrs repeats the key {k!r}")
             meta[key] = item
         else:
             if not isinstance(item, (list, tuple)):
@@ -996,7 +1009,7 @@ def _ensure_exit_hooks() -> None:
     gw = _worker.current_gateway()
     if gw is not None and _hooked_gateway is not gw:
         # The worker ends with os._exit (also when the host dies), which skips atexit.
-        gw._cleanup.append(_unlink_owned)
+        gw.on_exit(_unlink_owned)
         _hooked_gateway = gw
 
 
@@ -1060,7 +1073,7 @@ def owned_names() -> list[str]:
 # Segments
 
 
-class _Mapping:
+class SegmentMapping:
     """One mmap of a segment and the count of its uses.
 
     Every open :class:`Segment` over the mmap is one use until it is closed or
@@ -1126,7 +1139,7 @@ class Segment:
     the segment object and every array made from it are gone, or on :meth:`unlink`.
 
     The mapping is shared by the segment object and the arrays made from it (see
-    :class:`_Mapping`): :meth:`close` ends the object's use of it, and the mapping is
+    :class:`SegmentMapping`): :meth:`close` ends the object's use of it, and the mapping is
     unmapped once no open segment object and no array uses it.
     """
 
@@ -1151,7 +1164,7 @@ class Segment:
         self,
         name: str,
         header: Header,
-        mapping: _Mapping,
+        mapping: SegmentMapping,
         writable: bool,
         directory: str | None = None,
         base: int = 0,
@@ -1522,7 +1535,7 @@ class Segment:
         if self._end_use.detach() is not None:
             self._mapping.release()
 
-    def _use(self) -> Callable[[], None]:
+    def begin_use(self) -> Callable[[], None]:
         """Count one more use of the mapping (an array made over :attr:`data`) and
         return the function that ends it.
 
@@ -1601,7 +1614,7 @@ def create(
         except OSError as exc:
             raise _os_error(name, exc, f"resize to {size} bytes") from None
         mm = _reserve_and_stamp(fd, size, header, name)
-        seg = Segment(name, header, _Mapping(mm), True, directory)
+        seg = Segment(name, header, SegmentMapping(mm), True, directory)
         _register_owned(seg)
     except BaseException:
         if mm is not None:
@@ -1662,7 +1675,7 @@ def create_anonymous(
     header = build_header(dtype, shape, strides, meta)
     size = -(-(header.header_len + header.data_len) // PAGE) * PAGE
     name = _new_name()
-    fd = _anonymous_object(name)
+    fd = anonymous_object(name)
     mm = None
     try:
         if _LINUX:
@@ -1679,14 +1692,11 @@ def create_anonymous(
             except OSError as exc:
                 raise _os_error(name, exc, f"resize to {size} bytes") from None
         mm = _reserve_and_stamp(fd, size, header, name)
-        if _LINUX:
-            import fcntl
-
-            try:
-                fcntl.fcntl(fd, _F_ADD_SEALS, _F_SEAL_SHRINK | _F_SEAL_GROW | _F_SEAL_SEAL)
-            except OSError as exc:
-                raise _os_error(name, exc, "sealing the anonymous object") from None
-        seg = Segment(name, header, _Mapping(mm), True, None, 0, anonymous=True)
+        try:
+            seal(fd)
+        except OSError as exc:
+            raise _os_error(name, exc, "sealing the anonymous object") from None
+        seg = Segment(name, header, SegmentMapping(mm), True, None, 0, anonymous=True)
     except BaseException:
         if mm is not None:
             mm.close()
@@ -1696,8 +1706,15 @@ def create_anonymous(
     return seg
 
 
-def _anonymous_object(name: str) -> int:
-    """A new anonymous object's descriptor (close-on-exec), not yet sized."""
+def anonymous_object(name: str) -> int:
+    """A new anonymous object's descriptor (close-on-exec), not yet sized.
+
+    Raises
+    ------
+    SegmentError
+        With problem ``"descriptors"`` when this process or the system has no
+        descriptor left, else the problem of the failed call.
+    """
     import errno
 
     try:
@@ -1725,7 +1742,22 @@ def _anonymous_object(name: str) -> int:
         raise _os_error(name, exc, "create") from None
 
 
-def map_descriptor(fd: int, name: str, offset: int, writable: bool) -> tuple[_Mapping, int]:
+def seal(fd: int) -> None:
+    """Seal the anonymous object ``fd`` at its size: against shrinking, growing and
+    further seals (Linux; elsewhere objects cannot be sealed and this does nothing).
+
+    Raises
+    ------
+    OSError
+        The system refused.
+    """
+    if _LINUX:
+        import fcntl
+
+        fcntl.fcntl(fd, _F_ADD_SEALS, _F_SEAL_SHRINK | _F_SEAL_GROW | _F_SEAL_SEAL)
+
+
+def map_descriptor(fd: int, name: str, offset: int, writable: bool) -> tuple[SegmentMapping, int]:
     """Validate a descriptor a peer sent for the segment at ``offset`` of the anonymous
     object ``name`` (docs/SEGMENT_FORMAT.md 8, step 0) and map the whole object.
 
@@ -1745,7 +1777,7 @@ def map_descriptor(fd: int, name: str, offset: int, writable: bool) -> tuple[_Ma
 
     Returns
     -------
-    mapping : _Mapping
+    mapping : SegmentMapping
         The mapping of the whole object, with no use counted yet.
     size : int
         The object's size.
@@ -1799,10 +1831,10 @@ def map_descriptor(fd: int, name: str, offset: int, writable: bool) -> tuple[_Ma
             "offset",
             name,
         )
-    return _Mapping(_map(fd, size, writable, name, populate=False)), size
+    return SegmentMapping(_map(fd, size, writable, name, populate=False)), size
 
 
-def at_offset(mapping: _Mapping, size: int, name: str, offset: int, writable: bool) -> Segment:
+def at_offset(mapping: SegmentMapping, size: int, name: str, offset: int, writable: bool) -> Segment:
     """The segment whose header is at ``offset`` of a mapped anonymous object, after
     validating that header as for any segment (the segment may use the ``size -
     offset`` bytes from there).
@@ -1997,7 +2029,7 @@ def open(
     except BaseException:
         mm.close()
         raise
-    return Segment(name, header, _Mapping(mm), writable, directory)
+    return Segment(name, header, SegmentMapping(mm), writable, directory)
 
 
 def _check_stat(st: os.stat_result, name: str) -> int:

@@ -206,7 +206,7 @@ class _Object:
 
     __slots__ = ("_dropped", "mapping", "name", "segments", "size", "writable")
 
-    def __init__(self, name: str, mapping: _segment._Mapping, size: int, writable: bool) -> None:
+    def __init__(self, name: str, mapping: _segment.SegmentMapping, size: int, writable: bool) -> None:
         self.name = name
         self.mapping = mapping
         self.size = size
@@ -432,7 +432,7 @@ def _anonymous_segment(
     return seg, fd
 
 
-def _import(ref: _wire.ArrayRef | _wire.DescriptorRef) -> Any:
+def import_reference(ref: _wire.ArrayRef | _wire.DescriptorRef) -> Any:
     """Map a received reference as a numpy array."""
     if isinstance(ref, _wire.DescriptorRef):
         return _import_anonymous(ref)
@@ -491,7 +491,7 @@ def _import_anonymous(ref: _wire.DescriptorRef) -> Any:
         raise LoadError(f"array {ref.key}: {exc}") from exc
 
 
-def _export(obj: object) -> _wire.ArrayRef | _wire.DescriptorRef | None:
+def export_array(obj: object) -> _wire.ArrayRef | _wire.DescriptorRef | None:
     """A reference for a numpy array being sent, or None for anything else."""
     np = sys.modules.get("numpy")
     if np is None or not isinstance(obj, np.ndarray):
@@ -647,8 +647,7 @@ def frames(channel: Any) -> Iterator[Any]:
             _send_releases(pending)
             last = time.monotonic()
 
-    outer = channel._before_wait
-    channel._before_wait = flush
+    outer = _worker.set_before_wait(channel, flush)
     try:
         for item in channel:
             try:
@@ -661,10 +660,10 @@ def frames(channel: Any) -> Iterator[Any]:
                         _send_releases(pending)
                         last = now
     finally:
-        channel._before_wait = outer
+        _worker.set_before_wait(channel, outer)
         _send_releases(pending)
 
 
 def install() -> None:
     """Make this worker's codec map received arrays and share sent ones."""
-    _wire.set_array_hooks(_export, _import)
+    _wire.set_array_hooks(export_array, import_reference)

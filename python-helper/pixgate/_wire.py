@@ -914,6 +914,35 @@ def loads(
     return _decode(buf, 1, py2str_as_py3str, py3str_as_py2str, False)
 
 
+def loads_noting_repeats(
+    data: bytes | bytearray | memoryview,
+) -> tuple[Any, list[tuple[dict[Any, Any], Any]]]:
+    """Deserialize as :func:`loads` does (no string option) and tell which dict keys
+    repeated: a dict keeps the last value set for a key, and a reader that must refuse
+    repeated keys (a segment's metadata, docs/SEGMENT_FORMAT.md §6) cannot see that
+    in the value.
+
+    Returns
+    -------
+    tuple
+        The value and a list of ``(dict, key)``, one for each SETITEM that set a key its
+        dict already held, in the order they came; each ``dict`` is the object in the
+        value.
+
+    Raises
+    ------
+    LoadError
+        As :func:`loads`.
+    """
+    buf = data if type(data) is bytes else _as_buffer(data)
+    if not len(buf):
+        raise LoadError("empty input, expected the version byte 0x01 or 0x02")
+    if buf[0] != 2 and buf[0] != 1:
+        raise LoadError(f"dump format version {buf[0]:#04x} at offset 0, expected 0x01 or 0x02")
+    repeats: list[tuple[dict[Any, Any], Any]] = []
+    return _decode(buf, 1, False, False, False, repeats), repeats
+
+
 def loads_payload(data: bytes | bytearray | memoryview) -> Any:
     """Deserialize a channel payload, as execnet's ``loads_internal`` does on a channel
     that was never reconfigured: ``M`` (PY2STRING) loads as str, decoded as latin-1.
@@ -1009,11 +1038,13 @@ def _decode(
     py2str_as_py3str: bool,
     py3str_as_py2str: bool,
     arrays: bool,
+    repeats: list[tuple[dict[Any, Any], Any]] | None = None,
 ) -> Any:
     """Run the stack machine over ``buf`` from ``pos`` to STOP at the end of ``buf``.
 
     The two string options are execnet's (see :func:`loads`); ``arrays`` lets the array
-    layer's import hook map array references (channel payloads only).
+    layer's import hook map array references (channel payloads only); ``repeats``, when
+    given, receives ``(dict, key)`` for every SETITEM that sets a key its dict has.
 
     Besides the value stack, two maps keyed by ``id()`` hold what is known about
     containers on the stack: ``pending`` maps each list that ``K`` announced and ``P``
@@ -1074,6 +1105,8 @@ def _decode(
                     kdepth = depths.pop(id(key), 1) + 1
                     depth = max(depth, kdepth)
                 try:
+                    if repeats is not None and key in container:
+                        repeats.append((container, key))
                     container[key] = value
                 except (TypeError, RecursionError):
                     raise LoadError(

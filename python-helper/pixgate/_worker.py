@@ -344,7 +344,7 @@ class ByValueTable:
 
             try:
                 _segment.check_name(name)
-                fd = _segment._anonymous_object(name)
+                fd = _segment.anonymous_object(name)
                 os.fchmod(fd, 0o400)
                 os.ftruncate(fd, size)
             except (OSError, Error) as exc:
@@ -386,17 +386,10 @@ class ByValueTable:
             b[2] = offset
             if offset == size:
                 del self._building[token]
+                from . import _segment
+
                 try:
-                    if sys.platform.startswith("linux"):
-                        import fcntl
-
-                        from . import _segment
-
-                        fcntl.fcntl(
-                            fd,
-                            _segment._F_ADD_SEALS,
-                            _segment._F_SEAL_SHRINK | _segment._F_SEAL_GROW | _segment._F_SEAL_SEAL,
-                        )
+                    _segment.seal(fd)
                 except OSError as exc:
                     _close_quietly(fd)
                     return self._file_error(token, f"sealing object {token}: {exc}")
@@ -1127,6 +1120,17 @@ class _WorkerGateway:
 
     # -- lifecycle ---------------------------------------------------------
 
+    def on_exit(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` when the worker ends, before it flushes its output and exits.
+
+        The worker ends with ``os._exit`` (at the host's GATEWAY_TERMINATE, at the end
+        of its pipe, at the parent-death signal), so ``atexit`` hooks do not run there;
+        these do, the most recently added first, each once. An exception in a hook is
+        printed to stderr and the next hook runs. A hook may run in a signal handler:
+        it must not wait for locks that the interrupted code may hold.
+        """
+        self._cleanup.append(hook)
+
     def shutdown(self, code: int) -> None:
         """Run cleanup hooks and end the process at once.
 
@@ -1639,13 +1643,27 @@ def current_gateway() -> _WorkerGateway | None:
     return _gateway
 
 
+def set_before_wait(
+    channel: Channel, hook: Callable[[], None] | None
+) -> Callable[[], None] | None:
+    """Make ``hook`` what ``channel`` calls whenever a receive on it is about to block
+    (None: nothing), and return the hook it replaces, for the caller to put back.
+
+    ``pixgate.frames`` sends its batched releases there: the host may be waiting for
+    exactly those before it sends the next item.
+    """
+    previous = channel._before_wait
+    channel._before_wait = hook
+    return previous
+
+
 # The array layer (pixgate._transfer, ._array, ._segment: compiled from source when the
 # helper is bootstrapped) loads with the first array that crosses, not at start-up.
 def _first_import(ref: _wire.ArrayRef | _wire.DescriptorRef) -> Any:
     from . import _transfer
 
     _transfer.install()
-    return _transfer._import(ref)
+    return _transfer.import_reference(ref)
 
 
 def _first_export(obj: object) -> _wire.ArrayRef | _wire.DescriptorRef | None:
@@ -1655,7 +1673,7 @@ def _first_export(obj: object) -> _wire.ArrayRef | _wire.DescriptorRef | None:
     from . import _transfer
 
     _transfer.install()
-    return _transfer._export(obj)
+    return _transfer.export_array(obj)
 
 
 def serve(rfd: int = 3, wfd: int = 4) -> None:

@@ -635,7 +635,7 @@ def _sent(arr: Any) -> tuple[tuple[int, ...], list[int]]:
     reference names (the segment is then removed: the host would own it)."""
     from pixgate import _transfer
 
-    ref = _transfer._export(arr)
+    ref = _transfer.export_array(arr)
     assert ref is not None and ref.access == _wire.MOVED
     seg = _segment.open(ref.name)
     try:
@@ -708,7 +708,7 @@ def test_every_shape_received_is_mapped_as_it_is() -> None:
         owner = pixgate.asarray(np.arange(int(np.prod(shape)), dtype=np.int16).reshape(shape))
         seg = _array.segment_of(owner)[0]
         for access in (_wire.SHARED, _wire.LENT):
-            got = _transfer._import(_wire.ArrayRef(seg.name, seg.generation, access))
+            got = _transfer.import_reference(_wire.ArrayRef(seg.name, seg.generation, access))
             assert got.shape == shape and got.strides == owner.strides
             np.testing.assert_array_equal(got, owner)
             del got

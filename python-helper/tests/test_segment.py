@@ -604,6 +604,20 @@ CORRUPTIONS = [
         "meta",
     ),
     ("meta with an unknown opcode", _set_meta(None, b"\x02J" + b"V" + b"Q"), "meta"),
+    (
+        "meta repeating a key",
+        _set_meta(None, bytes.fromhex("024a53000000016e5300000001615053000000016e5300000001625051")),
+        "meta_types",
+    ),
+    (
+        "meta attrs repeating a key",
+        _set_meta(
+            None,
+            bytes.fromhex("024a530000000561747472734a53000000016b4600000001505300000001")
+            + bytes.fromhex("6b4600000002505051"),
+        ),
+        "meta_types",
+    ),
     ("meta attrs a list", _set_meta({"attrs": []}), "meta_types"),
     ("meta attrs with int keys", _set_meta({"attrs": {1: 2}}), "meta_types"),
 ]
@@ -852,11 +866,13 @@ def test_a_worker_unlinks_what_it_owns_in_its_cleanup_hooks() -> None:
 import os
 from pixgate import _segment, _worker
 class FakeGateway:
-    _cleanup = []
+    hooks = []
+    def on_exit(self, hook):
+        self.hooks.append(hook)
 _worker._gateway = gw = FakeGateway()
 seg = _segment.create("|u1", (1,))
 print(seg.name, flush=True)
-for hook in reversed(gw._cleanup):
+for hook in reversed(gw.hooks):
     hook()
 os._exit(0)
 """

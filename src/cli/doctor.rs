@@ -8,10 +8,10 @@ use pixgate::segment::{self, AnonymousSupport, Transport};
 use pixgate::{Gateway, Value};
 
 /// What the worker tells about itself: platform, word size, and whether it can pass
-/// descriptors (`socket.send_fds`, CPython 3.9 on).
-const WORKER_PROBE: &str = "import socket, sys\n\
-channel.send((sys.platform, sys.maxsize > 2**32, sys.version_info >= (3, 9), \
-hasattr(socket, 'send_fds'), sys.implementation.name))";
+/// descriptors (`socket.send_fds`, CPython 3.9 on): `python-helper/remote/doctor_probe.py`,
+/// sent without its final newline.
+const WORKER_PROBE: &str =
+    include_str!("../../python-helper/remote/doctor_probe.py").trim_ascii_end();
 
 /// The worker's answer to [`WORKER_PROBE`].
 #[derive(Clone, Debug, PartialEq)]

@@ -72,14 +72,20 @@ impl Meta {
     /// # Errors
     ///
     /// [`ErrorKind::Segment`](crate::ErrorKind::Segment) with
-    /// [`SegmentProblem::Meta`] when the value is not a dict with str keys, a known key
-    /// has the wrong type or length, a key repeats, or an attr holds an array reference.
+    /// [`SegmentProblem::Meta`] when the value holds an array reference anywhere (in
+    /// `attrs` or under an unknown key alike), is not a dict with str keys, a known key
+    /// has the wrong type or length, or a key repeats.
     pub fn from_value(value: &Value, ndim: usize) -> Result<Meta> {
         Meta::parse(value, ndim).map_err(|p| p.at(NEW))
     }
 
     pub(crate) fn parse(value: &Value, ndim: usize) -> std::result::Result<Meta, SegmentProblem> {
         let bad = |reason: String| SegmentProblem::Meta { reason };
+        // Anywhere, as the Python readers refuse it before they decode (SECURITY.md): a
+        // reference under a key this version ignores is refused as well.
+        if !is_plain(value) {
+            return Err(bad("holds an array reference".into()));
+        }
         let Value::Dict(entries) = value else {
             return Err(bad(format!("is a {}, expected a dict", value.type_name())));
         };
@@ -198,9 +204,6 @@ fn attrs(v: &Value) -> std::result::Result<Vec<(String, Value)>, SegmentProblem>
         };
         if !seen.insert(key.as_str()) {
             return Err(bad(format!("attrs repeats the key {key:?}")));
-        }
-        if !is_plain(val) {
-            return Err(bad(format!("attrs[{key:?}] holds an array reference")));
         }
         out.push((key.clone(), val.clone()));
     }

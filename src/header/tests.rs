@@ -516,6 +516,17 @@ fn metadata_of_the_wrong_types_is_refused() {
             )]),
             "holds an array reference",
         ),
+        (
+            Value::dict([(
+                "future_key",
+                Value::Array(crate::ArrayRef::new(
+                    "/pxg-1-0000000000000000".into(),
+                    0,
+                    crate::Access::Moved,
+                )),
+            )]),
+            "holds an array reference",
+        ),
     ];
     for (value, expected) in cases {
         match Meta::parse(&value, 2) {
