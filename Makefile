@@ -9,8 +9,10 @@ PYTHON ?= python3
 VENV := .venv
 VPY := $(CURDIR)/$(VENV)/bin/python
 STAMP := $(VENV)/.pixgate-deps
-# PyPy (Debian's pypy3): the helper must run on it too. Its own venv holds the Python
-# suite's tools, without numpy (the array tests need numpy and are not run on PyPy).
+# PyPy (Debian's pypy3): the helper must run on it too, arrays included. Its own venv
+# holds the Python suite's tools and numpy (a PyPy wheel from the package index; pandas,
+# hence xarray, has none). The system's pypy3 itself has no numpy: tests/interpreters.rs
+# uses it for the helper without numpy.
 PYPY := pypy3
 PYPY_VENV := .venv-pypy
 PYPY_PY := $(CURDIR)/$(PYPY_VENV)/bin/python
@@ -37,6 +39,8 @@ TEST_TIMEOUT ?= 3000
 # The array battery, run a second time with named segments (PIXGATE_TRANSPORT=named
 # makes them the process default of arrays and gateways; anonymous is the default).
 NAMED_BATTERY := arrays references residency pool
+# The array battery with a PyPy worker (numpy included): `make test-pypy`.
+PYPY_BATTERY := arrays references residency pool anonymous
 
 # Fuzzing (fuzz/, cargo-fuzz, nightly). The targets run without a sanitizer: the decoders
 # they cover contain no unsafe code, and AddressSanitizer slows the frame target tenfold;
@@ -51,7 +55,7 @@ FUZZ_ARGS := -rss_limit_mb=2048 -timeout=10
 CHAOS_ITERATIONS ?= 100
 SOAK_MESSAGES ?= 1000000
 
-.PHONY: demo test test-named venv sshd pypy execnet-peers build test-rust test-python lint bench clean fuzz fuzz-smoke \
+.PHONY: demo test test-named test-pypy pythons venv sshd pypy execnet-peers build test-rust test-python lint bench clean fuzz fuzz-smoke \
 	fuzz-corpus chaos soak jython check-macos bench-ssh msrv
 
 demo: $(STAMP)
@@ -65,10 +69,12 @@ test: $(STAMP) $(PYPY_STAMP) $(STAMP19) jython sshd
 	$(MAKE) --no-print-directory test-named
 	timeout 600 cargo test --doc
 	cd python-helper && timeout 900 $(VPY) -m pytest -q tests
-	@# The same suite on PyPy: every module that does not need numpy (the others skip).
-	@# Plain asserts: PyPy 7.3.11 once died of SIGSEGV inside pytest's assertion
-	@# rewriting (of hypothesis, while collecting), before any of the helper had run.
-	cd python-helper && timeout 900 $(PYPY_PY) -m pytest -q --assert=plain tests
+	@# The same suite on PyPy, numpy included. Plain asserts: PyPy 7.3.11 once died of
+	@# SIGSEGV inside pytest's assertion rewriting (of hypothesis, while collecting),
+	@# before any of the helper had run.
+	cd python-helper && timeout 1200 $(PYPY_PY) -m pytest -q --assert=plain tests
+	$(MAKE) --no-print-directory test-pypy
+	$(MAKE) --no-print-directory pythons
 	$(MAKE) --no-print-directory fuzz-smoke
 	$(MAKE) --no-print-directory check-macos
 	@# A leak is a segment whose creator is gone (every test process has ended by now).
@@ -88,6 +94,17 @@ check-macos:
 test-named: $(STAMP)
 	PIXGATE_TRANSPORT=named timeout 1200 cargo test $(addprefix --test ,$(NAMED_BATTERY))
 
+# The array battery with a PyPy worker (`make test` runs it).
+test-pypy: $(PYPY_STAMP)
+	PIXGATE_PYTHON=$(PYPY_PY) timeout 1500 cargo test $(addprefix --test ,$(PYPY_BATTERY))
+
+# The helper's suite (and the channel and array batteries) on each CPython from 3.9 to
+# 3.13 the machine has, each in its own .venv-py3X; says which ran and which are absent
+# (scripts/pythons.sh; `make test` runs it).
+pythons: $(STAMP19)
+	cargo build --all-targets
+	./scripts/pythons.sh
+
 venv: $(STAMP)
 
 # OpenSSH's server for tests/ssh.rs, which starts one of its own on 127.0.0.1 (these
@@ -105,7 +122,7 @@ $(PYPY_STAMP): python-helper/pyproject.toml Makefile
 	command -v $(PYPY) >/dev/null || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pypy3; }
 	test -x $(PYPY_PY) || $(PYPY) -m venv $(PYPY_VENV)
-	$(PYPY_PY) -m pip install --quiet pytest hypothesis execnet
+	$(PYPY_PY) -m pip install --quiet --only-binary numpy pytest hypothesis execnet numpy
 	touch $(PYPY_STAMP)
 
 execnet-peers: $(STAMP19)
@@ -199,4 +216,4 @@ msrv:
 	else echo "NOTE: the minimum Rust version check did not run: rustup could not install $(MSRV)"; fi
 
 clean:
-	rm -rf $(VENV) $(PYPY_VENV) $(VENV19) $(PY27_LIB) target
+	rm -rf $(VENV) $(PYPY_VENV) $(VENV19) $(PY27_LIB) .venv-py3* target

@@ -53,7 +53,7 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         round_trips: usize,
     },
-    /// Run the performance scenarios (P1–P8) on this machine: a table of median, p10,
+    /// Run the performance scenarios (P1–P8, P10) on this machine: a table of median, p10,
     /// p90 and count per case, each target ratio from figures of the same run, and an
     /// SVG chart (handoff latency against size, frame rate against frame size).
     Bench {

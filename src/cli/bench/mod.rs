@@ -13,7 +13,10 @@
 //! - P7 start-up to the first answer, against execnet;
 //! - P8 the anonymous transport against named segments, in the same run: handoff of a
 //!   resident array and of a pool frame, the first handoff of a one-off array, and the
-//!   creation and first touch of a fresh array.
+//!   creation and first touch of a fresh array;
+//! - P10 a result array made in Python (`pixgate.empty` + copy) against numpy's own
+//!   memory and a bare shared mapping. (P9, ssh against execnet, needs an sshd and runs
+//!   as `make bench-ssh`.)
 //!
 //! Every wait has a time limit, every array and pool made here is dropped (and so
 //! unlinked) before the command returns, and the peers' blocks are unlinked by the
@@ -25,6 +28,7 @@ mod frames;
 mod group;
 mod peers;
 mod report;
+mod results;
 mod stats;
 mod svg;
 mod transports;
@@ -55,11 +59,12 @@ pub(crate) enum Scenario {
     P6,
     P7,
     P8,
+    P10,
 }
 
 impl Scenario {
     /// Every scenario, in the order they run (P1 first: P2 and P5 compare with it).
-    pub(crate) const ALL: [Scenario; 8] = [
+    pub(crate) const ALL: [Scenario; 9] = [
         Scenario::P1,
         Scenario::P2,
         Scenario::P3,
@@ -68,9 +73,10 @@ impl Scenario {
         Scenario::P6,
         Scenario::P7,
         Scenario::P8,
+        Scenario::P10,
     ];
 
-    /// `P1` … `P7`.
+    /// `P1` … `P8`, `P10`.
     pub(crate) fn id(self) -> &'static str {
         match self {
             Scenario::P1 => "P1",
@@ -81,6 +87,7 @@ impl Scenario {
             Scenario::P6 => "P6",
             Scenario::P7 => "P7",
             Scenario::P8 => "P8",
+            Scenario::P10 => "P10",
         }
     }
 
@@ -95,6 +102,7 @@ impl Scenario {
             Scenario::P6 => "Group of 2 workers vs 1",
             Scenario::P7 => "start-up to first answer",
             Scenario::P8 => "anonymous transport vs named segments",
+            Scenario::P10 => "a result array made in Python",
         }
     }
 }
@@ -106,7 +114,7 @@ impl FromStr for Scenario {
         Scenario::ALL
             .into_iter()
             .find(|p| p.id().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| format!("unknown scenario {s:?}, expected one of P1 … P8"))
+            .ok_or_else(|| format!("unknown scenario {s:?}, expected one of P1 … P8, P10"))
     }
 }
 
@@ -318,6 +326,7 @@ pub(crate) fn run(opts: &Options) -> pixgate::Result<ExitCode> {
             Scenario::P6 => group::group(&mut b),
             Scenario::P7 => control::start_up(&mut b),
             Scenario::P8 => transports::transports(&mut b),
+            Scenario::P10 => results::results(&mut b),
         };
         if let Err(e) = result {
             b.report.fail(s, e.to_string());
@@ -382,6 +391,7 @@ mod tests {
         }
         assert_eq!("p5".parse(), Ok(Scenario::P5));
         assert_eq!("P8".parse(), Ok(Scenario::P8));
+        assert_eq!("p10".parse(), Ok(Scenario::P10));
         assert!("P9".parse::<Scenario>().is_err());
         assert_eq!(label(GIB), "1 GiB");
         assert_eq!(label(3 * MIB / 2), "1536 KiB");
