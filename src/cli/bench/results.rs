@@ -15,45 +15,7 @@ use super::report::{Row, Target};
 use super::{Bench, BenchError, MIB, Scenario, TIMEOUT};
 use pixgate::Value;
 
-const TIMER: &str = r#"
-import mmap, time
-import numpy as np
-import pixgate
-
-nbytes, rounds = channel.receive()
-src = np.arange(nbytes // 2, dtype=np.uint16)
-
-
-def plain():
-    a = np.empty_like(src)
-    np.copyto(a, src)
-    return a
-
-
-def shared():
-    a = pixgate.empty(src.shape, src.dtype)
-    np.copyto(a, src)
-    return a
-
-
-def floor():
-    mm = mmap.mmap(-1, src.nbytes, flags=mmap.MAP_SHARED)
-    a = np.frombuffer(mm, dtype=np.uint16)
-    np.copyto(a, src)
-    return a, mm
-
-
-times = ([], [], [])
-for r in range(rounds + 2):
-    for k, make in enumerate((plain, shared, floor)):
-        t = time.perf_counter()
-        out = make()
-        dt = time.perf_counter() - t
-        del out
-        if r >= 2:
-            times[k].append(dt)
-channel.send(times)
-"#;
+const TIMER: &str = include_str!("../../../python-helper/remote/bench_results.py");
 
 /// P10; see the module docs.
 pub(crate) fn results(b: &mut Bench) -> Result<(), BenchError> {
