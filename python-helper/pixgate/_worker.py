@@ -1460,7 +1460,6 @@ def _execute(
     filename = file_name or f"<remote exec {ch.id}>"
     _register_source(filename, source)
     _tls.channel = ch
-    failure: tuple[str, str, str] | None = None
     namespace: dict[str, Any] | None = None
     try:
         namespace = {"channel": ch, "__name__": "__channelexec__"}
@@ -1471,8 +1470,13 @@ def _execute(
     except EOFError:
         pass
     except BaseException as exc:  # noqa: BLE001 - reported to the host
+        # Reported while the traceback still holds what the remote code held: its
+        # arrays go back after the error, which says it ended holding them.
         _tls.channel = None
-        failure = (type(exc).__name__, str(exc), _format_exception(exc))
+        tb = _format_exception(exc)
+        _report_error(ch, type(exc).__name__, str(exc), tb)
+        ch._finish()
+        return
     finally:
         _tls.channel = None
         _forget_source(filename)
@@ -1484,10 +1488,6 @@ def _execute(
     _transfer = sys.modules.get(__package__ + "._transfer")
     if _transfer is not None:
         _transfer.settle()
-    if failure is not None:
-        _report_error(ch, *failure)
-        ch._finish()
-        return
     try:
         ch.close()
     except OSError:
