@@ -9,6 +9,7 @@ use pixgate::{Channel, ErrorKind, Meta, SharedArray, Value};
 
 /// Answers each `(kind, value)` with facts about the worker's mapping of the array.
 const PROBE: &str = r#"
+import gc, sys
 import numpy as np
 from pixgate import _array, _transfer
 
@@ -34,7 +35,10 @@ for kind, arr in channel:
     elif kind == "keep":
         channel.send(None)
     elif kind == "kept":
-        # `arr` is a segment name here.
+        # `arr` is a segment name here. What was dropped is gone: at once on CPython;
+        # without reference counting (PyPy) once the collector has run.
+        for _ in range(0 if sys.implementation.name == "cpython" else 4):
+            gc.collect()
         channel.send(([n for n, _ in _transfer._resident], mapped(arr)))
     del arr
 "#;
