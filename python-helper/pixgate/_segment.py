@@ -102,6 +102,7 @@ import mmap
 import os
 import struct
 import sys
+import threading
 import weakref
 
 TYPE_CHECKING = False
@@ -1878,6 +1879,23 @@ _maps_made = 0
 _fd_budget = 0
 
 
+# One collection at a time, its callbacks (releases sent to the host) included: a
+# thread that collects after another has found the garbage first waits for that one's
+# callbacks, so that what they send goes before what it sends next. Reentrant: a
+# callback may map memory, which may collect.
+_collecting = threading.RLock()
+
+
+def collect_all(passes: int = 4) -> None:
+    """Run the garbage collector ``passes`` times: on PyPy each finalizer of a numpy
+    array's chain (array, anchor, mapping) frees the next link only at the next pass."""
+    import gc
+
+    with _collecting:
+        for _ in range(passes):
+            gc.collect()
+
+
 def _relieve_descriptors() -> None:
     global _maps_made, _fd_budget
     _maps_made += 1
@@ -1896,10 +1914,7 @@ def _relieve_descriptors() -> None:
     except OSError:
         return
     if held >= _fd_budget:
-        import gc
-
-        for _ in range(4):
-            gc.collect()
+        collect_all()
 
 
 def _map(fd: int, size: int, writable: bool, name: str, populate: bool) -> mmap.mmap:
@@ -1917,10 +1932,7 @@ def _map_retrying(fd: int, size: int, writable: bool, name: str, populate: bool)
         # may hold them still. Collect them once, and try again.
         if exc.errno not in (errno.EMFILE, errno.ENFILE) or sys.implementation.name == "cpython":
             raise
-        import gc
-
-        for _ in range(4):
-            gc.collect()
+        collect_all()
         return _map_once(fd, size, writable, name, populate)
 
 

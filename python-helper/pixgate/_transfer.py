@@ -30,7 +30,6 @@ from __future__ import annotations
 
 __all__ = ["FORGET", "RELEASE", "forget", "frames", "install", "release", "settle"]
 
-import gc
 import os
 import struct
 import sys
@@ -123,7 +122,7 @@ class _Collector:
                 if left > 0:
                     self._cond.wait(left)
                     continue
-            gc.collect()
+            _segment.collect_all(1)
             delay = min(delay * 2, self.LAST)
             due = time.monotonic() + delay
 
@@ -134,14 +133,9 @@ _collector = _Collector()
 def settle() -> None:
     """Collect garbage now if leases are out on an interpreter without reference
     counting, so that what was dropped goes back before what this process sends next
-    (the worker calls it when remote code ends, before its channel closes). A few
-    passes: on PyPy each finalizer of a numpy array's chain frees the next link."""
-    if not _collector.active:
-        return
-    for _ in range(4):
-        if not _collector.out:
-            return
-        gc.collect()
+    (the worker calls it when remote code ends, before its channel closes)."""
+    if _collector.active and _collector.out:
+        _segment.collect_all()
 
 
 class _Held:
@@ -448,7 +442,7 @@ def import_reference(ref: _wire.ArrayRef | _wire.DescriptorRef) -> Any:
             return arr
         seg = _mapped(ref, ref.access != _wire.SHARED, keep=True)
         held = _Held(ref.name, ref.generation, ref.access)
-        return _array.map_array(seg, lease=held, on_release=lambda: _send_release(held))
+        return _leased_array(seg, held)
     except LoadError:
         raise
     except (Error, OSError, ImportError) as exc:
@@ -484,11 +478,21 @@ def _import_anonymous(ref: _wire.DescriptorRef) -> Any:
         held = _Held(ref.name, ref.generation, ref.access, ref.key, ref.offset, True)
         if writable and _by_value():
             held.copy = seg
-        return _array.map_array(seg, lease=held, on_release=lambda: _send_release(held))
+        return _leased_array(seg, held)
     except LoadError:
         raise
     except (Error, OSError, ImportError) as exc:
         raise LoadError(f"array {ref.key}: {exc}") from exc
+
+
+def _leased_array(seg: Segment, held: _Held) -> Any:
+    """The array of a shared or lent reference, whose collection releases ``held``; if
+    it cannot be made, the lease no longer counts as out (nothing will release it)."""
+    try:
+        return _array.map_array(seg, lease=held, on_release=lambda: _send_release(held))
+    except BaseException:
+        held.returned = True
+        raise
 
 
 def export_array(obj: object) -> _wire.ArrayRef | _wire.DescriptorRef | None:

@@ -232,9 +232,10 @@ import gc, os, sys, pixgate
 held = []
 def collect():
     # Without reference counting (PyPy) the arrays go when the collector runs: now, so
-    # that their releases come before the answer, as on CPython.
-    for _ in range(1 if sys.implementation.name == "cpython" else 5):
-        gc.collect()
+    # that their releases come before the answer, as on CPython (the helper's own
+    # collection waits for a background one and its releases).
+    from pixgate import _segment
+    _segment.collect_all(1 if sys.implementation.name == "cpython" else 5)
 while True:
     try:
         item = channel.receive()
