@@ -72,6 +72,9 @@ pub const STATE_SHARED: u32 = 1;
 pub const STATE_LENT: u32 = 2;
 /// State word: moved; the receiver owns it.
 pub const STATE_MOVED: u32 = 3;
+/// State word: an anonymous segment's owner let go of it; its creator may reuse the
+/// object for another array (docs/SEGMENT_FORMAT.md §10).
+pub const STATE_FREE: u32 = 4;
 
 /// A fresh segment name: `/pxg-<pid hex>-<16 hex digits of randomness>`.
 pub(crate) fn new_name() -> String {
@@ -839,6 +842,11 @@ impl Drop for Segment {
         // The mapping is unmapped when `map` drops, after this; unlinking first is fine,
         // the object lives until its last mapping goes.
         if self.unlink_on_drop.load(Ordering::Relaxed) {
+            if matches!(self.backing, Backing::Anon(_)) && self.writable && !self.fields.pool_slot {
+                // The owner's last act on it: a worker that made the object and kept
+                // its mapping may now reuse it for its next array (§10).
+                atomic_u32(&self.map, self.base + OFF_STATE).store(STATE_FREE, Ordering::Release);
+            }
             let _ = self.backing.unlink(&self.name);
         }
     }

@@ -14,7 +14,8 @@ execnet's ``py2str_as_py3str`` and ``py3str_as_py2str``) and the error classes, 
 Arrays in shared memory (numpy needed, imported on first use): :func:`empty`,
 :func:`zeros`, :func:`full` and :func:`asarray` make arrays the host can map without a
 copy; :func:`meta` and :func:`to_xarray` give the metadata stored with them;
-:func:`is_shared` tells them apart from plain arrays. :func:`frames` iterates over a
+:func:`is_shared` tells them apart from plain arrays; :func:`reuse_limit` bounds the
+memory of freed arrays a worker keeps for new ones. :func:`frames` iterates over a
 host's frame stream, releasing each frame when the loop moves on; :func:`release` gives
 one array back at once.
 """
@@ -69,18 +70,21 @@ __all__ = [
     "loads",
     "meta",
     "release",
+    "reuse_limit",
     "to_xarray",
     "zeros",
 ]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._array import asarray, empty, full, is_shared, meta, to_xarray, zeros
+    from ._array import asarray, empty, full, is_shared, meta, reuse_limit, to_xarray, zeros
     from ._transfer import frames, release
 
 # The array functions live in ._array, imported on first use: a bootstrapped worker
 # compiles every module it imports from source, and most workers never share an array.
-_ARRAY_NAMES = frozenset({"asarray", "empty", "full", "is_shared", "meta", "to_xarray", "zeros"})
+_ARRAY_NAMES = frozenset(
+    {"asarray", "empty", "full", "is_shared", "meta", "reuse_limit", "to_xarray", "zeros"}
+)
 _TRANSFER_NAMES = frozenset({"frames", "release"})
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "is_shared",
     "map_array",
     "meta",
+    "reuse_limit",
     "segment_of",
     "shared_copy",
     "to_xarray",
@@ -255,7 +256,9 @@ def empty(
     dims: Iterable[str] | None = None,
     meta: dict[str, Any] | None = None,
 ) -> np.ndarray:
-    """A new C-ordered shared array, zero-filled (a fresh segment is all zeros).
+    """A new C-ordered shared array; as with ``numpy.empty``, its values are whatever
+    its memory held (zeros in a new segment; a worker reuses the segment of an earlier
+    array of the same size, see :func:`reuse_limit`). Use :func:`zeros` for zeros.
 
     Parameters
     ----------
@@ -291,11 +294,27 @@ def empty(
     ImportError
         numpy is not installed.
     """
+    return _new(shape, dtype, dims, meta, zero=False)
+
+
+def _new(
+    shape: int | Iterable[int],
+    dtype: object,
+    dims: Iterable[str] | None,
+    meta: dict[str, Any] | None,
+    zero: bool,
+) -> np.ndarray:
     typestr = _typestr(dtype)
     shape_t = _segment.int_tuple(shape, "shape")
-    create = _segment.create_anonymous if _anonymous() else _segment.create
-    seg = create(typestr, shape_t, None, _merge_meta(len(shape_t), dims, meta))
-    return map_array(seg)
+    merged = _merge_meta(len(shape_t), dims, meta)
+    if not _anonymous():
+        return map_array(_segment.create(typestr, shape_t, None, merged))
+    seg = _segment.create_anonymous(typestr, shape_t, None, merged, reuse=True)
+    arr = map_array(seg)
+    if zero and _segment.reused(seg):
+        # A new segment's memory is reserved with posix_fallocate and reads as zeros.
+        arr.fill(0)
+    return arr
 
 
 def _anonymous() -> bool:
@@ -319,8 +338,37 @@ def zeros(
     -------
     numpy.ndarray
     """
-    # A new segment's memory is reserved with posix_fallocate and reads as zeros.
-    return empty(shape, dtype, dims, meta)
+    return _new(shape, dtype, dims, meta, zero=True)
+
+
+def reuse_limit(nbytes: int | None = None) -> int:
+    """How many bytes of freed arrays' memory this worker keeps for new arrays.
+
+    Memory that was never touched costs a page fault per 4 KiB page on its first write
+    (shared memory seldom gets huge pages), so making a large array in a new segment
+    costs several times a copy into numpy's own memory. A worker therefore keeps the
+    anonymous segment of an array it made (of at least 1 MiB) when the array is gone,
+    or once the host has let go of it after a move, and :func:`empty` reuses it for
+    the next array of the same size: its pages are faulted in already. At most eight
+    segments and this many bytes are kept (256 MiB unless set), the oldest given up
+    first; what is kept goes with the process.
+
+    Parameters
+    ----------
+    nbytes : int, optional
+        The new limit; 0 keeps nothing and gives up what is kept now.
+
+    Returns
+    -------
+    int
+        The limit (after the change).
+
+    Raises
+    ------
+    ValueError
+        ``nbytes`` is not an int >= 0.
+    """
+    return _segment.reuse_limit(nbytes)
 
 
 def full(

@@ -152,6 +152,9 @@ STATE_OWNED = 0
 STATE_SHARED = 1
 STATE_LENT = 2
 STATE_MOVED = 3
+#: An anonymous segment whose array is gone, kept by its creator for a later array of
+#: the same size (docs/SEGMENT_FORMAT.md §10); written by whoever let it go last.
+STATE_FREE = 4
 
 FLAG_C_CONTIGUOUS = 1
 FLAG_F_CONTIGUOUS = 2
@@ -1016,14 +1019,17 @@ def _ensure_exit_hooks() -> None:
 
 def _register_owned_anonymous(seg: Segment, fd: int | None) -> None:
     """Make an anonymous segment this process's; it keeps ``fd`` (its object's
-    descriptor, when this process has one) and closes it when it goes."""
+    descriptor, when this process has one) and closes it when it goes (or hands it to
+    the segment's reuse record, for one this process made)."""
     if seg._finalizer is not None:
         seg._finalizer.detach()
     if fd is not None:
         old, seg._fd = seg._fd, fd
         if old is not None and old != fd:
             _close_quietly(old)
-    fin = weakref.finalize(seg, _close_quietly, seg._fd)
+    keep = seg._mapping.keep
+    done = _close_quietly if keep is None else keep.give_descriptor
+    fin = weakref.finalize(seg, done, seg._fd)
     fin.atexit = False  # every descriptor closes at exit anyway
     seg._finalizer = fin
 
@@ -1048,10 +1054,16 @@ class _Outgoing:
         self._done = False
 
     def sent(self) -> None:
-        """The descriptor went out (or the gateway broke sending it): close this copy."""
+        """The descriptor went out (or the gateway broke sending it): close this copy,
+        or keep it with the segment's reuse record, for when the host lets go."""
         if not self._done:
             self._done = True
-            _close_quietly(self.fd)
+            keep = self.segment._mapping.keep
+            if keep is not None:
+                keep.out = True
+                keep.give_descriptor(self.fd)
+            else:
+                _close_quietly(self.fd)
 
     def abandon(self) -> None:
         """Nothing was sent: the segment is this process's again, with its descriptor."""
@@ -1090,11 +1102,14 @@ class SegmentMapping:
     (also inside a method of this class); a lock could deadlock there.
     """
 
-    __slots__ = ("_uses", "mm")
+    __slots__ = ("_uses", "keep", "mm")
 
-    def __init__(self, mm: mmap.mmap) -> None:
+    def __init__(self, mm: mmap.mmap, keep: _Kept | None = None) -> None:
         self.mm: mmap.mmap | None = mm
         self._uses: list[None] = []
+        #: Where the mmap goes when the last use ends, instead of being closed: the
+        #: record of an object this process made and may reuse (see :class:`_Kept`).
+        self.keep = keep
 
     def acquire(self) -> None:
         """Count one more use. Only a holder of a use may add one (an open Segment),
@@ -1117,15 +1132,23 @@ class SegmentMapping:
         mm, self.mm = self.mm, None
         if mm is None:
             return
-        try:
-            mm.close()
-        except BufferError:
-            # CPython still counts a buffer of the mapping that no counted use holds:
-            # the one of the array whose collection ended the last use (its weakref
-            # callback runs just before numpy lets go of its buffer), or a memoryview a
-            # caller took of Segment.data or Segment.mapping. Without this object's
-            # reference, the mmap is unmapped when that buffer goes.
-            pass
+        if self.keep is not None:
+            self.keep.give_mapping(mm)
+            return
+        _close_mapping(mm)
+
+
+def _close_mapping(mm: mmap.mmap) -> None:
+    """Close an mmap whose last counted use has ended."""
+    try:
+        mm.close()
+    except BufferError:
+        # CPython still counts a buffer of the mapping that no counted use holds: the
+        # one of the array whose collection ended the last use (its weakref callback
+        # runs just before numpy lets go of its buffer), or a memoryview a caller took
+        # of Segment.data or Segment.mapping. Without this object's reference, the mmap
+        # is unmapped when that buffer goes.
+        pass
 
 
 class Segment:
@@ -1446,6 +1469,8 @@ class Segment:
         anonymous array is.
         """
         if self.anonymous:
+            # Ours again: a record kept of it from an earlier move is out of date.
+            _forget_kept(self.name)
             _register_owned_anonymous(self, fd)
         elif not self.owned:
             _register_owned(self)
@@ -1462,6 +1487,9 @@ class Segment:
             fd, self._fd = self._fd, None
             if fd is not None:
                 _close_quietly(fd)
+                keep = self._mapping.keep
+                if keep is not None:
+                    keep.spoil()
             return
         entry = _owned.get(self.name)
         if entry is not None and entry[0] == os.getpid():
@@ -1644,6 +1672,7 @@ def create_anonymous(
     shape: Iterable[int],
     strides: Iterable[int] | None = None,
     meta: dict[str, Any] | None = None,
+    reuse: bool = False,
 ) -> Segment:
     """Create a segment in a new anonymous object, owned by this process.
 
@@ -1659,11 +1688,16 @@ def create_anonymous(
     ----------
     dtype, shape, strides, meta
         As for :func:`create`.
+    reuse : bool, optional
+        Reuse an object of the same size that this process made for an earlier array
+        and kept when that array was gone (see :func:`reuse_limit`), with its data as
+        that array left it; and keep this one for reuse in turn, when it is at least
+        :data:`KEEP_MIN` bytes.
 
     Returns
     -------
     Segment
-        Mapped read-write, zero-filled, owned by this process.
+        Mapped read-write, owned by this process; zero-filled unless reused.
 
     Raises
     ------
@@ -1675,7 +1709,13 @@ def create_anonymous(
     """
     header = build_header(dtype, shape, strides, meta)
     size = -(-(header.header_len + header.data_len) // PAGE) * PAGE
+    reusable = reuse and size >= KEEP_MIN and _keep_bytes >= size
+    if reusable and _kept:
+        seg = _reuse_anonymous(header, size)
+        if seg is not None:
+            return seg
     name = _new_name()
+    keep = _Kept(name, size) if reusable else None
     fd = anonymous_object(name)
     mm = None
     try:
@@ -1697,12 +1737,203 @@ def create_anonymous(
             seal(fd)
         except OSError as exc:
             raise _os_error(name, exc, "sealing the anonymous object") from None
-        seg = Segment(name, header, SegmentMapping(mm), True, None, 0, anonymous=True)
+        seg = Segment(name, header, SegmentMapping(mm, keep), True, None, 0, anonymous=True)
     except BaseException:
         if mm is not None:
             mm.close()
         os.close(fd)
         raise
+    _register_owned_anonymous(seg, fd)
+    return seg
+
+
+# ---------------------------------------------------------------------------------------
+# Reuse of this process's own anonymous segments
+#
+# Memory that was never mapped costs a page fault per 4 KiB page on first touch (shared
+# memory gets transparent huge pages only where shmem_enabled allows them), five times
+# what a copy into numpy's own memory costs. So an anonymous object this process made for
+# an array (pixgate.empty and friends) is kept, mapped, when its array is gone, and the
+# next array of the same size reuses it: its pages are already faulted in. Kept are the
+# objects whose array died here (nobody else ever had the descriptor), and the ones moved
+# to the host, which become reusable when the host writes STATE_FREE into the header as
+# it lets go of them (docs/SEGMENT_FORMAT.md §10). At most _KEEP_COUNT objects and
+# reuse_limit() bytes are kept; the oldest go first.
+
+#: Objects smaller than this are not kept: their faults cost little.
+KEEP_MIN = 1 << 20
+_KEEP_COUNT = 8
+_keep_bytes = 256 << 20
+_kept: list[_Kept] = []  # oldest first
+_kept_lock = threading.Lock()
+
+
+class _Kept:
+    """The reuse record of an anonymous object this process made: it collects the
+    object's descriptor (when the segment goes, or once it was moved out) and its mmap
+    (when the last use ends), and when it has both, keeps them for reuse (:func:`_park`).
+
+    Each of the two parts arrives once, possibly from weakref callbacks on any thread;
+    ``itertools.count`` decides atomically which arrival is the second."""
+
+    __slots__ = ("_parts", "fd", "mm", "name", "out", "size", "spoiled")
+
+    def __init__(self, name: str, size: int) -> None:
+        import itertools
+
+        self.name = name
+        self.size = size
+        self.fd: int | None = None
+        self.mm: mmap.mmap | None = None
+        #: Moved to the host: reusable once the host has written STATE_FREE.
+        self.out = False
+        #: The descriptor was closed (given up): nothing is kept.
+        self.spoiled = False
+        self._parts = itertools.count()
+
+    def give_descriptor(self, fd: int | None) -> None:
+        """The descriptor part: the object's descriptor (None: there is none to keep)."""
+        self.fd = fd
+        self.spoiled = self.spoiled or fd is None
+        self._arrived()
+
+    def give_mapping(self, mm: mmap.mmap) -> None:
+        self.mm = mm
+        self._arrived()
+
+    def spoil(self) -> None:
+        """The descriptor part, closed elsewhere: the mapping is closed when it comes."""
+        self.spoiled = True
+        self._arrived()
+
+    def _arrived(self) -> None:
+        if next(self._parts) == 1:
+            _park(self)
+
+    def discard(self) -> None:
+        mm, self.mm = self.mm, None
+        if mm is not None:
+            _close_mapping(mm)
+        fd, self.fd = self.fd, None
+        _close_quietly(fd)
+
+    def reusable(self, size: int) -> bool:
+        if self.size != size or self.mm is None:
+            return False
+        if not self.out:
+            return True
+        try:
+            return _U32.unpack_from(self.mm, _OFF_STATE)[0] == STATE_FREE
+        except (ValueError, struct.error):  # pragma: no cover - a closed mapping
+            return False
+
+
+def _park(rec: _Kept) -> None:
+    """Keep a record whose descriptor and mapping have both arrived, within the bounds;
+    from weakref callbacks too, so it never waits for the lock (and discards instead)."""
+    if rec.spoiled or rec.fd is None or rec.mm is None or rec.size > _keep_bytes:
+        rec.discard()
+        return
+    if not _kept_lock.acquire(blocking=False):
+        rec.discard()
+        return
+    try:
+        if not rec.out:
+            try:
+                _U32.pack_into(rec.mm, _OFF_STATE, STATE_FREE)
+            except (ValueError, TypeError):  # pragma: no cover - a closed mapping
+                rec.discard()
+                return
+        _kept.append(rec)
+        _trim(_KEEP_COUNT, _keep_bytes)
+    finally:
+        _kept_lock.release()
+
+
+def _trim(count: int, nbytes: int) -> None:
+    """Discard the oldest kept records until at most ``count`` of at most ``nbytes``
+    are left (the lock held)."""
+    total = sum(r.size for r in _kept)
+    while _kept and (len(_kept) > count or total > nbytes):
+        victim = _kept.pop(0)
+        total -= victim.size
+        victim.discard()
+
+
+def _take_kept(size: int) -> _Kept | None:
+    with _kept_lock:
+        for i, rec in enumerate(_kept):
+            if rec.reusable(size):
+                del _kept[i]
+                return rec
+    return None
+
+
+def _forget_kept(name: str) -> None:
+    if not _kept:
+        return
+    with _kept_lock:
+        for i, rec in enumerate(_kept):
+            if rec.name == name:
+                del _kept[i]
+                rec.discard()
+                return
+
+
+def reuse_limit(nbytes: int | None = None) -> int:
+    """The most bytes of freed anonymous segments this process keeps for reuse, after
+    setting it to ``nbytes`` when given (0 keeps none and lets go of those kept)."""
+    global _keep_bytes
+    if nbytes is not None:
+        if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
+            raise ValueError(f"reuse_limit takes a number of bytes >= 0, got {nbytes!r}")
+        with _kept_lock:
+            _keep_bytes = nbytes
+            _trim(_KEEP_COUNT, nbytes)
+    return _keep_bytes
+
+
+def kept() -> list[tuple[str, int, bool]]:
+    """The anonymous objects kept for reuse now: (name, size, whether moved out)."""
+    with _kept_lock:
+        return [(r.name, r.size, r.out) for r in _kept]
+
+
+def drop_kept() -> None:
+    """Let go of every object kept for reuse (the limit stays)."""
+    with _kept_lock:
+        _trim(0, 0)
+
+
+def reused(seg: Segment) -> bool:
+    """Whether ``seg``, just made by :func:`create_anonymous`, reuses a kept object (and
+    holds the bytes of the array before it)."""
+    return seg.anonymous and seg.header.generation != 0
+
+
+def _reuse_anonymous(header: Header, size: int) -> Segment | None:
+    """A segment for ``header`` in a kept object of ``size`` bytes, or None. Its header
+    is written as a new one's (version last) with the generation one past the object's
+    last, so that a receiver that cached the old header reads this one again, and never
+    0, which tells a reused segment from a new one (:func:`reused`); its data are
+    whatever the last array left."""
+    rec = _take_kept(size)
+    if rec is None:
+        return None
+    mm, fd = rec.mm, rec.fd
+    assert mm is not None and fd is not None
+    try:
+        header.generation = (_U64.unpack_from(mm, _OFF_GENERATION)[0] + 1) & _U64_MAX or 1
+        _U32.pack_into(mm, _OFF_VERSION, 0)
+        header.version = 0
+        mm[: header.header_len] = encode_header(header)
+        header.version = VERSION
+        _U32.pack_into(mm, _OFF_VERSION, VERSION)  # the version stamp, last
+    except BaseException:
+        rec.discard()
+        raise
+    keep = _Kept(rec.name, size)
+    seg = Segment(rec.name, header, SegmentMapping(mm, keep), True, None, 0, anonymous=True)
     _register_owned_anonymous(seg, fd)
     return seg
 

@@ -153,6 +153,7 @@ fn state_name(state: u32) -> String {
         segment::STATE_SHARED => "shared".to_string(),
         segment::STATE_LENT => "lent".to_string(),
         segment::STATE_MOVED => "moved".to_string(),
+        segment::STATE_FREE => "free".to_string(),
         other => format!("unknown ({other})"),
     }
 }
