@@ -75,8 +75,10 @@ pub(crate) struct Entry {
     /// mapped until told it is gone.
     peers: Vec<PeerRef>,
     /// A pool slot whose handle was dropped while references were out: it goes back to
-    /// its pool when the last one is settled.
-    parked: Option<(Segment, Arc<dyn SlotHome>)>,
+    /// its pool when the last one is settled. Also (no home) a worker's anonymous
+    /// object the host adopted and dropped while references were out: it is dropped
+    /// when the last one is settled, which writes it free for its creator to reuse.
+    parked: Option<(Segment, Option<Arc<dyn SlotHome>>)>,
     /// False once the array is gone (dropped, moved away, or its pool closed): its
     /// pending references can no longer be sent.
     live: bool,
@@ -263,12 +265,15 @@ impl Entry {
     }
 }
 
-/// A pool slot on its way back to its pool, with the gateways that keep it mapped.
-type Homecoming = (Segment, Arc<dyn SlotHome>, Vec<PeerRef>);
+/// A parked segment whose references are all settled, with the gateways that keep it
+/// mapped: a pool slot on its way back to its pool, or an adopted object to drop.
+type Homecoming = (Segment, Option<Arc<dyn SlotHome>>, Vec<PeerRef>);
 
 fn go_home(back: Option<Homecoming>) {
-    if let Some((seg, home, peers)) = back {
-        home.put_back(seg, peers);
+    match back {
+        Some((seg, Some(home), peers)) => home.put_back(seg, peers),
+        Some((seg, None, peers)) => forget_everywhere(seg, peers),
+        None => {}
     }
 }
 
@@ -362,13 +367,15 @@ impl Holding {
     }
 
     /// Takes care of the segment when the array's handle is dropped. A pool slot with
-    /// references out is parked until they are settled; everything else leaves the
-    /// ledger now (pending references of it can no longer be sent).
+    /// references out is parked until they are settled, and so is a worker's anonymous
+    /// object adopted here, whose creator reuses it once it is dropped
+    /// (docs/SEGMENT_FORMAT.md §10); everything else leaves the ledger now. Pending
+    /// references of a dropped array other than a pool slot can no longer be sent.
     pub(crate) fn drop_array(&self, seg: Segment, home: Option<Arc<dyn SlotHome>>) -> Dropped {
         let mut e = lock(&self.0);
         match home {
             Some(home) if !e.records.is_empty() => {
-                e.parked = Some((seg, home));
+                e.parked = Some((seg, Some(home)));
                 Dropped::Parked
             }
             Some(home) => {
@@ -377,11 +384,25 @@ impl Holding {
                 e.anon = None;
                 Dropped::Home(seg, home, peers)
             }
+            None if !e.records.is_empty()
+                && seg.anon().is_some()
+                && seg.unlinks_on_drop()
+                && seg.fields().creator_pid != std::process::id() =>
+            {
+                // A worker's object, adopted here, that a peer still maps for a share
+                // or lend: its creator may reuse it only once nobody does (§10). Kept
+                // until the last reference is settled, then dropped, which writes it
+                // free; its pending references can no longer be sent.
+                e.live = false;
+                e.anon = None;
+                e.parked = Some((seg, None));
+                Dropped::Parked
+            }
             None => {
                 if !e.records.is_empty() && seg.anon().is_some() {
-                    // A peer still maps it for a share or lend: its creator must not
-                    // reuse the object, so the drop does not write it free (§10); an
-                    // anonymous object has no name to unlink either way.
+                    // A peer still maps it for a share or lend: the drop does not write
+                    // it free (§10); an anonymous object has no name to unlink either
+                    // way.
                     seg.set_unlink_on_drop(false);
                 }
                 let peers = std::mem::take(&mut e.peers);
@@ -844,10 +865,10 @@ pub(crate) fn take_parked_of(home: usize) -> Vec<(Segment, Vec<PeerRef>)> {
     let mut out = Vec::new();
     for entry in entries {
         let mut e = lock(&entry);
-        let mine = e
-            .parked
-            .as_ref()
-            .is_some_and(|(_, h)| Arc::as_ptr(h).cast::<()>() as usize == home);
+        let mine = e.parked.as_ref().is_some_and(|(_, h)| {
+            h.as_ref()
+                .is_some_and(|h| Arc::as_ptr(h).cast::<()>() as usize == home)
+        });
         if mine {
             let (seg, _) = e.parked.take().expect("checked");
             let peers = std::mem::take(&mut e.peers);

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{T, anonymous_objects_of, assert_no_segments, gateway, serial};
+use common::{T, anonymous_objects_of, assert_no_segments, gateway, serial, wait_until};
 use pixgate::{Channel, SharedArray, Value};
 
 const MIB: i64 = 1 << 20;
@@ -193,7 +193,7 @@ fn a_moved_result_is_reused_only_after_the_host_lets_go_of_it() {
 }
 
 #[test]
-fn a_moved_result_the_host_drops_while_a_peer_maps_it_is_never_reused() {
+fn a_moved_result_the_host_drops_while_a_peer_maps_it_is_reused_once_the_peer_lets_go() {
     let _serial = serial();
     let (maker, peer) = (gateway(), gateway());
     let ch = maker.remote_exec(MAKER).unwrap();
@@ -207,13 +207,20 @@ fn a_moved_result_the_host_drops_while_a_peer_maps_it_is_never_reused() {
     let moved = x.name().to_string();
     holder.send(x.share().unwrap()).unwrap();
     assert_eq!(holder.receive_timeout(T).unwrap().as_i64(), Some(5));
-    // Dropped by the host while the peer reads it: the memory stays the peer's to read,
-    // so the worker never gets it back, not even after the peer lets go.
+    // Dropped by the host while the peer reads it: the bytes stay the peer's to read
+    // until it lets go, and only then does the worker get the object back.
     drop(x);
     for value in [6, 7, 8] {
         let (name, ..) = make(&ch, 2 * MIB, value, true);
         assert_ne!(name, moved, "reused while a peer maps it");
     }
+    assert!(ask(&ch, "drop", Value::None).is_none());
+    for value in [9, 10, 11] {
+        let (name, ..) = make(&ch, 2 * MIB, value, false);
+        assert_ne!(name, moved, "reused while a peer maps it");
+    }
+    let out: Vec<_> = kept(&ch).into_iter().filter(|k| k.0 == moved).collect();
+    assert!(out.len() == 1 && out[0].3 != 4, "not free yet: {out:?}");
     holder.send(Value::None).unwrap();
     assert_eq!(
         holder.receive_timeout(T).unwrap().as_i64(),
@@ -221,21 +228,45 @@ fn a_moved_result_the_host_drops_while_a_peer_maps_it_is_never_reused() {
         "unchanged"
     );
     assert_eq!(holder.receive_timeout(T).unwrap().as_str(), Some("dropped"));
-    assert!(ask(&ch, "drop", Value::None).is_none());
-    for value in [9, 10, 11] {
-        let (name, ..) = make(&ch, 2 * MIB, value, true);
-        assert_ne!(
-            name, moved,
-            "reused after the host dropped it under a share"
-        );
-    }
-    let out: Vec<_> = kept(&ch).into_iter().filter(|k| k.0 == moved).collect();
-    assert!(out.iter().all(|k| k.3 != 4), "never written free: {out:?}");
+    wait_until(
+        || kept(&ch).iter().any(|k| k.0 == moved && k.3 == 4),
+        "the host to write it free once the peer released it",
+    );
+    let made: Vec<_> = (0..4).map(|_| make(&ch, 2 * MIB, 1, true)).collect();
+    assert!(
+        made.iter().any(|m| m.0 == moved),
+        "reused at last: {made:?}"
+    );
     assert!(ask(&ch, "drop", Value::None).is_none());
     ch.close().unwrap();
     holder.close().unwrap();
     maker.exit(T).unwrap();
     peer.exit(T).unwrap();
+    assert_no_segments();
+}
+
+#[test]
+fn a_moved_result_the_host_drops_while_a_lend_is_unsent_is_reused_once_it_goes() {
+    let _serial = serial();
+    let gw = gateway();
+    let ch = gw.remote_exec(MAKER).unwrap();
+    let mut x = receive_moved(&ch, 2 * MIB, 5);
+    let moved = x.name().to_string();
+    let pending = x.lend().unwrap(); // made, never sent
+    drop(x);
+    let (name, ..) = make(&ch, 2 * MIB, 6, true);
+    assert_ne!(name, moved, "reused while a reference to it is pending");
+    let err = ch.send(pending.clone()).unwrap_err();
+    assert!(err.to_string().contains("dropped"), "{err}");
+    drop(pending);
+    let made: Vec<_> = (0..3).map(|_| make(&ch, 2 * MIB, 1, true)).collect();
+    assert!(
+        made.iter().any(|m| m.0 == moved),
+        "reused once it went: {made:?}"
+    );
+    assert!(ask(&ch, "drop", Value::None).is_none());
+    ch.close().unwrap();
+    gw.exit(T).unwrap();
     assert_no_segments();
 }
 
