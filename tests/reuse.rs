@@ -302,6 +302,8 @@ fn reuse_limit_bounds_what_a_worker_keeps_and_zero_keeps_nothing() {
     let (a, ..) = make(&ch, 2 * MIB, 1, false);
     let (b, ..) = make(&ch, 2 * MIB, 1, false);
     assert_ne!(a, b, "nothing is reused with a limit of 0");
+    // (A round trip first: the worker answers a make before it drops the array.)
+    assert!(kept(&ch).is_empty());
     let pid = gw.pid().to_string();
     assert_eq!(anonymous_objects_of(&pid), Vec::<String>::new());
     ch.close().unwrap();
