@@ -7,7 +7,7 @@
 mod common;
 
 use common::{T, anonymous_objects_of, assert_no_segments, gateway, serial, wait_until};
-use pixgate::{Channel, SharedArray, Value};
+use pixgate::{Channel, Gateway, SharedArray, Value};
 
 const MIB: i64 = 1 << 20;
 
@@ -90,6 +90,15 @@ fn kept(ch: &Channel) -> Vec<(String, i64, bool, i64)> {
             )
         })
         .collect()
+}
+
+/// Drops what the worker holds, closes the channel, ends the worker, and checks that
+/// nothing is left.
+fn finish(ch: &Channel, gw: &Gateway) {
+    assert!(ask(ch, "drop", Value::None).is_none());
+    ch.close().unwrap();
+    gw.exit(T).unwrap();
+    assert_no_segments();
 }
 
 fn receive_moved(ch: &Channel, nbytes: i64, value: i64) -> SharedArray<u8> {
@@ -186,10 +195,7 @@ fn a_moved_result_is_reused_only_after_the_host_lets_go_of_it() {
         Some(11),
         "reused after the host let go: {made:?}"
     );
-    assert!(ask(&ch, "drop", Value::None).is_none());
-    ch.close().unwrap();
-    gw.exit(T).unwrap();
-    assert_no_segments();
+    finish(&ch, &gw);
 }
 
 #[test]
@@ -264,10 +270,7 @@ fn a_moved_result_the_host_drops_while_a_lend_is_unsent_is_reused_once_it_goes()
         made.iter().any(|m| m.0 == moved),
         "reused once it went: {made:?}"
     );
-    assert!(ask(&ch, "drop", Value::None).is_none());
-    ch.close().unwrap();
-    gw.exit(T).unwrap();
-    assert_no_segments();
+    finish(&ch, &gw);
 }
 
 #[test]
