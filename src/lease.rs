@@ -399,12 +399,6 @@ impl Holding {
                 Dropped::Parked
             }
             None => {
-                if !e.records.is_empty() && seg.anon().is_some() {
-                    // A peer still maps it for a share or lend: the drop does not write
-                    // it free (§10); an anonymous object has no name to unlink either
-                    // way.
-                    seg.set_unlink_on_drop(false);
-                }
                 let peers = std::mem::take(&mut e.peers);
                 unregister(&mut e, &self.0);
                 // Its pending references can no longer be sent, and nobody reads the

@@ -842,9 +842,15 @@ impl Drop for Segment {
         // The mapping is unmapped when `map` drops, after this; unlinking first is fine,
         // the object lives until its last mapping goes.
         if self.unlink_on_drop.load(Ordering::Relaxed) {
-            if matches!(self.backing, Backing::Anon(_)) && self.writable && !self.fields.pool_slot {
-                // The owner's last act on it: a worker that made the object and kept
-                // its mapping may now reuse it for its next array (§10).
+            if matches!(self.backing, Backing::Anon(_))
+                && self.writable
+                && !self.fields.pool_slot
+                && self.fields.creator_pid != std::process::id()
+            {
+                // The owner's last act on another process's object: the worker that
+                // made it and kept its mapping may now reuse it for its next array
+                // (§10). The ledger drops an adopted object only once nothing of it
+                // is out (`Holding::drop_array`).
                 atomic_u32(&self.map, self.base + OFF_STATE).store(STATE_FREE, Ordering::Release);
             }
             let _ = self.backing.unlink(&self.name);

@@ -312,7 +312,8 @@ def _new(
     seg = _segment.create_anonymous(typestr, shape_t, None, merged, reuse=True)
     arr = map_array(seg)
     if zero and _segment.reused(seg):
-        # A new segment's memory is reserved with posix_fallocate and reads as zeros.
+        # A new segment reads as zeros (reserved with posix_fallocate); a reused one
+        # holds the bytes of the array before it.
         arr.fill(0)
     return arr
 
