@@ -134,6 +134,9 @@ impl Channel {
         }
         let sending = crate::lease::send(value, &peer)?;
         let mut delivered = Vec::new();
+        // The descriptors passed close after the frame is written: closing is not on
+        // the way to the worker.
+        let mut fds = Vec::new();
         if sending.has_anonymous() {
             let Some(sock) = self.shared.descriptors() else {
                 return Err(Error::new(ErrorKind::Reference(format!(
@@ -142,7 +145,6 @@ impl Channel {
                     self.shared.id
                 ))));
             };
-            let mut fds = Vec::new();
             for (r, obj) in sending.anonymous() {
                 let writable = r.access() != crate::value::Access::Shared;
                 if !obj.delivered_to(peer.key, writable) {
@@ -169,6 +171,7 @@ impl Channel {
             }
         }
         self.send_checked(frame, need_open)?;
+        drop(fds);
         for (_, obj, writable) in delivered {
             obj.note_delivered(&peer, writable);
         }
