@@ -3,6 +3,9 @@
 //! processes in /proc (docs/ARCHITECTURE.md): pool arenas slot by slot, keys and
 //! prefixes, the state word, other processes' segments, and processes that end while
 //! `ls` runs. Other processes are `examples/anon_holder.rs`.
+//!
+//! Every test takes [`serial`]: a `pixgate ls` opens and maps the segments it lists, so
+//! one test's listing would show up as a holder and mapper of another test's segments.
 #![cfg(target_os = "linux")]
 
 mod common;
@@ -355,6 +358,7 @@ fn kill(mut child: Child) {
 
 #[test]
 fn ls_finds_the_anonymous_segments_of_other_processes() {
+    let _serial = serial();
     let (child, pid) = holder(3, 2);
     let json = pixgate_ok(&["ls", "--json"]);
     let theirs: Vec<&str> = json
@@ -393,6 +397,7 @@ fn ls_finds_the_anonymous_segments_of_other_processes() {
 
 #[test]
 fn ls_is_not_broken_by_processes_that_end_while_it_lists() {
+    let _serial = serial();
     let stop = Arc::new(AtomicBool::new(false));
     let churn = {
         let stop = Arc::clone(&stop);
@@ -443,6 +448,7 @@ fn ls_is_not_broken_by_processes_that_end_while_it_lists() {
 
 #[test]
 fn ls_whose_reader_stops_reading_ends_quietly() {
+    let _serial = serial();
     // Far more than a pipe holds, so that ls writes into a pipe nobody reads.
     let (holder, _) = holder(1000, 0);
     for args in [["ls", "--json"], ["ls", ""]] {

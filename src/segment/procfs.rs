@@ -149,11 +149,17 @@ impl Scan {
                 continue;
             }
             // `stat` follows the link to the object itself. The descriptor may have
-            // been closed, or its number reused, since the link was read: the identity
-            // is what counts, and the opener checks it again.
+            // been closed, or its number reused for another object, since the link was
+            // read (a process that opens and closes descriptors quickly, such as
+            // another `pixgate ls`): the link is read again, and the identity counts
+            // for this name only if the same link stood on both sides of the `stat`.
+            // The opener checks the identity again.
             let Ok(meta) = std::fs::metadata(&path) else {
                 continue;
             };
+            if std::fs::read_link(&path).ok().as_ref() != Some(&link) {
+                continue;
+            }
             let seen = self
                 .objects
                 .entry(ObjectId::of(&meta))
