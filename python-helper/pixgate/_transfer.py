@@ -451,6 +451,27 @@ def import_reference(ref: _wire.ArrayRef | _wire.DescriptorRef) -> Any:
 
 def _import_anonymous(ref: _wire.DescriptorRef) -> Any:
     """Map a received reference by descriptor as a numpy array."""
+    access = ref.access
+    if not ref.token and access != _wire.MOVED:
+        # The common case of a resident array (shared or lent again, no descriptor):
+        # the segment kept at its offset serves as it is when its header is of this
+        # generation. Anything else (nothing kept, another generation, by value) takes
+        # the general path below, which also says what is wrong.
+        obj = _resident.get((ref.name, access != _wire.SHARED))
+        seg = obj.segments.get(ref.offset) if type(obj) is _Object else None
+        if (
+            seg is not None
+            and not seg.closed
+            and seg.header.generation == ref.generation == seg.generation
+            and not _by_value()
+        ):
+            held = _Held(ref.name, ref.generation, access, ref.key, ref.offset, True)
+            try:
+                return _leased_array(seg, held)
+            except LoadError:
+                raise
+            except (Error, OSError, ImportError) as exc:
+                raise LoadError(f"array {ref.key}: {exc}") from exc
     try:
         if ref.access == _wire.MOVED:
             # Ours from now on: a mapping kept from an earlier share or lend leaves the
@@ -467,7 +488,8 @@ def _import_anonymous(ref: _wire.DescriptorRef) -> Any:
             _collector.watch(seg)
             return arr
         writable = ref.access != _wire.SHARED
-        if _by_value():
+        by_value = _by_value()
+        if by_value:
             # A copy of the host's, made for this reference only: nothing is kept for
             # the next one (which brings its own copy), and a lend's pixels go back.
             seg, fd = _anonymous_segment(ref, writable, keep=False)
@@ -476,7 +498,7 @@ def _import_anonymous(ref: _wire.DescriptorRef) -> Any:
         else:
             seg, _ = _anonymous_segment(ref, writable, keep=True)
         held = _Held(ref.name, ref.generation, ref.access, ref.key, ref.offset, True)
-        if writable and _by_value():
+        if writable and by_value:
             held.copy = seg
         return _leased_array(seg, held)
     except LoadError:

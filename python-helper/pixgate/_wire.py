@@ -778,9 +778,12 @@ def _encode_descriptor_ref(
         raise DumpError(f"bad array reference {ref!r}")
     parts.append(_pack_op_i32(b"V", len(raw)))
     parts.append(raw)
-    # The token's place (parts index recorded above), then the rest.
-    parts.append(_TOKEN.pack(token or 0))
-    parts.append(_DESC_TAIL.pack(0, offset, generation, ref.access)[8:])
+    if token is None:
+        # The token's place (parts index recorded above), then the rest.
+        parts.append(_TOKEN.pack(0))
+        parts.append(_DESC_TAIL.pack(0, offset, generation, ref.access)[8:])
+    else:
+        parts.append(_DESC_TAIL.pack(token, offset, generation, ref.access))
 
 
 def _encode_longint(i: int, append: Callable[[bytes], None]) -> None:

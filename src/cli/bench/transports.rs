@@ -1,5 +1,10 @@
 //! P8: the anonymous transport against named segments, measured in the same run and
-//! in turn, so that a change of the machine's regime falls on both alike.
+//! in turn, so that a change of the machine's regime falls on both alike, and through
+//! one gateway (a gateway with a descriptor socket takes named arrays as well): what
+//! differs is the array's transport, not the worker process. Two gateways, one per
+//! transport, differ by more than the transports do: each worker process settles into
+//! its own wake-up regime (measured: a resident round trip of 32-52 µs per process,
+//! bimodal, where one worker serving both arrays takes 19 µs; BENCHMARKS.md P8).
 //!
 //! - handoff of a resident 1 MiB array (lend, echoed back): the worker maps it already,
 //!   so only the reference crosses — the ratio anonymous ÷ named must stay ≤ 1.05;
@@ -56,11 +61,8 @@ fn rows(b: &mut Bench, what: &str, samples: &[Vec<f64>; 2]) -> (Option<f64>, Opt
 /// P8; see the module docs.
 pub(crate) fn transports(b: &mut Bench) -> Result<(), BenchError> {
     let p = Scenario::P8;
-    let gws = [
-        b.gateway_with("bench-p8-anonymous", Transport::Anonymous)?,
-        b.gateway_with("bench-p8-named", Transport::Named)?,
-    ];
-    if gws[0].transport() != Transport::Anonymous {
+    let gw = b.gateway_with("bench-p8", Transport::Anonymous)?;
+    if gw.transport() != Transport::Anonymous {
         b.report
             .note("P8 skipped: the worker cannot pass descriptors, so no anonymous transport");
         return Ok(());
@@ -69,15 +71,15 @@ pub(crate) fn transports(b: &mut Bench) -> Result<(), BenchError> {
 
     // A resident array, lent and echoed back.
     b.step("P8 resident 1 MiB handoff, both transports in turn");
-    let echo = [gws[0].remote_exec(ECHO)?, gws[1].remote_exec(ECHO)?];
+    let echo = gw.remote_exec(ECHO)?;
     let mut arrays = [
         SharedArray::<u8>::zeros_in(BOTH[0], &[MIB as usize])?,
         SharedArray::<u8>::zeros_in(BOTH[1], &[MIB as usize])?,
     ];
     let resident = in_turn(rounds, |k, _| {
         let t = Instant::now();
-        echo[k].send(arrays[k].lend()?)?;
-        let back = echo[k].receive_timeout(TIMEOUT)?;
+        echo.send(arrays[k].lend()?)?;
+        let back = echo.receive_timeout(TIMEOUT)?;
         let dt = t.elapsed().as_secs_f64();
         if !matches!(back, Value::Array(_)) || arrays[k].is_lent() {
             return Err(BenchError::Answer(format!(
@@ -98,7 +100,7 @@ pub(crate) fn transports(b: &mut Bench) -> Result<(), BenchError> {
 
     // A lock-step stream of pool frames.
     b.step("P8 pool frames, both transports in turn");
-    let frames = [gws[0].remote_exec(FRAMES)?, gws[1].remote_exec(FRAMES)?];
+    let frames = [gw.remote_exec(FRAMES)?, gw.remote_exec(FRAMES)?];
     let pools = [
         b.pool()
             .transport(BOTH[0])
@@ -134,14 +136,14 @@ pub(crate) fn transports(b: &mut Bench) -> Result<(), BenchError> {
 
     // A one-off array's first handoff.
     b.step("P8 one-off 1 MiB first handoff, both transports in turn");
-    let answer = [gws[0].remote_exec(ANSWER)?, gws[1].remote_exec(ANSWER)?];
+    let answer = gw.remote_exec(ANSWER)?;
     let first = in_turn(b.pick(50, 300), |k, round| {
         let mut a = SharedArray::<u8>::zeros_in(BOTH[k], &[MIB as usize])?;
         let tag = (round % 200) as u8;
         a.view_mut()?[0] = tag;
         let t = Instant::now();
-        answer[k].send(a.share()?)?;
-        let back = answer[k].receive_timeout(TIMEOUT)?;
+        answer.send(a.share()?)?;
+        let back = answer.receive_timeout(TIMEOUT)?;
         let dt = t.elapsed().as_secs_f64();
         if back.as_i64() != Some(i64::from(tag)) {
             return Err(BenchError::Answer(format!("sent {tag}, got {back}")));
@@ -183,11 +185,9 @@ pub(crate) fn transports(b: &mut Bench) -> Result<(), BenchError> {
         "×",
         Target::AtMost(1.1),
     );
-    for ch in echo.iter().chain(&frames).chain(&answer) {
+    for ch in [&echo, &answer].into_iter().chain(&frames) {
         ch.close()?;
     }
-    for gw in gws {
-        gw.exit(std::time::Duration::from_secs(20))?;
-    }
+    gw.exit(std::time::Duration::from_secs(20))?;
     Ok(())
 }
