@@ -348,13 +348,7 @@ impl Connection {
     /// reported, when the worker is gone: it has nothing mapped any more. Never waits
     /// for the pipe: a FORGET that does not fit is written when it drains.
     pub(crate) fn forget_segment(&self, name: &str) {
-        {
-            let mut forgotten = crate::output::lock(&self.forgotten);
-            if forgotten.len() == FORGOTTEN_KEPT {
-                forgotten.pop_front();
-            }
-            forgotten.push_back(name.to_string());
-        }
+        self.note_forgotten(name);
         {
             let st = self.lock();
             if st.closed_by_host || st.child_gone || st.is_broken() {
@@ -367,6 +361,19 @@ impl Connection {
         if let Ok(frame) = frame {
             self.try_write_frame(&frame);
         }
+    }
+
+    /// Remembers `name` among the forgotten objects, whose releases still under way are
+    /// expected; once, when a drop noted it just before sending FORGET.
+    fn note_forgotten(&self, name: &str) {
+        let mut forgotten = crate::output::lock(&self.forgotten);
+        if forgotten.back().is_some_and(|f| f == name) {
+            return;
+        }
+        if forgotten.len() == FORGOTTEN_KEPT {
+            forgotten.pop_front();
+        }
+        forgotten.push_back(name.to_string());
     }
 
     /// The error for an operation that needs a worker that is gone. Waits briefly for
@@ -954,5 +961,9 @@ fn nonblocking_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 impl crate::lease::Peer for Connection {
     fn forget(&self, name: &str) {
         self.forget_segment(name);
+    }
+
+    fn forgetting(&self, name: &str) {
+        self.note_forgotten(name);
     }
 }

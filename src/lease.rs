@@ -400,6 +400,11 @@ impl Holding {
             }
             None => {
                 let peers = std::mem::take(&mut e.peers);
+                // A release under way from a peer finds the name forgotten, not missing.
+                let name = seg.wire_name();
+                for peer in peers.iter().filter_map(PeerRef::upgrade) {
+                    peer.forgetting(&name);
+                }
                 unregister(&mut e, &self.0);
                 // Its pending references can no longer be sent, and nobody reads the
                 // state word of a dropped array: they need not keep its mapping, nor an

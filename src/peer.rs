@@ -10,6 +10,11 @@ pub(crate) trait Peer: Send + Sync {
     /// The segment that references named `name` is gone: the worker drops any mapping
     /// it keeps of it (FORGET).
     fn forget(&self, name: &str);
+
+    /// The segment `name` is about to go: a release of it that arrives from now on is
+    /// one that was under way, not a worker naming something it never had. Said before
+    /// the ledger lets go of it, so that no release falls between the two.
+    fn forgetting(&self, _name: &str) {}
 }
 
 /// The identity of a gateway: the address of its shared state.
