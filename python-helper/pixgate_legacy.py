@@ -31,6 +31,7 @@ What differs from the main helper:
 
 from __future__ import absolute_import, division, print_function
 
+import errno
 import os
 import re
 import struct
@@ -1375,7 +1376,11 @@ class _WorkerGateway(object):
 class _MainTasks(object):
     """Executions for the main thread. On CPython the main thread waits in ``os.read``
     on a pipe, which a signal interrupts, so the SIGTERM handler runs at once (a
-    Python 2 lock wait cannot be interrupted)."""
+    Python 2 lock wait cannot be interrupted). A signal the kernel delivers to another
+    thread interrupts nothing in the main thread, where Python runs handlers: the
+    pipe's write end is the wake-up descriptor (``signal.set_wakeup_fd``, installed by
+    ``serve``), whose byte wakes the main thread to run it. Bytes are wake-ups only: a
+    task is looked for before every read."""
 
     def __init__(self):
         self._tasks = []
@@ -1389,6 +1394,11 @@ class _MainTasks(object):
             self._r, self._w = os.pipe()
             for fd in (self._r, self._w):
                 fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.fcntl(fd, fcntl.F_GETFD) | fcntl.FD_CLOEXEC)
+            fcntl.fcntl(self._w, fcntl.F_SETFL, fcntl.fcntl(self._w, fcntl.F_GETFL) | os.O_NONBLOCK)
+
+    def wakeup_fd(self):
+        """The write end, for ``signal.set_wakeup_fd`` (non-blocking), on CPython."""
+        return self._w
 
     def put(self, task):
         if self._queue is not None:
@@ -1396,21 +1406,26 @@ class _MainTasks(object):
             return
         with self._lock:
             self._tasks.append(task)
-        os.write(self._w, b"t")
+        try:
+            os.write(self._w, b"t")
+        except EnvironmentError as exc:
+            # Full: the main thread has bytes to read, and finds the task after.
+            if getattr(exc, "errno", None) != errno.EAGAIN:
+                raise
 
     def get(self):
         if self._queue is not None:
             return self._queue.get()
         while True:
-            try:
-                os.read(self._r, 1)
-            except EnvironmentError as exc:
-                if getattr(exc, "errno", None) == 4:  # EINTR on Python 2
-                    continue
-                raise
             with self._lock:
                 if self._tasks:
                     return self._tasks.pop(0)
+            try:
+                os.read(self._r, 4096)
+            except EnvironmentError as exc:
+                if getattr(exc, "errno", None) == errno.EINTR:  # Python 2
+                    continue
+                raise
 
 
 def _execute(ch, source, file_name, call_name, kwargs):
@@ -1569,6 +1584,8 @@ def serve(rfd=3, wfd=4):
             gw.shutdown(128 + signum)
 
         signal.signal(signal.SIGTERM, on_term)
+        # Delivered to another thread, it wakes the main thread to run the handler.
+        signal.set_wakeup_fd(gw._main_tasks.wakeup_fd())
     info = [
         (u"protocol", PROTOCOL_VERSION),
         (u"helper", _text(__version__)),

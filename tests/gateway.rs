@@ -339,6 +339,29 @@ fn a_burst_of_termination_signals_ends_the_worker_at_once() {
 }
 
 #[test]
+fn a_termination_signal_delivered_to_another_thread_runs_the_cleanup() {
+    // Python runs signal handlers in the main thread only; the kernel may deliver a
+    // process's SIGTERM to any of its threads, and then nothing wakes the main thread
+    // unless the signal's wake-up descriptor does.
+    let gw = gateway();
+    let ch = gw
+        .remote_exec("import time\nchannel.send(1)\ntime.sleep(60)")
+        .unwrap();
+    assert_eq!(ch.receive_timeout(T).unwrap().as_i64(), Some(1));
+    let tid = common::sigterm_another_thread(gw.pid()).expect("a thread besides the main one");
+    let start = Instant::now();
+    while gw.is_alive() && start.elapsed() < T {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let exit = gw.exit(T).unwrap();
+    eprintln!(
+        "worker ended {:?} after SIGTERM to thread {tid}: {exit:?}",
+        start.elapsed()
+    );
+    assert_eq!(exit.code, Some(128 + 15), "{exit:?}");
+}
+
+#[test]
 fn many_gateways_start_and_stop_in_parallel() {
     let handles: Vec<_> = (0..4)
         .map(|i| {

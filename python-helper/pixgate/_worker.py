@@ -1075,12 +1075,49 @@ class _ChannelWriter:
         return getattr(self._fallback, name)
 
 
+class _MainTasks:
+    """Executions for the main thread, which waits for them in ``os.read`` on a pipe.
+
+    The pipe's write end is also the interpreter's signal wake-up descriptor
+    (``signal.set_wakeup_fd``, installed by :func:`serve`): Python runs signal handlers
+    in the main thread only, and a SIGTERM the kernel delivers to another thread would
+    otherwise leave the main thread asleep, its handler never run, until a task came.
+    The byte it writes wakes the main thread, which runs the handler before it reads
+    again. Bytes are wake-ups only: a task is looked for before every read.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: deque[Callable[[], None] | None] = deque()
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._w, False)
+
+    @property
+    def wakeup_fd(self) -> int:
+        """The write end, for ``signal.set_wakeup_fd`` (non-blocking, as it requires)."""
+        return self._w
+
+    def put(self, task: Callable[[], None] | None) -> None:
+        self._tasks.append(task)
+        try:
+            os.write(self._w, b"t")
+        except BlockingIOError:
+            pass  # full: the main thread has bytes to read, and finds the task after
+
+    def get(self) -> Callable[[], None] | None:
+        while True:
+            try:
+                return self._tasks.popleft()
+            except IndexError:
+                pass
+            os.read(self._r, 4096)
+
+
 class _WorkerGateway:
     def __init__(self, conn: _Conn) -> None:
         self.conn = conn
         self._channels: dict[int, Channel] = {}
         self._lock = threading.Lock()
-        self._main_tasks: SimpleQueue[Callable[[], None] | None] = SimpleQueue()
+        self._main_tasks = _MainTasks()
         self._cleanup: list[Callable[[], None]] = []
         # Reentrant: a signal handler that re-enters shutdown on the thread already in it
         # must not wait for itself (see shutdown).
@@ -1702,6 +1739,11 @@ def serve(rfd: int = 3, wfd: int = 4) -> None:
 
     # Before the handshake: once the host has it, a SIGTERM must find the cleanup.
     _signal.signal(_signal.SIGTERM, on_term)
+    # Delivered to another thread, it wakes the main thread to run the handler.
+    try:
+        _signal.set_wakeup_fd(gw._main_tasks.wakeup_fd, warn_on_full_buffer=False)
+    except TypeError:  # an interpreter without the keyword
+        _signal.set_wakeup_fd(gw._main_tasks.wakeup_fd)
     from . import __version__
 
     info = {

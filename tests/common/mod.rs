@@ -609,3 +609,25 @@ pub fn first_line(child: &mut std::process::Child, what: &str) -> String {
         }
     }
 }
+
+/// Sends SIGTERM to one thread of `pid` other than its main one (`tgkill`), as the
+/// kernel may deliver a process's SIGTERM to any thread that does not block it; the
+/// threads are found in `/proc/PID/task`. Returns the thread's id, or None when the
+/// process has no other thread.
+#[cfg(target_os = "linux")]
+pub fn sigterm_another_thread(pid: u32) -> Option<u32> {
+    let tid = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|&tid| tid != pid)?;
+    // SAFETY: tgkill with plain integer arguments.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_tgkill,
+            libc::c_long::from(pid as i32),
+            libc::c_long::from(tid as i32),
+            libc::c_long::from(libc::SIGTERM),
+        )
+    };
+    (rc == 0).then_some(tid)
+}
