@@ -453,25 +453,25 @@ def _import_anonymous(ref: _wire.DescriptorRef) -> Any:
     """Map a received reference by descriptor as a numpy array."""
     access = ref.access
     if not ref.token and access != _wire.MOVED:
-        # The common case of a resident array (shared or lent again, no descriptor):
-        # the segment kept at its offset serves as it is when its header is of this
-        # generation. Anything else (nothing kept, another generation, by value) takes
-        # the general path below, which also says what is wrong.
+        # The common cases of a resident array (shared or lent again, no descriptor)
+        # and of a pool slot's next frame: the segment kept at its offset serves when
+        # its header is of this generation, a slot's after it is re-read over the same
+        # mapping. Anything else (nothing kept, a header that no longer validates, by
+        # value) takes the general path below, which also says what is wrong.
         obj = _resident.get((ref.name, access != _wire.SHARED))
         seg = obj.segments.get(ref.offset) if type(obj) is _Object else None
-        if (
-            seg is not None
-            and not seg.closed
-            and seg.header.generation == ref.generation == seg.generation
-            and not _by_value()
-        ):
-            held = _Held(ref.name, ref.generation, access, ref.key, ref.offset, True)
+        if seg is not None and not seg.closed and not _by_value():
+            key = ref.key
             try:
-                return _leased_array(seg, held)
+                if seg.header.generation != ref.generation and seg.pool_slot:
+                    seg = obj.segments[ref.offset] = seg.reread()
+                if seg.header.generation == ref.generation == seg.generation:
+                    held = _Held(ref.name, ref.generation, access, key, ref.offset, True)
+                    return _leased_array(seg, held)
             except LoadError:
                 raise
             except (Error, OSError, ImportError) as exc:
-                raise LoadError(f"array {ref.key}: {exc}") from exc
+                raise LoadError(f"array {key}: {exc}") from exc
     try:
         if ref.access == _wire.MOVED:
             # Ours from now on: a mapping kept from an earlier share or lend leaves the
