@@ -460,7 +460,7 @@ def _import_anonymous(ref: _wire.DescriptorRef) -> Any:
         # value) takes the general path below, which also says what is wrong.
         obj = _resident.get((ref.name, access != _wire.SHARED))
         seg = obj.segments.get(ref.offset) if type(obj) is _Object else None
-        if seg is not None and not seg.closed and not _by_value():
+        if type(obj) is _Object and seg is not None and not seg.closed and not _by_value():
             key = ref.key
             try:
                 if seg.header.generation != ref.generation and seg.pool_slot:
