@@ -161,6 +161,18 @@ class LayoutError(Error, ValueError):
     """A shape, strides or metadata that no segment can describe."""
 
 
+def _retrying(call, *args):
+    """``call(*args)``, again while a signal interrupts it: Python 2 raises EINTR where
+    Python 3 retries, and a signal may land on any thread (a SIGTERM meant for the main
+    thread's handler must not end the reader with an error)."""
+    while True:
+        try:
+            return call(*args)
+        except EnvironmentError as exc:
+            if getattr(exc, "errno", None) != errno.EINTR:
+                raise
+
+
 def _native(text):
     """``text`` as the interpreter's native ``str`` (UTF-8 bytes on Python 2)."""
     if not PY3 and isinstance(text, text_type):
@@ -883,7 +895,7 @@ class _Conn(object):
                 return
             view = memoryview(data)
             while len(view):
-                n = os.write(self.wfd, view)
+                n = _retrying(os.write, self.wfd, view)
                 view = view[n:]
 
     def _read_exact(self, n):
@@ -896,7 +908,7 @@ class _Conn(object):
             parts.append(take)
             have = len(take)
         while have < n:
-            chunk = self._read(self.rfd, max(_CHUNK, min(n - have, 1 << 24)))
+            chunk = _retrying(self._read, self.rfd, max(_CHUNK, min(n - have, 1 << 24)))
             if not chunk:
                 if not have:
                     return None
@@ -1407,7 +1419,7 @@ class _MainTasks(object):
         with self._lock:
             self._tasks.append(task)
         try:
-            os.write(self._w, b"t")
+            _retrying(os.write, self._w, b"t")
         except EnvironmentError as exc:
             # Full: the main thread has bytes to read, and finds the task after.
             if getattr(exc, "errno", None) != errno.EAGAIN:
@@ -2017,7 +2029,7 @@ def _refuse_reference(ref, refused):
             try:
                 st = os.fstat(fd)
                 _check_stat(st.st_uid, st.st_mode, st.st_size, name)
-                data = os.read(fd, PAGE)
+                data = _retrying(os.read, fd, PAGE)
                 parse_header(data, st.st_size, name)
             finally:
                 os.close(fd)
