@@ -3,8 +3,8 @@
 //! one gateway (a gateway with a descriptor socket takes named arrays as well): what
 //! differs is the array's transport, not the worker process. Two gateways, one per
 //! transport, differ by more than the transports do: each worker process settles into
-//! its own wake-up regime (measured: a resident round trip of 32-52 µs per process,
-//! bimodal, where one worker serving both arrays takes 19 µs; BENCHMARKS.md P8).
+//! its own wake-up regime (measured: a resident round trip of 28-52 µs per process,
+//! where one worker serving both arrays takes 17-20 µs; BENCHMARKS.md P8).
 //!
 //! - handoff of a resident 1 MiB array (lend, echoed back): the worker maps it already,
 //!   so only the reference crosses — the ratio anonymous ÷ named must stay ≤ 1.05;
