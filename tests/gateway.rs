@@ -339,6 +339,7 @@ fn a_burst_of_termination_signals_ends_the_worker_at_once() {
 }
 
 #[test]
+#[cfg(target_os = "linux")]
 fn a_termination_signal_delivered_to_another_thread_runs_the_cleanup() {
     // Python runs signal handlers in the main thread only; the kernel may deliver a
     // process's SIGTERM to any of its threads, and then nothing wakes the main thread
