@@ -1432,12 +1432,7 @@ class _MainTasks(object):
             with self._lock:
                 if self._tasks:
                     return self._tasks.pop(0)
-            try:
-                os.read(self._r, 4096)
-            except EnvironmentError as exc:
-                if getattr(exc, "errno", None) == errno.EINTR:  # Python 2
-                    continue
-                raise
+            _retrying(os.read, self._r, 4096)
 
 
 def _execute(ch, source, file_name, call_name, kwargs):

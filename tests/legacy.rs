@@ -434,10 +434,7 @@ fn exit_kill_and_sigterm(python: &str) {
         let ch = exec(&gw, "import time\nchannel.send(1)\ntime.sleep(60)");
         assert_eq!(recv(&ch), Value::Int(1));
         common::sigterm_another_thread(gw.pid()).expect("a thread besides the main one");
-        let t = Instant::now();
-        while gw.is_alive() && t.elapsed() < T {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        common::wait_until(|| !gw.is_alive(), "the worker to end on SIGTERM");
         let exit = gw.exit(T).unwrap();
         assert_eq!(exit.code, Some(143), "{exit:?}");
     }

@@ -459,15 +459,16 @@ def _import_anonymous(ref: _wire.DescriptorRef) -> Any:
         # mapping. Anything else (nothing kept, a header that no longer validates, by
         # value) takes the general path below, which also says what is wrong.
         obj = _resident.get((ref.name, access != _wire.SHARED))
-        seg = obj.segments.get(ref.offset) if type(obj) is _Object else None
-        if type(obj) is _Object and seg is not None and not seg.closed and not _by_value():
+        if type(obj) is _Object and not _by_value():
+            seg = obj.segments.get(ref.offset)
             key = ref.key
             try:
-                if seg.header.generation != ref.generation and seg.pool_slot:
-                    seg = obj.segments[ref.offset] = seg.reread()
-                if seg.header.generation == ref.generation == seg.generation:
-                    held = _Held(ref.name, ref.generation, access, key, ref.offset, True)
-                    return _leased_array(seg, held)
+                if seg is not None and not seg.closed:
+                    if seg.header.generation != ref.generation and seg.pool_slot:
+                        seg = obj.segments[ref.offset] = seg.reread()
+                    if seg.header.generation == ref.generation == seg.generation:
+                        held = _Held(ref.name, ref.generation, access, key, ref.offset, True)
+                        return _leased_array(seg, held)
             except LoadError:
                 raise
             except (Error, OSError, ImportError) as exc:
