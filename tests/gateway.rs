@@ -224,11 +224,7 @@ fn drop_ends_the_worker() {
 #[test]
 fn exit_kills_a_worker_that_does_not_answer() {
     let gw = gateway();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(gw.pid() as i32),
-        nix::sys::signal::Signal::SIGSTOP,
-    )
-    .unwrap();
+    common::stop_process(gw.pid());
     let t = Instant::now();
     let exit = gw.exit(Duration::from_millis(300)).unwrap();
     assert_eq!(exit.signal, Some(9), "{exit:?}");

@@ -340,15 +340,6 @@ fn a_worker_killed_mid_map_is_named_and_terminate_reaps_everyone() {
     assert_no_segments();
 }
 
-/// True when the process is stopped (state `T` in /proc).
-fn stopped(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit(')')
-            .next()
-            .is_some_and(|r| r.trim_start().starts_with('T'))
-    })
-}
-
 #[test]
 fn terminate_is_bounded_with_stuck_workers() {
     let _serial = serial();
@@ -359,12 +350,7 @@ fn terminate_is_bounded_with_stuck_workers() {
     }
     // Stopped processes answer nothing but SIGKILL.
     for gw in g.gateways() {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(gw.pid() as i32),
-            nix::sys::signal::Signal::SIGSTOP,
-        )
-        .unwrap();
-        wait_until(|| stopped(gw.pid()), "worker stopped");
+        common::stop_process(gw.pid());
     }
     let t = Instant::now();
     let exits = g.terminate(Duration::from_millis(300)).unwrap();

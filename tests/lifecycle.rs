@@ -33,18 +33,6 @@ fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).expect("signal");
 }
 
-/// The state letter of `/proc/PID/stat` (`R`, `S`, `T`, `Z`, …).
-fn state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit(')').next()?.trim_start().chars().next()
-}
-
-/// Stops the worker and waits until the kernel reports it stopped.
-fn stop(pid: u32) {
-    signal(pid, nix::sys::signal::Signal::SIGSTOP);
-    common::wait_until(|| state(pid) == Some('T'), "worker stopped");
-}
-
 /// Runs `f` on a thread and returns its result with the time it took. If it has not
 /// returned within [`WATCHDOG`], kills `worker` so that the blocked call can end, and
 /// fails the test.
@@ -101,7 +89,7 @@ fn exit_with_a_full_pipe_and_a_stopped_worker_returns_in_time() {
     let gw = gateway();
     let pid = gw.pid();
     let ch = gw.remote_exec("for x in channel:\n    pass").unwrap();
-    stop(pid);
+    common::stop_process(pid);
     let (rx, h) = big_sender(ch);
     let (exit, took) = watchdog("exit(500ms)", pid, move || {
         gw.exit(Duration::from_millis(500))
@@ -132,7 +120,7 @@ fn dropping_a_gateway_with_a_full_pipe_returns_in_time() {
         .unwrap();
     let pid = gw.pid();
     let ch = gw.remote_exec("for x in channel:\n    pass").unwrap();
-    stop(pid);
+    common::stop_process(pid);
     let (rx, h) = big_sender(ch);
     let ((), took) = watchdog("dropping the gateway", pid, move || drop(gw));
     eprintln!("drop with a full pipe returned after {took:?}");
@@ -174,7 +162,7 @@ fn dropping_a_channel_or_an_array_with_a_full_pipe_returns_at_once() {
     let _s = serial();
     let (gw, looping, arr, big) = worker_with_a_loop_and_a_kept_mapping();
     let pid = gw.pid();
-    stop(pid);
+    common::stop_process(pid);
     let (rx, h) = big_sender(big);
     let ((), took) = watchdog("dropping a channel", pid, move || drop(looping));
     eprintln!("channel drop with a full pipe took {took:?}");
@@ -200,7 +188,7 @@ fn a_close_and_a_forget_deferred_by_a_full_pipe_arrive_once_it_drains() {
         common::maps_segment(pid, &name),
         "the worker keeps {name} mapped"
     );
-    stop(pid);
+    common::stop_process(pid);
     let (rx, h) = big_sender(big);
     let ((), took) = watchdog("dropping a channel", pid, move || drop(looping));
     assert!(took < PROMPT, "{took:?}");
@@ -369,7 +357,7 @@ fn a_host_whose_parent_exits_while_its_worker_is_stopped_survives() {
         }
         panic!("{why}");
     };
-    stop(worker);
+    common::stop_process(worker);
     // The launcher's exit orphans the host's process group.
     launcher.kill().unwrap();
     launcher.wait().unwrap();

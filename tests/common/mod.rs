@@ -339,6 +339,46 @@ pub fn wait_until(cond: impl Fn() -> bool, what: &str) {
     assert!(cond(), "timed out waiting: {what}");
 }
 
+/// Stops `pid` with `SIGSTOP` and waits until every thread of it has stopped.
+///
+/// `kill` returning does not mean that: the kernel wakes one thread to begin the group
+/// stop, and a thread that is already running goes on until that one is scheduled
+/// (measured: a worker's reader thread read GATEWAY_TERMINATE and ended the process
+/// with code 0 after the `SIGSTOP` was sent, its main thread never having run).
+pub fn stop_process(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .expect("SIGSTOP");
+    wait_until(
+        || all_threads_stopped(pid),
+        "every thread of the worker stopped",
+    );
+}
+
+/// True when `pid` has threads and `/proc/PID/task/*/stat` says each is stopped.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let mut any = false;
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            return false;
+        };
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.trim_start().chars().next());
+        if state != Some('T') {
+            return false;
+        }
+        any = true;
+    }
+    any
+}
+
 /// A tmpfs mounted for a test (root only), unmounted and removed on drop.
 pub struct Tmpfs(pub std::path::PathBuf);
 
