@@ -79,6 +79,11 @@ _CHUNK = 65536
 
 _tls = threading.local()
 
+# A descriptor message (docs/PROTOCOL.md 2.7): count, first token; and one descriptor
+# of SCM_RIGHTS data.
+_MESSAGE = struct.Struct("!IQ")
+_FD = struct.Struct("=i")
+
 # Queue sentinels; never values a peer can send.
 _CLOSED = object()
 _WAKE = object()
@@ -125,6 +130,7 @@ class DescriptorTable:
         self._recv_flags = getattr(
             _socket, "MSG_CMSG_CLOEXEC", 0x40000000 if sys.platform.startswith("linux") else 0
         )
+        self._nowait = self._recv_flags | _socket.MSG_DONTWAIT
         self._ancillary = _socket.CMSG_SPACE(self.MAX_PER_MESSAGE * 4)
         self._lock = threading.Lock()
         self._expected = 1
@@ -147,6 +153,48 @@ class DescriptorTable:
             ``timeout`` seconds (:attr:`TAKE_TIMEOUT` by default); or the stream of
             messages is broken.
         """
+        if self._lock.acquire(False):
+            try:
+                if token == self._expected and self._broken is None:
+                    fd = self._take_next(token)
+                    if fd is not None:
+                        return fd
+            finally:
+                self._lock.release()
+        return self._take_waiting(token, timeout)
+
+    def _take_next(self, token: int) -> int | None:
+        """The common case of :meth:`take`, with the lock held and ``token`` the next
+        one expected: its message was sent before the frame that names it, so it is
+        normally waiting, whole, with this one descriptor. Returns it; or None when no
+        message has begun, or when the message read is any other (filed, or the
+        socket marked broken, for :meth:`_take_waiting` to report)."""
+        _socket = self._socket
+        try:
+            data, ancillary, flags, _ = self.sock.recvmsg(12, self._ancillary, self._nowait)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            self._break(f"reading it failed: {exc}")
+            return None
+        if len(data) == 12 and len(ancillary) == 1 and not flags & _socket.MSG_CTRUNC:
+            level, kind, raw = ancillary[0]
+            if (
+                kind == _socket.SCM_RIGHTS
+                and level == _socket.SOL_SOCKET
+                and len(raw) == 4
+                and _MESSAGE.unpack(data) == (1, token)
+            ):
+                self._expected = token + 1
+                return _FD.unpack(raw)[0]
+        try:
+            self._file(data, ancillary, flags, time.monotonic() + self.TAKE_TIMEOUT)
+        except _Broken as exc:
+            self._break(str(exc))
+        return None
+
+    def _take_waiting(self, token: int, timeout: float | None) -> int:
+        """:meth:`take` in general: any token, waiting for its message if need be."""
         limit = self.TAKE_TIMEOUT if timeout is None else timeout
         deadline = time.monotonic() + limit
         if not self._lock.acquire(timeout=limit):
@@ -181,8 +229,7 @@ class DescriptorTable:
     def _read_message(self, deadline: float, wait: bool = True) -> bool:
         """Read one message and file its descriptors: the socket is readable, or
         (``wait`` false) returns False at once when no message has begun."""
-        _socket = self._socket
-        flags = self._recv_flags if wait else self._recv_flags | _socket.MSG_DONTWAIT
+        flags = self._recv_flags if wait else self._nowait
         try:
             data, ancillary, flags, _ = self.sock.recvmsg(12, self._ancillary, flags)
         except BlockingIOError:
@@ -191,6 +238,13 @@ class DescriptorTable:
             return False
         except OSError as exc:
             raise _Broken(f"reading it failed: {exc}") from None
+        self._file(data, ancillary, flags, deadline)
+        return True
+
+    def _file(self, data: bytes, ancillary: list[Any], flags: int, deadline: float) -> None:
+        """File the descriptors of a message whose first read gave ``data``,
+        ``ancillary`` and ``flags``, reading the rest of it if it came short."""
+        _socket = self._socket
         fds = _rights(ancillary)
         try:
             if not data:
@@ -237,7 +291,6 @@ class DescriptorTable:
         for i, fd in enumerate(fds):
             self._filed[first + i] = fd
         self._expected = first + count
-        return True
 
     def _break(self, why: str) -> None:
         self._broken = why

@@ -715,6 +715,35 @@ def test_a_token_never_sent_or_used_already_fails(dhost: Host) -> None:
         obj.close()
 
 
+@needs_numpy
+def test_the_descriptors_of_one_message_are_taken_in_any_order(dhost: Host) -> None:
+    # A reference whose token is the next expected reads the socket without a wait; a
+    # message of several descriptors is filed whole, whichever reference comes first.
+    ch = server(dhost)
+    objs = [Obj([("|u1", (8,))], fill=10 + k) for k in range(4)]
+    try:
+        fds = [obj.descriptor(False) for obj in objs[:3]]
+        first = dhost.send_fds(fds)
+        for fd in fds:
+            os.close(fd)
+        # The first token, as the next expected, reads the message: all three are
+        # filed, the first handed out; then the third, from the filed ones.
+        for k in (0, 2):
+            send_ref(dhost, ch, objs[k], access=_wire.SHARED, token=first + k)
+            assert dhost.next_on(ch)[1] == "held"
+        assert ask(dhost, "pixgate._worker.current_gateway().conn.descriptors.filed") == 1
+        # The next expected token is then a later message's, while the second is filed.
+        send_ref(dhost, ch, objs[3], access=_wire.SHARED)
+        assert dhost.next_on(ch)[1] == "held"
+        send_ref(dhost, ch, objs[1], access=_wire.SHARED, token=first + 1)
+        assert dhost.next_on(ch)[1] == "held"
+        assert ask(dhost, "[int(a[0]) for a in held]") == [10, 12, 13, 11]
+        assert ask(dhost, "pixgate._worker.current_gateway().conn.descriptors.filed") == 0
+    finally:
+        for obj in objs:
+            obj.close()
+
+
 def test_a_message_announcing_more_than_came_breaks_the_socket(dhost: Host) -> None:
     ch = server(dhost)
     obj = Obj([("<u2", (8,))])
@@ -732,6 +761,22 @@ def test_a_message_announcing_more_than_came_breaks_the_socket(dhost: Host) -> N
         assert "the descriptor socket is broken" in refused(dhost, ch)
         # Plain values still cross.
         assert sync(dhost, ch) == "sync"
+    finally:
+        obj.close()
+
+
+def test_a_message_carrying_more_than_it_announces_breaks_the_socket(dhost: Host) -> None:
+    ch = server(dhost)
+    obj = Obj([("<u2", (8,))])
+    try:
+        fds = [obj.descriptor(False), obj.descriptor(False)]
+        dhost.send_message(1, 1, fds)
+        for fd in fds:
+            os.close(fd)
+        send_ref(dhost, ch, obj, token=1)
+        text = refused(dhost, ch)
+        assert "announces 1 descriptors, 2 arrived" in text, text
+        assert_keeps_mappings_not_descriptors(dhost, obj.name)  # both were closed
     finally:
         obj.close()
 
