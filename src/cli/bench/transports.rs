@@ -195,7 +195,7 @@ pub(crate) fn transports(b: &mut Bench) -> Result<(), BenchError> {
         "P8 fresh {}: create + first touch, both in turn",
         label(bytes)
     ));
-    let fresh = in_turn(b.pick(2, 8), |k, _| {
+    let fresh = in_turn(b.pick(2, 16), |k, _| {
         let t = Instant::now();
         let mut a = SharedArray::<u8>::zeros_in(BOTH[k], &[bytes as usize])?;
         a.view_mut()?.fill(1);
