@@ -587,38 +587,59 @@ def _descriptor_table(value: str | None) -> DescriptorTable | None:
 
 
 class _FrameLock:
-    """The lock of the frame stream, knowing which thread holds it.
+    """The lock of the frame stream, knowing which threads hold it.
 
     A weakref callback or a finalizer runs inside whatever allocation set it off (PyPy's
     collector runs at any, CPython's cyclic collector too), also in a thread writing a
     frame. What such a callback sends must neither wait for the lock its own thread
     holds (a deadlock) nor write into the frame being written: :meth:`soon` runs it
     right after the lock is let go, in the same thread.
+
+    A thread counts as holding the lock from just before it takes it until just after
+    it lets go (a flag of its own), so that a callback run between taking the lock and
+    noting it taken (PyPy collected there: in 1 run of 30 a worker deadlocked on it)
+    is deferred too.
     """
 
-    __slots__ = ("_lock", "_owner", "_deferred")
+    __slots__ = ("_lock", "_mine")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._owner = 0
-        self._deferred: list[Callable[[], object]] = []
+        # Per thread: ``held``, and the callbacks ``deferred`` until it lets go.
+        self._mine = threading.local()
 
     def __enter__(self) -> _FrameLock:
-        self._lock.acquire()
-        self._owner = threading.get_ident()
+        mine = self._mine
+        mine.held = True
+        try:
+            self._lock.acquire()
+        except BaseException:
+            self._let_go()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        todo, self._deferred = self._deferred, []
-        self._owner = 0
         self._lock.release()
-        for fn in todo:
-            fn()
+        self._let_go()
+
+    def _let_go(self) -> None:
+        mine = self._mine
+        mine.held = False
+        todo = getattr(mine, "deferred", None)
+        if todo:
+            mine.deferred = []
+            for fn in todo:
+                fn()
 
     def soon(self, fn: Callable[[], object]) -> None:
         """Run ``fn`` now, or when this thread lets go of the lock if it holds it."""
-        if self._owner == threading.get_ident():
-            self._deferred.append(fn)
+        mine = self._mine
+        if getattr(mine, "held", False):
+            todo = getattr(mine, "deferred", None)
+            if todo is None:
+                mine.deferred = [fn]
+            else:
+                todo.append(fn)
         else:
             fn()
 

@@ -14,6 +14,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -559,3 +560,48 @@ def test_malformed_reconfigure_is_reported_and_changes_nothing() -> None:
         "expected two bools, got (int, int)" in h.stderr_text
     )
     assert "malformed reconfigure message on channel 0" in h.stderr_text
+
+
+def test_a_callback_run_as_the_frame_lock_is_taken_waits_until_it_is_let_go() -> None:
+    # PyPy's collector may run a finalizer right after the lock is taken, before
+    # __enter__ has done anything else; the release that finalizer sends must wait
+    # until the lock is let go instead of waiting for its own thread (a deadlock).
+    from pixgate import _worker
+
+    lock = _worker._FrameLock()
+    order: list[str] = []
+
+    def callback() -> None:
+        with lock:
+            order.append("callback")
+
+    class CollectedAfterTaking:
+        """A lock whose acquire runs a callback right after taking it, as a collection
+        at that point would."""
+
+        def __init__(self) -> None:
+            self.real = threading.Lock()
+
+        def acquire(self) -> bool:
+            got = self.real.acquire()
+            if not order:
+                lock.soon(callback)
+            return got
+
+        def release(self) -> None:
+            self.real.release()
+
+    lock._lock = CollectedAfterTaking()  # type: ignore[assignment]
+
+    def write() -> None:
+        with lock:
+            order.append("frame")
+
+    t = threading.Thread(target=write, daemon=True)
+    t.start()
+    t.join(TIMEOUT)
+    assert not t.is_alive(), "the thread deadlocked on its own frame lock"
+    assert order == ["frame", "callback"]
+    # And outside the lock a callback runs at once.
+    lock.soon(lambda: order.append("now"))
+    assert order[-1] == "now"
