@@ -156,14 +156,14 @@ class DescriptorTable:
         if self._lock.acquire(False):
             try:
                 if token == self._expected and self._broken is None:
-                    fd = self._take_next(token)
+                    fd = self._take_next(token, timeout)
                     if fd is not None:
                         return fd
             finally:
                 self._lock.release()
         return self._take_waiting(token, timeout)
 
-    def _take_next(self, token: int) -> int | None:
+    def _take_next(self, token: int, timeout: float | None) -> int | None:
         """The common case of :meth:`take`, with the lock held and ``token`` the next
         one expected: its message was sent before the frame that names it, so it is
         normally waiting, whole, with this one descriptor. Returns it; or None when no
@@ -187,8 +187,9 @@ class DescriptorTable:
             ):
                 self._expected = token + 1
                 return _FD.unpack(raw)[0]
+        limit = self.TAKE_TIMEOUT if timeout is None else timeout
         try:
-            self._file(data, ancillary, flags, time.monotonic() + self.TAKE_TIMEOUT)
+            self._file(data, ancillary, flags, time.monotonic() + limit)
         except _Broken as exc:
             self._break(str(exc))
         return None

@@ -48,13 +48,14 @@ pub fn gateway() -> Gateway {
 
 /// True while a process with this pid exists (and is not a zombie we could reap).
 pub fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
+    state_in(format!("/proc/{pid}/stat")).is_some_and(|s| s != 'Z')
+}
+
+/// The state letter (`R`, `S`, `T`, `Z`, …) of a `/proc/…/stat` file; None when it
+/// cannot be read (the process or thread is gone).
+fn state_in(stat_path: impl AsRef<Path>) -> Option<char> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
+    stat.rsplit(')').next()?.trim_start().chars().next()
 }
 
 /// Waits until `pid` is gone; returns how long that took, or None after `limit`.
@@ -364,14 +365,7 @@ fn all_threads_stopped(pid: u32) -> bool {
     };
     let mut any = false;
     for task in tasks.flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-            return false;
-        };
-        let state = stat
-            .rsplit(')')
-            .next()
-            .and_then(|r| r.trim_start().chars().next());
-        if state != Some('T') {
+        if state_in(task.path().join("stat")) != Some('T') {
             return false;
         }
         any = true;
