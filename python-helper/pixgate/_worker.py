@@ -171,12 +171,13 @@ class DescriptorTable:
         socket marked broken, for :meth:`_take_waiting` to report)."""
         _socket = self._socket
         try:
-            data, ancillary, flags, _ = self.sock.recvmsg(12, self._ancillary, self._nowait)
-        except BlockingIOError:
+            got = self._receive(wait=False)
+        except _Broken as exc:
+            self._break(str(exc))
             return None
-        except OSError as exc:
-            self._break(f"reading it failed: {exc}")
+        if got is None:
             return None
+        data, ancillary, flags = got
         if len(data) == 12 and len(ancillary) == 1 and not flags & _socket.MSG_CTRUNC:
             level, kind, raw = ancillary[0]
             if (
@@ -230,17 +231,26 @@ class DescriptorTable:
     def _read_message(self, deadline: float, wait: bool = True) -> bool:
         """Read one message and file its descriptors: the socket is readable, or
         (``wait`` false) returns False at once when no message has begun."""
-        flags = self._recv_flags if wait else self._nowait
+        got = self._receive(wait)
+        if got is None:
+            return False
+        self._file(*got, deadline)
+        return True
+
+    def _receive(self, wait: bool) -> tuple[bytes, list[Any], int] | None:
+        """The first read of a message: its data, ancillary data and flags; None when
+        (``wait`` false) no message has begun."""
         try:
-            data, ancillary, flags, _ = self.sock.recvmsg(12, self._ancillary, flags)
+            data, ancillary, flags, _ = self.sock.recvmsg(
+                12, self._ancillary, self._recv_flags if wait else self._nowait
+            )
         except BlockingIOError:
             if wait:
                 raise _Broken("reading it failed: no message although readable") from None
-            return False
+            return None
         except OSError as exc:
             raise _Broken(f"reading it failed: {exc}") from None
-        self._file(data, ancillary, flags, deadline)
-        return True
+        return data, ancillary, flags
 
     def _file(self, data: bytes, ancillary: list[Any], flags: int, deadline: float) -> None:
         """File the descriptors of a message whose first read gave ``data``,
