@@ -98,8 +98,10 @@ __all__ = [
 ]
 
 import errno
+import fcntl
 import mmap
 import os
+import stat
 import struct
 import sys
 import threading
@@ -946,13 +948,13 @@ def _start_time(pid: int) -> int:
     except OSError:
         return 0
     try:
-        stat = os.read(fd, 4096)
+        text = os.read(fd, 4096)
     except OSError:
         return 0
     finally:
         os.close(fd)
     try:
-        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+        return int(text[text.rindex(b")") + 2 :].split()[19])
     except (ValueError, IndexError):
         return 0
 
@@ -1984,8 +1986,6 @@ def seal(fd: int) -> None:
         The system refused.
     """
     if _LINUX:
-        import fcntl
-
         fcntl.fcntl(fd, _F_ADD_SEALS, _F_SEAL_SHRINK | _F_SEAL_GROW | _F_SEAL_SEAL)
 
 
@@ -2029,8 +2029,6 @@ def map_descriptor(fd: int, name: str, offset: int, writable: bool) -> tuple[Seg
         raise _os_error(name, exc, "fstat") from None
     size = _check_stat(st, name)
     if _LINUX:
-        import fcntl
-
         try:
             seals = fcntl.fcntl(fd, _F_GET_SEALS)
         except OSError:
@@ -2043,8 +2041,6 @@ def map_descriptor(fd: int, name: str, offset: int, writable: bool) -> tuple[Seg
                 name,
             )
     if writable:
-        import fcntl
-
         try:
             mode = fcntl.fcntl(fd, fcntl.F_GETFL) & getattr(os, "O_ACCMODE", 3)
         except OSError as exc:
@@ -2276,8 +2272,6 @@ def open(
 
 
 def _check_stat(st: os.stat_result, name: str) -> int:
-    import stat
-
     if not stat.S_ISREG(st.st_mode):
         raise SegmentError(f"segment {name}: not a regular file", "not a file", name)
     euid = os.geteuid()

@@ -324,10 +324,11 @@ def _mapped(ref: _wire.ArrayRef, writable: bool, keep: bool) -> Segment:
     return seg
 
 
-def _by_value() -> bool:
-    """Whether this worker's gateway passes arrays by value (no shared memory)."""
+def _descriptors() -> Any:
+    """This worker's descriptor table: a ``DescriptorTable``, a ``ByValueTable`` (its
+    gateway passes arrays by value, with no shared memory), or None."""
     gw = _worker.current_gateway()
-    return gw is not None and getattr(gw.conn.descriptors, "by_value", False)
+    return None if gw is None else gw.conn.descriptors
 
 
 def _split(wire_name: str) -> tuple[str, str | None]:
@@ -344,25 +345,12 @@ def _split(wire_name: str) -> tuple[str, str | None]:
     return "/" + base, directory
 
 
-def _take_descriptor(ref: _wire.DescriptorRef) -> int:
-    """The descriptor the host sent for ``ref`` (the caller closes it)."""
-    gw = _worker.current_gateway()
-    table = None if gw is None else gw.conn.descriptors
-    if table is None:
-        raise LoadError(
-            f"array {ref.key}: a reference by descriptor, and this worker has no "
-            "descriptor socket"
-        )
-    if not ref.token:
-        raise LoadError(f"array {ref.key}: a reference by descriptor without a token")
-    return table.take(ref.token)
-
-
 def _anonymous_segment(
-    ref: _wire.DescriptorRef, writable: bool, keep: bool
+    ref: _wire.DescriptorRef, writable: bool, keep: bool, table: Any
 ) -> tuple[Segment, int | None]:
     """The segment of a reference by descriptor, over the kept mapping of its object or
-    a new one; kept for the next reference when ``keep``.
+    a new one; kept for the next reference when ``keep``. ``table`` is this worker's
+    descriptor table (:func:`_descriptors`), which the descriptor of a token comes from.
 
     Returns the segment and, for a reference that is not kept (a move) and came with a
     descriptor, that descriptor (the caller owns it); otherwise the descriptor is closed
@@ -372,7 +360,12 @@ def _anonymous_segment(
     fd = None
     obj: Any
     if ref.token:
-        fd = _take_descriptor(ref)
+        if table is None:
+            raise LoadError(
+                f"array {ref.key}: a reference by descriptor, and this worker has no "
+                "descriptor socket"
+            )
+        fd = table.take(ref.token)
         try:
             mapping, size = _segment.map_descriptor(fd, ref.name, ref.offset, writable)
         except BaseException:
@@ -452,6 +445,9 @@ def import_reference(ref: _wire.ArrayRef | _wire.DescriptorRef) -> Any:
 def _import_anonymous(ref: _wire.DescriptorRef) -> Any:
     """Map a received reference by descriptor as a numpy array."""
     access = ref.access
+    # Looked up once: a handoff runs cold, where every call costs (docs/ARCHITECTURE.md).
+    table = _descriptors()
+    by_value = getattr(table, "by_value", False)
     if not ref.token and access != _wire.MOVED:
         # The common cases of a resident array (shared or lent again, no descriptor)
         # and of a pool slot's next frame: the segment kept at its offset serves when
@@ -459,7 +455,7 @@ def _import_anonymous(ref: _wire.DescriptorRef) -> Any:
         # mapping. Anything else (nothing kept, a header that no longer validates, by
         # value) takes the general path below, which also says what is wrong.
         obj = _resident.get((ref.name, access != _wire.SHARED))
-        if type(obj) is _Object and not _by_value():
+        if type(obj) is _Object and not by_value:
             seg = obj.segments.get(ref.offset)
             key = ref.key
             try:
@@ -481,7 +477,7 @@ def _import_anonymous(ref: _wire.DescriptorRef) -> Any:
             # segment, so that the array can move on to the host.
             _drop(_resident.pop((ref.name, False), None))
             try:
-                seg, fd = _anonymous_segment(ref, True, keep=False)
+                seg, fd = _anonymous_segment(ref, True, False, table)
             finally:
                 _drop(_resident.pop((ref.name, True), None))
             arr = _array.map_array(seg)
@@ -489,15 +485,14 @@ def _import_anonymous(ref: _wire.DescriptorRef) -> Any:
             _collector.watch(seg)
             return arr
         writable = ref.access != _wire.SHARED
-        by_value = _by_value()
         if by_value:
             # A copy of the host's, made for this reference only: nothing is kept for
             # the next one (which brings its own copy), and a lend's pixels go back.
-            seg, fd = _anonymous_segment(ref, writable, keep=False)
+            seg, fd = _anonymous_segment(ref, writable, False, table)
             if fd is not None:
                 os.close(fd)
         else:
-            seg, _ = _anonymous_segment(ref, writable, keep=True)
+            seg, _ = _anonymous_segment(ref, writable, True, table)
         held = _Held(ref.name, ref.generation, ref.access, ref.key, ref.offset, True)
         if writable and by_value:
             held.copy = seg

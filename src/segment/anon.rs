@@ -322,22 +322,34 @@ impl AnonObject {
 /// Opens descriptor `fd` of this process anew, read-only, through `/proc/self/fd`.
 ///
 /// The directory is opened once per process (`O_PATH`) and looked up by the number
-/// alone, which saves resolving `/proc/self` on every share; a forked child, whose
-/// `/proc/self` is another directory, opens its own.
+/// alone, which saves resolving `/proc/self` on every share. A forked child, whose
+/// `/proc/self` is another directory, opens its own: a fork handler counts forks, so
+/// telling costs no `getpid` per share.
 #[cfg(target_os = "linux")]
 fn reopen_read_only(fd: std::os::fd::RawFd) -> std::io::Result<OwnedFd> {
     use nix::fcntl::{OFlag, open, openat};
     use nix::sys::stat::Mode;
-    static DIR: Mutex<Option<(u32, OwnedFd)>> = Mutex::new(None);
-    let pid = std::process::id();
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static FORKS: AtomicU64 = AtomicU64::new(0);
+    static DIR: Mutex<Option<(u64, OwnedFd)>> = Mutex::new(None);
+    static HANDLER: std::sync::Once = std::sync::Once::new();
+    extern "C" fn forked() {
+        FORKS.fetch_add(1, Ordering::Relaxed);
+    }
+    HANDLER.call_once(|| {
+        // SAFETY: registers a handler that only increments an atomic, which is
+        // async-signal-safe, as a child's fork handler must be.
+        unsafe { libc::pthread_atfork(None, None, Some(forked)) };
+    });
+    let forks = FORKS.load(Ordering::Relaxed);
     let mut dir = lock(&DIR);
-    if dir.as_ref().is_none_or(|(p, _)| *p != pid) {
+    if dir.as_ref().is_none_or(|(f, _)| *f != forks) {
         let d = open(
             "/proc/self/fd",
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )?;
-        *dir = Some((pid, d));
+        *dir = Some((forks, d));
     }
     let (_, d) = dir.as_ref().expect("opened above");
     Ok(openat(
@@ -360,6 +372,69 @@ impl Drop for AnonObject {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A forked child reopens through its own `/proc/self/fd`, not the directory its
+    /// parent opened: the child's descriptor number names another object there.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_forked_child_reopens_its_own_descriptor() {
+        use nix::sys::stat::fstat;
+        use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+        use nix::unistd::{ForkResult, fork};
+        let memfd = |label: &str| {
+            nix::sys::memfd::memfd_create(label, nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+                .expect("memfd")
+        };
+        let parent = memfd("fork-test-parent");
+        let other = memfd("fork-test-child");
+        let raw = parent.as_raw_fd();
+        // The parent's directory is opened and kept.
+        let first = reopen_read_only(raw).expect("reopen in the parent");
+        let parent_ino = fstat(&first).expect("fstat").st_ino;
+        let child_ino = fstat(&other).expect("fstat").st_ino;
+        // SAFETY: the child only makes system calls and the reopen (which takes a lock no
+        // other thread of this test binary holds across a fork: it is held only around
+        // an open), then leaves with _exit.
+        match unsafe { fork() }.expect("fork") {
+            ForkResult::Child => {
+                let code = (|| {
+                    // The child's `raw` now names the other object.
+                    // SAFETY: `raw` is this process's copy of `parent`, which nothing
+                    // else uses in the child; it is replaced, not leaked.
+                    if unsafe { libc::dup2(other.as_raw_fd(), raw) } < 0 {
+                        return None;
+                    }
+                    let again = reopen_read_only(raw).ok()?;
+                    let ino = fstat(&again).ok()?.st_ino;
+                    Some(if ino == child_ino { 0 } else { 1 })
+                })()
+                .unwrap_or(2);
+                unsafe { libc::_exit(code) };
+            }
+            ForkResult::Parent { child } => {
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+                let status = loop {
+                    match waitpid(child, Some(WaitPidFlag::WNOHANG)).expect("waitpid") {
+                        WaitStatus::StillAlive if std::time::Instant::now() < until => {
+                            std::thread::sleep(std::time::Duration::from_millis(5));
+                        }
+                        WaitStatus::StillAlive => {
+                            let _ = nix::sys::signal::kill(child, nix::sys::signal::SIGKILL);
+                            let _ = waitpid(child, None);
+                            panic!("the forked child did not finish within 20 s");
+                        }
+                        other => break other,
+                    }
+                };
+                assert_ne!(parent_ino, child_ino);
+                assert_eq!(
+                    status,
+                    WaitStatus::Exited(child, 0),
+                    "the child reopened its parent's object (1) or failed (2)"
+                );
+            }
+        }
+    }
 
     #[test]
     fn the_probe_reports_sealed_memfds_on_linux_and_leaves_nothing_behind() {
