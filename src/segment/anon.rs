@@ -409,6 +409,7 @@ mod tests {
                     Some(if ino == child_ino { 0 } else { 1 })
                 })()
                 .unwrap_or(2);
+                // SAFETY: leaves the child at once, running no handler of the parent's.
                 unsafe { libc::_exit(code) };
             }
             ForkResult::Parent { child } => {
