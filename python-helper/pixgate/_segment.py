@@ -192,6 +192,7 @@ _U64_MAX = 2**64 - 1
 _I64_MAX = 2**63 - 1
 _NAME_PREFIX = "/pxg-"
 _NAME_MAX = 31
+_HEX_DIGITS = frozenset("0123456789abcdef")
 _SHM_DIR = "/dev/shm"
 _LINUX = sys.platform.startswith("linux")
 # Whether mmap.mmap takes trackfd (Python 3.13): a mapping that holds no descriptor.
@@ -897,13 +898,16 @@ def check_name(name: object) -> str:
         With problem ``"name"``: not ``/pxg-<1 to 8 hex digits>-<16 hex digits>``
         in lower case, or longer than 31 bytes.
     """
+    # Set operations, not a loop over the characters: a handoff runs cold, where each
+    # step of a Python loop costs.
     if isinstance(name, str) and len(name) <= _NAME_MAX and name.startswith(_NAME_PREFIX):
-        parts = name[len(_NAME_PREFIX) :].split("-")
+        pid, dash, rest = name[len(_NAME_PREFIX) :].partition("-")
         if (
-            len(parts) == 2
-            and 1 <= len(parts[0]) <= 8
-            and len(parts[1]) == 16
-            and all(c in "0123456789abcdef" for c in parts[0] + parts[1])
+            dash
+            and 1 <= len(pid) <= 8
+            and len(rest) == 16
+            and _HEX_DIGITS.issuperset(pid)
+            and _HEX_DIGITS.issuperset(rest)
         ):
             return name
     raise SegmentError(
@@ -2147,10 +2151,6 @@ def _relieve_descriptors() -> None:
 def _map(fd: int, size: int, writable: bool, name: str, populate: bool) -> mmap.mmap:
     if _LAZY_FDS:
         _relieve_descriptors()
-    return _map_retrying(fd, size, writable, name, populate)
-
-
-def _map_retrying(fd: int, size: int, writable: bool, name: str, populate: bool) -> mmap.mmap:
     try:
         return _map_once(fd, size, writable, name, populate)
     except SegmentError as exc:

@@ -327,7 +327,7 @@ def _mapped(ref: _wire.ArrayRef, writable: bool, keep: bool) -> Segment:
 def _descriptors() -> Any:
     """This worker's descriptor table: a ``DescriptorTable``, a ``ByValueTable`` (its
     gateway passes arrays by value, with no shared memory), or None."""
-    gw = _worker.current_gateway()
+    gw = _worker._gateway
     return None if gw is None else gw.conn.descriptors
 
 
@@ -386,7 +386,7 @@ def _anonymous_segment(
             )
         fresh = False
     try:
-        seg = obj.segments.pop(ref.offset, None)
+        seg = None if fresh else obj.segments.pop(ref.offset, None)
         if seg is not None and (seg.closed or seg.header.generation != ref.generation):
             # Another generation: the header may have changed. A pool slot's is re-read
             # (cheaply when only the generation moved); anything else is read anew.
@@ -412,7 +412,7 @@ def _anonymous_segment(
         if fresh:
             old = _resident.get(key)
             _resident[key] = obj
-            if old is not obj:
+            if old is not None:
                 _drop(old)
     elif fresh:
         obj.drop()
@@ -447,7 +447,7 @@ def _import_anonymous(ref: _wire.DescriptorRef) -> Any:
     access = ref.access
     # Looked up once: a handoff runs cold, where every call costs (docs/ARCHITECTURE.md).
     table = _descriptors()
-    by_value = getattr(table, "by_value", False)
+    by_value = table is not None and table.by_value
     if not ref.token and access != _wire.MOVED:
         # The common cases of a resident array (shared or lent again, no descriptor)
         # and of a pool slot's next frame: the segment kept at its offset serves when

@@ -113,6 +113,8 @@ class DescriptorTable:
     writes the frame that names the tokens right after.
     """
 
+    #: Marks the transport for the array layer: references map the host's memory.
+    by_value = False
     #: Descriptors one message carries at most (Linux's ``SCM_MAX_FD``).
     MAX_PER_MESSAGE = 253
     #: Descriptors kept filed at most without a reference taking them.
@@ -132,6 +134,9 @@ class DescriptorTable:
         )
         self._nowait = self._recv_flags | _socket.MSG_DONTWAIT
         self._ancillary = _socket.CMSG_SPACE(self.MAX_PER_MESSAGE * 4)
+        self._cut = _socket.MSG_CTRUNC
+        self._level = _socket.SOL_SOCKET
+        self._rights = _socket.SCM_RIGHTS
         self._lock = threading.Lock()
         self._expected = 1
         self._filed: dict[int, int] = {}
@@ -153,47 +158,39 @@ class DescriptorTable:
             ``timeout`` seconds (:attr:`TAKE_TIMEOUT` by default); or the stream of
             messages is broken.
         """
+        # The common case inline (a handoff runs cold, where every call costs): the lock
+        # free and ``token`` the next one expected. Its message was sent before the frame
+        # that names it, so it is normally waiting, whole, with this one descriptor. Any
+        # other message read is filed (or the socket marked broken) for the general path
+        # to report; one not begun yet, it waits for.
         if self._lock.acquire(False):
             try:
                 if token == self._expected and self._broken is None:
-                    fd = self._take_next(token, timeout)
-                    if fd is not None:
-                        return fd
+                    try:
+                        got = self._receive(wait=False)
+                    except _Broken as exc:
+                        self._break(str(exc))
+                        got = None
+                    if got is not None:
+                        data, ancillary, flags = got
+                        if len(data) == 12 and len(ancillary) == 1 and not flags & self._cut:
+                            level, kind, raw = ancillary[0]
+                            if (
+                                kind == self._rights
+                                and level == self._level
+                                and len(raw) == 4
+                                and _MESSAGE.unpack(data) == (1, token)
+                            ):
+                                self._expected = token + 1
+                                return int(_FD.unpack(raw)[0])
+                        limit = self.TAKE_TIMEOUT if timeout is None else timeout
+                        try:
+                            self._file(data, ancillary, flags, time.monotonic() + limit)
+                        except _Broken as exc:
+                            self._break(str(exc))
             finally:
                 self._lock.release()
         return self._take_waiting(token, timeout)
-
-    def _take_next(self, token: int, timeout: float | None) -> int | None:
-        """The common case of :meth:`take`, with the lock held and ``token`` the next
-        one expected: its message was sent before the frame that names it, so it is
-        normally waiting, whole, with this one descriptor. Returns it; or None when no
-        message has begun, or when the message read is any other (filed, or the
-        socket marked broken, for :meth:`_take_waiting` to report)."""
-        _socket = self._socket
-        try:
-            got = self._receive(wait=False)
-        except _Broken as exc:
-            self._break(str(exc))
-            return None
-        if got is None:
-            return None
-        data, ancillary, flags = got
-        if len(data) == 12 and len(ancillary) == 1 and not flags & _socket.MSG_CTRUNC:
-            level, kind, raw = ancillary[0]
-            if (
-                kind == _socket.SCM_RIGHTS
-                and level == _socket.SOL_SOCKET
-                and len(raw) == 4
-                and _MESSAGE.unpack(data) == (1, token)
-            ):
-                self._expected = token + 1
-                return _FD.unpack(raw)[0]
-        limit = self.TAKE_TIMEOUT if timeout is None else timeout
-        try:
-            self._file(data, ancillary, flags, time.monotonic() + limit)
-        except _Broken as exc:
-            self._break(str(exc))
-        return None
 
     def _take_waiting(self, token: int, timeout: float | None) -> int:
         """:meth:`take` in general: any token, waiting for its message if need be."""

@@ -8,6 +8,7 @@ import json
 import math
 import mmap
 import os
+import re
 import shutil
 import stat
 import struct
@@ -472,6 +473,44 @@ def test_open_refuses_bad_names(name: Any) -> None:
     with pytest.raises(SegmentError) as info:
         _segment.open(name)
     assert info.value.problem == "name"
+
+
+_NAME_SHAPE = re.compile(r"/pxg-[0-9a-f]{1,8}-[0-9a-f]{16}")
+
+
+def _near_names() -> st.SearchStrategy[str]:
+    """Names of the segment shape, and near misses: one character changed, inserted or
+    dropped."""
+
+    def edit(name: str, where: int, how: int, char: str) -> str:
+        i = where % (len(name) + 1)
+        if how == 0:
+            return name
+        if how == 1:
+            return name[:i] + char + name[i + 1 :]
+        if how == 2:
+            return name[:i] + char + name[i:]
+        return name[:i] + name[i + 1 :]
+
+    return st.builds(
+        edit,
+        st.from_regex(_NAME_SHAPE, fullmatch=True),
+        st.integers(0, 40),
+        st.integers(0, 3),
+        st.sampled_from("0aAfFg-/ \u0660\uff10x"),
+    )
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(_near_names(), st.text(max_size=40)))
+def test_a_name_passes_exactly_when_it_has_the_segment_name_shape(name: str) -> None:
+    """check_name against the shape spelled as a regular expression."""
+    if _NAME_SHAPE.fullmatch(name):
+        assert _segment.check_name(name) == name
+    else:
+        with pytest.raises(SegmentError) as info:
+            _segment.check_name(name)
+        assert info.value.problem == "name"
 
 
 def test_open_reports_a_missing_segment() -> None:
