@@ -182,7 +182,7 @@ class DescriptorTable:
                                 and _MESSAGE.unpack(data) == (1, token)
                             ):
                                 self._expected = token + 1
-                                return int(_FD.unpack(raw)[0])
+                                return _FD.unpack(raw)[0]
                         limit = self.TAKE_TIMEOUT if timeout is None else timeout
                         try:
                             self._file(data, ancillary, flags, time.monotonic() + limit)
