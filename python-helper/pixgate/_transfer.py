@@ -327,7 +327,7 @@ def _mapped(ref: _wire.ArrayRef, writable: bool, keep: bool) -> Segment:
 def _descriptors() -> Any:
     """This worker's descriptor table: a ``DescriptorTable``, a ``ByValueTable`` (its
     gateway passes arrays by value, with no shared memory), or None."""
-    gw = _worker._gateway
+    gw = _worker.current_gateway()
     return None if gw is None else gw.conn.descriptors
 
 
