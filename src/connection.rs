@@ -447,6 +447,7 @@ impl Connection {
         deadline: Option<Instant>,
     ) -> (MutexGuard<'a, State>, Result<Value>) {
         let started = Instant::now();
+        let mut gone_since = None;
         loop {
             let child_gone = st.child_gone;
             let Some(ch) = st.channels.get_mut(&id) else {
@@ -493,8 +494,16 @@ impl Connection {
                     }
                     continue;
                 }
-                let err = self.gone_error(st);
-                return (self.lock(), Err(err));
+                // Another thread holds the pipe. What it reads last (a frame, or a stream
+                // that ends inside one) came before the death, so wait for its report: the
+                // death wakes it, and the grace only bounds a wait that cannot last.
+                let since = *gone_since.get_or_insert_with(Instant::now);
+                if st.eof || st.closed_by_host || since.elapsed() >= EXIT_STATUS_GRACE {
+                    let err = self.gone_error(st);
+                    return (self.lock(), Err(err));
+                }
+                st = self.wait_turn(st, id, &want, Some(since + EXIT_STATUS_GRACE));
+                continue;
             }
             let now = Instant::now();
             if let Some(d) = deadline {
@@ -516,31 +525,43 @@ impl Connection {
                 st = self.lead(st, deadline).0;
                 continue;
             }
-            // Someone else reads: wait to be handed an item or the baton.
-            if st.bg_reading && !st.kicked {
-                st.kicked = true;
-                let _ = nix::unistd::write(self.kick_w.as_fd(), b"k");
-            }
-            let ch = st.channels.get_mut(&id).expect("checked above");
-            ch.waiters += 1;
-            let cond = Arc::clone(&ch.cond);
-            st.waiting += 1;
-            let for_release = matches!(want, Want::Released(..));
-            st.release_waiters += usize::from(for_release);
-            st = match deadline {
-                None => cond.wait(st).unwrap_or_else(|e| e.into_inner()),
-                Some(d) => {
-                    cond.wait_timeout(st, d.saturating_duration_since(now))
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
-            };
-            st.waiting -= 1;
-            st.release_waiters -= usize::from(for_release);
-            if let Some(ch) = st.channels.get_mut(&id) {
-                ch.waiters -= 1;
-            }
+            st = self.wait_turn(st, id, &want, deadline);
         }
+    }
+
+    /// Someone else reads: waits on channel `id` (which exists) to be handed an item or
+    /// the baton, or until `deadline`.
+    fn wait_turn<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        id: i32,
+        want: &Want<'_>,
+        deadline: Option<Instant>,
+    ) -> MutexGuard<'a, State> {
+        if st.bg_reading && !st.kicked {
+            st.kicked = true;
+            let _ = nix::unistd::write(self.kick_w.as_fd(), b"k");
+        }
+        let ch = st.channels.get_mut(&id).expect("checked by the caller");
+        ch.waiters += 1;
+        let cond = Arc::clone(&ch.cond);
+        st.waiting += 1;
+        let for_release = matches!(want, Want::Released(..));
+        st.release_waiters += usize::from(for_release);
+        st = match deadline {
+            None => cond.wait(st).unwrap_or_else(|e| e.into_inner()),
+            Some(d) => {
+                cond.wait_timeout(st, d.saturating_duration_since(Instant::now()))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            }
+        };
+        st.waiting -= 1;
+        st.release_waiters -= usize::from(for_release);
+        if let Some(ch) = st.channels.get_mut(&id) {
+            ch.waiters -= 1;
+        }
+        st
     }
 
     /// Takes the baton, reads one event without the lock, applies it, gives it back.

@@ -10,6 +10,7 @@ use common::{T, process_alive, python};
 use pixgate::{
     Channel, DecodeErrorKind, Error, ErrorKind, Gateway, GatewayBuilder, OutputMode, Stream,
 };
+use std::time::Duration;
 
 const FAKE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fake_worker.py");
 
@@ -480,4 +481,30 @@ fn stream_ending_inside_a_frame_is_a_corrupt_stream_and_exit_still_reaps() {
     let exit = gw.exit(T).expect("exit");
     assert_eq!(exit.code, Some(0), "{exit:?}");
     assert!(!process_alive(pid));
+}
+
+/// The end of the stream and the worker's exit arrive together, often while the
+/// background reader holds the pipe (it takes it after a millisecond without a taker). A
+/// receive that sees the exit first still reports what the pipe said: the truncated
+/// frame, not the death. The receive starts at a different moment each round so that
+/// some rounds meet the race; on a loaded machine several in a hundred did before the
+/// receive waited for the reader's report.
+#[test]
+fn a_stream_ending_as_the_worker_exits_is_reported_before_the_exit() {
+    let mut wrong = Vec::new();
+    for round in 0..100u64 {
+        let gw = spawn("truncated_frame_then_exit");
+        std::thread::sleep(Duration::from_millis(3));
+        let ch = scripted_channel(&gw);
+        std::thread::sleep(Duration::from_micros(round * 150));
+        let err = ch.receive_timeout(T).unwrap_err();
+        match err.kind() {
+            ErrorKind::Protocol(msg)
+                if msg.ends_with("stream ended inside a frame (6 bytes of it received)") => {}
+            _ => wrong.push(format!("round {round}: {err:?}")),
+        }
+        let exit = gw.exit(T).expect("exit");
+        assert_eq!(exit.code, Some(0), "{exit:?}");
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
 }
