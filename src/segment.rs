@@ -53,7 +53,7 @@ pub(crate) use anon::AnonObject;
 
 pub use crate::problem::SegmentProblem;
 use crate::problem::{io, os};
-pub use anon::{AnonymousSupport, probe_anonymous};
+pub use anon::{AnonymousSupport, PREPARED_READ_ONLY_MAX, probe_anonymous};
 pub use info::{Holder, SegmentInfo, creator_alive, inspect, list, process_start_time};
 pub(crate) use sweep::sweep_once_in_background;
 pub use sweep::{SweepReason, SweepReport, Swept, sweep, sweep_in};
@@ -437,6 +437,7 @@ impl Segment {
         // No other process can reach the object yet: its descriptor has not left.
         write_stamped(&map, 0, &plan.header);
         obj.seal()?;
+        obj.prepare_read_only();
         Ok(Segment {
             map: Arc::new(map),
             base: 0,

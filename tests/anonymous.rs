@@ -33,12 +33,14 @@ fn mapped(name: &str) -> bool {
 
 #[test]
 fn an_anonymous_segment_has_no_name_in_dev_shm_and_goes_when_dropped() {
+    let _serial = serial();
     let seg = Segment::create_anonymous(&layout(), &Meta::default()).unwrap();
     assert_eq!(seg.transport(), Transport::Anonymous);
     let name = seg.name().to_string();
     assert!(name.starts_with("/pxg-"));
     assert!(!std::path::Path::new(&format!("/dev/shm{name}")).exists());
-    assert_eq!(memfds_named(&name), 1);
+    // Its own descriptor and the read-only one made ahead for a first share.
+    assert_eq!(memfds_named(&name), 2);
     assert!(mapped(&name));
     assert_eq!(seg.layout().shape, vec![3, 4, 5]);
     drop(seg);
@@ -48,6 +50,7 @@ fn an_anonymous_segment_has_no_name_in_dev_shm_and_goes_when_dropped() {
 
 #[test]
 fn an_anonymous_segment_cannot_be_resized_by_anyone() {
+    let _serial = serial();
     let seg = Segment::create_anonymous(&layout(), &Meta::default()).unwrap();
     let name = seg.name().trim_start_matches('/').to_string();
     let fd = std::fs::read_dir("/proc/self/fd")
@@ -220,6 +223,77 @@ fn a_read_only_share_is_mapped_read_only_by_the_worker() {
     holder.close().unwrap();
     gw.exit(T).unwrap();
     drop((a, b));
+    assert_no_segments();
+}
+
+/// The access mode (`O_ACCMODE` bits) descriptor `fd` of this process was opened with.
+fn access_mode(fd: i32) -> i32 {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap();
+    let flags = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .expect("a flags line");
+    i32::from_str_radix(flags.trim(), 8).unwrap() & libc::O_ACCMODE
+}
+
+/// A one-off array holds a second, read-only descriptor of its object from its creation
+/// until its first handoff, which lets it go whatever its kind (the share passes it);
+/// no more than `PREPARED_READ_ONLY_MAX` such descriptors are open at once.
+#[test]
+fn a_read_only_descriptor_is_made_ahead_only_for_a_few_arrays_and_only_until_a_handoff() {
+    use pixgate::segment::PREPARED_READ_ONLY_MAX;
+    let _serial = serial();
+    let gw = gateway();
+    let holder = gw.remote_exec(HOLDER).unwrap();
+    let fds = |a: &SharedArray<u8>| common::memfd_fds(a.name());
+    let batch: Vec<SharedArray<u8>> = (0..3 * PREPARED_READ_ONLY_MAX)
+        .map(|_| SharedArray::<u8>::zeros(&[4096]).unwrap())
+        .collect();
+    for (i, a) in batch.iter().enumerate() {
+        let held = fds(a);
+        if i < PREPARED_READ_ONLY_MAX {
+            assert_eq!(held.len(), 2, "array {i}: {held:?}");
+            let modes: Vec<i32> = held.iter().map(|&fd| access_mode(fd)).collect();
+            assert!(modes.contains(&libc::O_RDWR), "array {i}: {modes:?}");
+            assert!(modes.contains(&libc::O_RDONLY), "array {i}: {modes:?}");
+        } else {
+            assert_eq!(held.len(), 1, "array {i}: {held:?}");
+        }
+    }
+    // The first handoff lets the extra descriptor go: a share passes it, a lend drops it.
+    let mut batch = batch.into_iter();
+    let shared = batch.next().unwrap();
+    let mut lent = batch.next().unwrap();
+    holder.send(shared.share().unwrap()).unwrap();
+    assert_eq!(holder.receive_timeout(T).unwrap().as_str(), Some("held"));
+    holder.send(lent.lend().unwrap()).unwrap();
+    assert_eq!(holder.receive_timeout(T).unwrap().as_str(), Some("held"));
+    assert_eq!(fds(&shared).len(), 1);
+    assert_eq!(access_mode(fds(&shared)[0]), libc::O_RDWR);
+    assert_eq!(fds(&lent).len(), 1);
+    // A later array takes a freed place; the worker mapped the share read-only.
+    let later = SharedArray::<u8>::zeros(&[4096]).unwrap();
+    assert_eq!(fds(&later).len(), 2);
+    holder.send("maps").unwrap();
+    let maps = holder.receive_timeout(T).unwrap();
+    let label = format!("/memfd:{}", shared.name().trim_start_matches('/'));
+    let perms: Vec<&str> = maps
+        .as_seq()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .filter(|l| l.ends_with(&label))
+        .collect();
+    assert!(
+        perms.iter().all(|l| l.starts_with("r--s")) && !perms.is_empty(),
+        "{perms:?}"
+    );
+    holder.send("drop").unwrap();
+    holder.receive_timeout(T).unwrap();
+    common::wait_until(|| !lent.is_lent(), "given back");
+    holder.close().unwrap();
+    gw.exit(T).unwrap();
+    drop((shared, lent, later, batch));
     assert_no_segments();
 }
 

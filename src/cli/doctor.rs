@@ -150,9 +150,11 @@ fn descriptors_text() -> String {
             let (soft, hard) = (soft as u64, hard as u64);
             let mut text = format!(
                 "RLIMIT_NOFILE soft {}, hard {}: the host holds one descriptor per live \
-                 anonymous array (and one per pool size class)",
+                 anonymous array (and one per pool size class, and at most {} made ahead \
+                 for first shares)",
                 limit(soft),
-                limit(hard)
+                limit(hard),
+                pixgate::segment::PREPARED_READ_ONLY_MAX
             );
             if soft < 4096 {
                 let remedy = if hard > soft {

@@ -23,6 +23,31 @@ pub(crate) struct AnonObject {
     name: String,
     /// The gateways a descriptor of it was sent to, and with which access.
     delivered: Mutex<Vec<Delivery>>,
+    /// A read-only descriptor made at creation for the first handoff, if it is a share
+    /// ([`AnonObject::prepare_read_only`]); let go at the first handoff of any kind.
+    prepared: Mutex<Option<Prepared>>,
+}
+
+/// The most read-only descriptors made ahead that may be open at once in this process.
+/// On Linux, a one-off anonymous array holds, from its creation until its first handoff,
+/// a second descriptor of its object, opened read-only: a first share passes it, so the
+/// reopen through `/proc` is not on the way to the worker. After the first handoff of
+/// any kind, the array holds one descriptor. Arrays made and shared one at a time need one;
+/// arrays made in a batch beyond it reopen at their first share instead. Kept small:
+/// every descriptor counts against `RLIMIT_NOFILE`, which bounds the live arrays, and
+/// this keeps the extra ones a constant whatever their number.
+pub const PREPARED_READ_ONLY_MAX: usize = 4;
+
+/// How many [`Prepared`] descriptors are open in this process.
+static PREPARED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A read-only descriptor made ahead, counted in [`PREPARED`] while it exists.
+struct Prepared(Option<OwnedFd>);
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        PREPARED.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 struct Delivery {
@@ -179,7 +204,29 @@ impl AnonObject {
             fd: OwnedFd::from(file),
             name: name.to_string(),
             delivered: Mutex::new(Vec::new()),
+            prepared: Mutex::new(None),
         })
+    }
+
+    /// Makes the read-only descriptor that a first share passes, now rather than at the
+    /// share: the reopen through `/proc` is then not on the way to the worker
+    /// (docs/ARCHITECTURE.md, *A first handoff runs cold*). Only while fewer than
+    /// [`PREPARED_READ_ONLY_MAX`] are open in this process; a failure (no descriptor left) leaves
+    /// the reopen to the share, which reports it. Call it once the object is sealed.
+    pub(crate) fn prepare_read_only(&self) {
+        #[cfg(target_os = "linux")]
+        {
+            use std::sync::atomic::Ordering;
+            if PREPARED.fetch_add(1, Ordering::Relaxed) >= PREPARED_READ_ONLY_MAX {
+                PREPARED.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
+            // Counted from here on: dropping it uncounts it, made or not.
+            let prepared = Prepared(reopen_read_only(self.fd.as_raw_fd()).ok());
+            if prepared.0.is_some() {
+                *lock(&self.prepared) = Some(prepared);
+            }
+        }
     }
 
     /// Reserves `len` bytes at `offset`, so that running out of memory is an error here
@@ -247,6 +294,7 @@ impl AnonObject {
                 fd: OwnedFd::from(file),
                 name: name.to_string(),
                 delivered: Mutex::new(Vec::new()),
+                prepared: Mutex::new(None),
             },
             size,
         ))
@@ -278,10 +326,16 @@ impl AnonObject {
     }
 
     /// A descriptor to pass to a peer: a duplicate for writable access, else one opened
-    /// read-only, so that the peer cannot map the object writable.
+    /// read-only, so that the peer cannot map the object writable (the one made at
+    /// creation, if it is still there). The descriptor made ahead goes either way:
+    /// after the first handoff the object holds one descriptor.
     pub(crate) fn descriptor(&self, writable: bool) -> std::io::Result<OwnedFd> {
+        let prepared = lock(&self.prepared).take();
         if writable {
             return self.fd.try_clone();
+        }
+        if let Some(fd) = prepared.and_then(|mut p| p.0.take()) {
+            return Ok(fd);
         }
         #[cfg(target_os = "linux")]
         {
