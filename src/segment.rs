@@ -308,6 +308,13 @@ impl Drop for Unlinker<'_> {
 /// the last `Segment` over it is dropped, whichever thread drops it.
 #[doc(hidden)]
 pub struct Segment {
+    /// Dropped before `map` (fields drop in order). An anonymous object's last handle
+    /// sends FORGET and closes its descriptor before this process unmaps it, as a named
+    /// segment is unlinked and forgotten before it is unmapped: the worker, woken by
+    /// FORGET, then mostly lets go first, so the memory is freed here, by the process
+    /// that dropped the array, not by the worker in the middle of its next handoff
+    /// (docs/ARCHITECTURE.md, *Who frees an object's memory*).
+    backing: Backing,
     /// The mapping: of this segment alone, or of the whole object it lives in (a pool
     /// arena's slots share one).
     map: Arc<MmapRaw>,
@@ -316,7 +323,6 @@ pub struct Segment {
     base: usize,
     fields: HeaderFields,
     name: String,
-    backing: Backing,
     writable: bool,
     unlink_on_drop: AtomicBool,
 }
