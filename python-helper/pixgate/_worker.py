@@ -166,13 +166,17 @@ class DescriptorTable:
         if self._lock.acquire(False):
             try:
                 if token == self._expected and self._broken is None:
+                    # ``_receive(wait=False)``, inline.
                     try:
-                        got = self._receive(wait=False)
-                    except _Broken as exc:
-                        self._break(str(exc))
-                        got = None
-                    if got is not None:
-                        data, ancillary, flags = got
+                        data, ancillary, flags, _ = self.sock.recvmsg(
+                            12, self._ancillary, self._nowait
+                        )
+                    except BlockingIOError:
+                        data = None
+                    except OSError as exc:
+                        self._break(f"reading it failed: {exc}")
+                        data = None
+                    if data is not None:
                         if len(data) == 12 and len(ancillary) == 1 and not flags & self._cut:
                             level, kind, raw = ancillary[0]
                             if (
