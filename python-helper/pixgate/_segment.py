@@ -176,6 +176,7 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _OFF_VERSION = 8
 _OFF_HEADER_LEN = 12
+_OFF_CREATOR_PID = 60
 _OFF_GENERATION = 72
 _OFF_STATE = 80
 _OFF_OWNER_PID = 84
@@ -186,6 +187,8 @@ _OFF_SHAPE = 96
 _MADV_POPULATE_READ = 22
 _MADV_POPULATE_WRITE = 23
 _OFF_STRIDES = 352
+# The fields from creator_pid to owner_pid, which validation copies without a check.
+_ADVISORY = struct.Struct("<IQQII")
 
 _U32_MAX = 2**32 - 1
 _U64_MAX = 2**64 - 1
@@ -607,6 +610,73 @@ def parse_header(
         The first failed check; see the module docs for the ``problem`` values.
     """
     data = bytes(data)
+    key = None
+    if len(data) >= FIXED_HEADER_LEN:
+        meta_len = _U32.unpack_from(data, _OFF_META_LEN)[0]
+        if meta_len <= _VALIDATED_META:
+            # Every byte the checks below read, and what they read it against: the same
+            # key validates the same way, so a layout validated before is not again.
+            key = (
+                file_size,
+                len(data),
+                version,
+                data[:_OFF_CREATOR_PID],
+                data[_OFF_META_LEN : FIXED_HEADER_LEN + meta_len],
+            )
+            known = _validated.get(key)
+            if known is not None:
+                return _same_layout(known, data, version, name)
+    header = _parse_header(data, file_size, name, version)
+    if key is not None:
+        if len(_validated) >= _VALIDATED_KEPT:
+            _validated.clear()
+        _validated[key] = _same_layout(header, data, version, name)
+    return header
+
+
+#: Headers validated before (:func:`parse_header`), by the bytes their validation read:
+#: fresh arrays of one layout, handed over one after another, pay the whole validation
+#: once (docs/ARCHITECTURE.md, "Validating headers"). Kept for metadata of up to the rest of
+#: a first page, and at most ``_VALIDATED_KEPT`` layouts (all forgotten when full).
+_validated: dict[tuple[Any, ...], Header] = {}
+_VALIDATED_KEPT = 64
+_VALIDATED_META = PAGE - FIXED_HEADER_LEN
+
+
+def _same_layout(known: Header, data: bytes, version: int | None, name: str) -> Header:
+    """A new header with ``known``'s layout and metadata and the fields of ``data`` that
+    validation only copies (version, creator, generation, state, owner); its metadata
+    dict is its own."""
+    h = Header.__new__(Header)
+    h.version = _U32.unpack_from(data, _OFF_VERSION)[0] if version is None else version
+    h.header_len = known.header_len
+    h.data_len = known.data_len
+    h.nbytes = known.nbytes
+    h.dtype = known.dtype
+    h.itemsize = known.itemsize
+    h.ndim = known.ndim
+    h.flags = known.flags
+    (
+        h.creator_pid,
+        h.creator_start,
+        h.generation,
+        h.state,
+        h.owner_pid,
+    ) = _ADVISORY.unpack_from(data, _OFF_CREATOR_PID)
+    h.shape = known.shape
+    h.strides = known.strides
+    h.meta_bytes = known.meta_bytes
+    if known.meta:
+        # Decoded anew (it validated before): a caller may change the dict it got.
+        value, repeats = _wire.loads_noting_repeats(known.meta_bytes)
+        h.meta = _read_meta(value, known.ndim, name, repeats)
+    else:
+        h.meta = {}
+    return h
+
+
+def _parse_header(data: bytes, file_size: int, name: str, version: int | None) -> Header:
+    """:func:`parse_header` without the memory of layouts validated before."""
     if file_size < PAGE:
         raise _bad(name, "size", f"segment of {file_size} bytes, expected at least {PAGE}")
     if len(data) < PAGE:

@@ -194,11 +194,23 @@ def test_codec_round_trips_hold_under_every_hash_seed(seed: int) -> None:
 
 
 def check_header(data: bytes, file_size: int) -> None:
-    """parse_header raises only HeaderError; what it accepts re-encodes to the bytes
-    it was read from (the padding after the metadata block aside) and parses back."""
+    """parse_header raises only HeaderError, as a validation that remembers no layout
+    would; what it accepts re-encodes to the bytes it was read from (the padding after
+    the metadata block aside) and parses back."""
     try:
-        parsed = _segment.parse_header(data, file_size)
-    except HeaderError:
+        uncached: Any = _segment._parse_header(data, file_size, "<bytes>", None)
+    except HeaderError as exc:
+        uncached = exc.problem
+    # Twice: the second may take what the first validated; neither may differ from a
+    # validation without that memory.
+    for _ in range(2):
+        try:
+            parsed = _segment.parse_header(data, file_size)
+        except HeaderError as exc:
+            assert exc.problem == uncached
+        else:
+            assert parsed == uncached
+    if not isinstance(uncached, _segment.Header):
         return
     encoded = _segment.encode_header(parsed)
     used = _segment.FIXED_HEADER_LEN + parsed.meta_len

@@ -185,6 +185,64 @@ def test_metadata_longer_than_a_page_grows_the_header() -> None:
     assert _segment.parse_header(_segment.encode_header(h), 8192 + 4096) == h
 
 
+def _outcome(parse: Any, data: bytes, size: int) -> Any:
+    """What ``parse`` makes of a header: the header, or the problem it was refused for."""
+    try:
+        return parse(data, size)
+    except HeaderError as exc:
+        return exc.problem
+
+
+def test_a_layout_validated_before_is_not_validated_again(monkeypatch: Any) -> None:
+    h = _segment.build_header("<u2", (3, 5), None, {"dims": ["y", "x"]})
+    size = h.header_len + h.data_len
+    first = _segment.encode_header(h)
+    _segment.parse_header(first, size)
+    validations: list[int] = []
+    real = _segment._parse_header
+
+    def counted(*args: Any) -> Any:
+        validations.append(1)
+        return real(*args)
+
+    def uncached(data: bytes, size: int) -> Any:
+        return real(data, size, "<bytes>", None)
+
+    monkeypatch.setattr(_segment, "_parse_header", counted)
+    # Another array of the layout: only the fields validation copies differ.
+    h.generation, h.state, h.owner_pid, h.creator_pid, h.creator_start = 9, 2, 77, 5, 6
+    again = _segment.parse_header(_segment.encode_header(h), size)
+    assert not validations
+    assert again == h
+    # Its metadata dict is its own: changing it changes no later parse.
+    again.meta["dims"].append("c")
+    assert _segment.parse_header(first, size).meta == {"dims": ["y", "x"]}
+    assert not validations
+    # Any byte validation reads, changed, is validated anew, with the same outcome.
+    offsets = (0, 8, 12, 16, 24, 32, 48, 52, 56, 88, 92, 96, 352, 608)
+    for n, at in enumerate(offsets, 1):
+        bad = bytearray(first)
+        bad[at] ^= 0x40
+        got = _outcome(_segment.parse_header, bytes(bad), size)
+        assert len(validations) == n, at
+        assert got == _outcome(uncached, bytes(bad), size), at
+    # ... and so is the same header against another segment size (refused there).
+    assert _outcome(_segment.parse_header, first, 4096) == "data_len"
+    assert len(validations) == len(offsets) + 1
+
+
+def test_the_memory_of_validated_layouts_is_bounded() -> None:
+    for n in range(1, 3 * _segment._VALIDATED_KEPT):
+        h = _segment.build_header("|u1", (n,))
+        _segment.parse_header(_segment.encode_header(h), h.header_len + h.data_len)
+        assert len(_segment._validated) <= _segment._VALIDATED_KEPT
+    # Metadata past the first page is validated each time, never kept.
+    big = _segment.build_header("|u1", (2,), None, {"attrs": {"text": "x" * 5000}})
+    _segment._validated.clear()
+    assert _segment.parse_header(_segment.encode_header(big), 8192 + 4096) == big
+    assert not _segment._validated
+
+
 # ---------------------------------------------------------------------------------------
 # Golden files written by the Rust side
 
